@@ -1,0 +1,52 @@
+# The front door: `make help` lists every target.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install binaries lint format crds test test-unit test-integration cluster clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv with Steward (all parts) and the development tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,dev]'
+	@touch $@
+
+binaries: install ## Build kube-apiserver and etcd into ~/.cache/steward (once; needs Go)
+	$(BIN)/steward-local build
+
+lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator/steward_operator predictor/steward_predictor harness/steward_harness tests
+	$(BIN)/lint-imports
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_operator/specs.py
+	$(BIN)/python -m steward_operator.crds > crds/steward.dev_modeldeployments.yaml.tmp
+	mv crds/steward.dev_modeldeployments.yaml.tmp crds/steward.dev_modeldeployments.yaml
+	cp crds/steward.dev_modeldeployments.yaml charts/steward/crds/
+
+test: lint test-unit test-integration ## Everything: lint, unit and integration tests
+
+test-unit: install ## Unit tests: pure logic, no processes, seconds
+	$(BIN)/pytest -m 'not integration' $(PYTEST_ARGS)
+
+test-integration: binaries ## Integration tests against a real kube-apiserver + etcd started by the tests
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+cluster: binaries ## Start the local control plane with the CRDs installed and print a KUBECONFIG line
+	$(BIN)/steward-local cluster
+
+clean: ## Remove .venv and caches in the repository (the built binaries in ~/.cache/steward stay)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

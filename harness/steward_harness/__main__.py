@@ -1,0 +1,63 @@
+"""steward-local: build the control-plane binaries, or run a local control plane for manual use."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from steward_harness import binaries
+from steward_harness.controlplane import ControlPlane, ControlPlaneError
+from steward_harness.kubectl import Kubectl, KubectlError
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="steward-local",
+        description="A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for tests and manual use.",
+        epilog="Binaries are built once from the Go module proxy (needs Go) and cached in "
+        f"{binaries.CACHE_DIR}; set STEWARD_CACHE_DIR to move the cache.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help=f"build kube-apiserver and etcd {binaries.KUBERNETES_VERSION} if not cached")
+    cluster = commands.add_parser(
+        "cluster", help="start the control plane, install Steward's CRDs, print a KUBECONFIG line; Ctrl-C stops it"
+    )
+    cluster.add_argument("--dir", type=Path, help="keep state and logs here (default: a new temporary directory)")
+    cluster.add_argument("--no-crds", action="store_true", help="do not install the CRDs from crds/")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "build":
+            apiserver, etcd = binaries.ensure_binaries()
+            print(f"kube-apiserver: {apiserver}\netcd:           {etcd}")
+            return 0
+        return _cluster(args.dir, install_crds=not args.no_crds)
+    except (binaries.BuildError, ControlPlaneError, KubectlError) as error:
+        print(f"steward-local: {error}", file=sys.stderr)
+        return 1
+
+
+def _cluster(directory: Path | None, install_crds: bool) -> int:
+    plane = ControlPlane(directory=directory.resolve()) if directory else ControlPlane()
+    # SIGTERM stops the servers as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with plane:
+        print(f"control plane ready at {plane.server} (logs in {plane.directory})", file=sys.stderr)
+        if install_crds:
+            Kubectl(plane.kubeconfig).install_crds(REPOSITORY / "crds")
+            print("installed the CRDs from crds/", file=sys.stderr)
+        print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+        print("press Ctrl-C to stop", file=sys.stderr)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("\nstopping", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

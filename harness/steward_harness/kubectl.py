@@ -1,0 +1,64 @@
+"""Runs the real kubectl against a kubeconfig, the way a user or a GitOps tool would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The kubectl to run; any client within one minor version of the API server works.
+KUBECTL = os.environ.get("STEWARD_KUBECTL", "kubectl")
+
+
+class KubectlError(RuntimeError):
+    """kubectl exited non-zero; `stderr` holds what it said."""
+
+    def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
+        super().__init__(f"kubectl {' '.join(args)} exited {returncode}: {stderr.strip()}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """kubectl bound to one kubeconfig."""
+
+    kubeconfig: Path
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        binary = shutil.which(KUBECTL)
+        if binary is None:
+            raise FileNotFoundError(f"{KUBECTL} is not on PATH (set STEWARD_KUBECTL to use another kubectl)")
+        result = subprocess.run(
+            [binary, f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(list(args), result.returncode, result.stderr)
+        return result
+
+    def json(self, *args: str) -> Any:
+        """Run a read command with -o json and parse its output."""
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
+        """Apply the CRDs in `directory` and wait until they are served and documented (kubectl explain)."""
+        self.run("apply", "--server-side", "-f", str(directory))
+        self.run("wait", "--for=condition=Established", f"--timeout={timeout:.0f}s", "-f", str(directory))
+        kinds = self.run("get", "-f", str(directory), "-o", "jsonpath={.spec.names.plural}.{.spec.group}").stdout
+        deadline = time.monotonic() + timeout
+        # The OpenAPI document that explain and client-side tooling read is published a moment after Established.
+        for kind in kinds.split():
+            while self.run("explain", kind, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise KubectlError(["explain", kind], 1, "the CRD's OpenAPI schema was never published")
+                time.sleep(0.2)

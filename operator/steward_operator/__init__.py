@@ -1,0 +1,1 @@
+"""Steward operator: reconciles ModelDeployments into serving, traffic and jobs."""

@@ -1,0 +1,1 @@
+"""Steward predictor: serves and batch-scores sealed scikit-learn model bundles."""

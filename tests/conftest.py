@@ -1,0 +1,61 @@
+"""Fixtures shared by all tests: the repository's paths, and a real control plane for integration tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from steward_harness.controlplane import ControlPlane
+from steward_harness.kubectl import Kubectl
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CRDS = REPOSITORY / "crds"
+EXAMPLES = sorted((REPOSITORY / "examples").glob("*.yaml"))
+_STARTUP_KEY = pytest.StashKey[float]()
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver for the whole session; kept with its logs when any test failed."""
+    plane = ControlPlane()
+    try:
+        request.config.stash[_STARTUP_KEY] = plane.start()
+    except BaseException:
+        plane.stop(keep=True)
+        raise
+    yield plane
+    failed = request.session.testsfailed > 0
+    plane.stop(keep=failed)
+    if failed:
+        print(f"\ncontrol-plane logs kept in {plane.directory}")
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    """The real kubectl, as cluster admin, with Steward's CRDs installed and established."""
+    client = Kubectl(control_plane.kubeconfig)
+    client.install_crds(CRDS)
+    return client
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> str:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kubectl.run("create", "namespace", name)
+    return name
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _STARTUP_KEY in config.stash:
+        terminalreporter.write_line(f"control plane started in {config.stash[_STARTUP_KEY]:.1f} s")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration starts real servers; mark it so `-m "not integration"` skips it."""
+    for item in items:
+        if "integration" in item.path.relative_to(REPOSITORY).parts:
+            item.add_marker(pytest.mark.integration)
