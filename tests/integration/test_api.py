@@ -178,3 +178,14 @@ def test_explain_reads_like_documentation(kubectl: Kubectl) -> None:
     assert "strictly increasing within 1..100" in steps
     owner = " ".join(kubectl.run("explain", "modeldeployments.spec.owner").stdout.split())
     assert "Steward refuses a model without an owner" in owner
+
+
+def test_a_stale_write_is_refused_with_a_conflict(kubectl: Kubectl, namespace: str) -> None:
+    _apply(kubectl, namespace, REPOSITORY / "examples" / "online.yaml")
+    stale = _get(kubectl, namespace, "churn")
+    kubectl.run("label", "md", "churn", "-n", namespace, "touched=yes")
+    stale["spec"]["model"]["version"] = "2024-07-01"
+    result = kubectl.run("replace", "-f", "-", stdin=json.dumps(stale), check=False)
+    assert result.returncode != 0
+    assert "the object has been modified; please apply your changes to the latest version" in result.stderr
+    assert _get(kubectl, namespace, "churn")["spec"]["model"]["version"] == "2024-06-01"
