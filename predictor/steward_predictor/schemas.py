@@ -1,0 +1,372 @@
+"""Feature schemas: what a model's inputs look like, inferred from training data, and the checks every
+request and every batch row goes through before the pipeline sees it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+Action = Literal["reject", "count"]
+Problem = Literal["unknownField", "missingField", "wrongType", "missingValue", "outOfRange", "unseenCategory"]
+PROBLEMS: tuple[Problem, ...] = (
+    "unknownField",
+    "missingField",
+    "wrongType",
+    "missingValue",
+    "outOfRange",
+    "unseenCategory",
+)
+# Past this many distinct values a text column is treated as free text: no unseen-category check.
+MAX_CATEGORIES = 1000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Feature(_Model):
+    """One input column."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: str
+    """The training column's dtype, for the record (int64, float64, object, ...)."""
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: list[str] | None = None
+    """Values seen in training; None for free text."""
+    nullable: bool = False
+    """Whether the value may be missing: true when training data had missing values."""
+
+
+class Policy(_Model):
+    """What to do with each kind of problem: reject the request (400, or the reject file in batch), or
+    accept the row and count the problem in the metrics."""
+
+    unknown_field: Action = "reject"
+    missing_field: Action = "reject"
+    wrong_type: Action = "reject"
+    missing_value: Action = "reject"
+    """A missing value in a feature that had none in training."""
+    out_of_range: Action = "count"
+    unseen_category: Action = "count"
+
+    def action(self, problem: Problem) -> Action:
+        return {
+            "unknownField": self.unknown_field,
+            "missingField": self.missing_field,
+            "wrongType": self.wrong_type,
+            "missingValue": self.missing_value,
+            "outOfRange": self.out_of_range,
+            "unseenCategory": self.unseen_category,
+        }[problem]
+
+
+class FeatureSchema(_Model):
+    """The inputs a model expects, in the order its pipeline was trained on."""
+
+    features: list[Feature]
+    policy: Policy = Policy()
+
+    @property
+    def names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+    def feature(self, name: str) -> Feature:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> FeatureSchema:
+        """A copy with some features' settings or the policy replaced, e.g. {"policy": {"outOfRange": "reject"},
+        "features": {"age": {"minimum": 0, "maximum": 120}}}."""
+        unknown = set(overrides) - {"policy", "features"}
+        if unknown:
+            raise ValueError(f"schema overrides may set 'policy' and 'features', not {sorted(unknown)}")
+        policy = self.policy.model_copy(update=dict(overrides.get("policy", {})))
+        changes = dict(overrides.get("features", {}))
+        missing = set(changes) - set(self.names)
+        if missing:
+            raise ValueError(f"schema overrides name features the data does not have: {sorted(missing)}")
+        features = [
+            Feature.model_validate({**feature.model_dump(), **changes.get(feature.name, {})})
+            for feature in self.features
+        ]
+        return FeatureSchema(features=features, policy=Policy.model_validate(policy.model_dump()))
+
+
+def infer_schema(frame: pd.DataFrame) -> FeatureSchema:
+    """Infer a schema from training data: numeric columns get their observed range, text and categorical
+    columns their set of values; a column with missing values is nullable."""
+    features = []
+    for name in frame.columns:
+        if not isinstance(name, str):
+            raise ValueError(f"feature names must be strings; column {name!r} is a {type(name).__name__}")
+        column = frame[name]
+        nullable = bool(column.isna().any())
+        if pd.api.types.is_bool_dtype(column):
+            raise ValueError(f"column {name!r} is boolean: cast it to int or str before building the bundle")
+        if pd.api.types.is_numeric_dtype(column):
+            present = column.dropna()
+            features.append(
+                Feature(
+                    name=name,
+                    kind="numeric",
+                    dtype=str(column.dtype),
+                    minimum=float(present.min()) if len(present) else None,
+                    maximum=float(present.max()) if len(present) else None,
+                    nullable=nullable,
+                )
+            )
+        else:
+            values = column.dropna()
+            not_text = {type(value).__name__ for value in values if not isinstance(value, str)}
+            if not_text:
+                raise ValueError(f"column {name!r} mixes text with {sorted(not_text)}: make it one type")
+            distinct = sorted(set(values))
+            features.append(
+                Feature(
+                    name=name,
+                    kind="categorical",
+                    dtype=str(column.dtype),
+                    categories=distinct if len(distinct) <= MAX_CATEGORIES else None,
+                    nullable=nullable,
+                )
+            )
+    return FeatureSchema(features=features)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One problem with one value, one row, or (row None) the whole input."""
+
+    row: int | None
+    field: str
+    problem: Problem
+    detail: str
+    fatal: bool = False
+    """The input cannot be scored at all, whatever the policy says (a row that is not a record, say)."""
+
+    def __str__(self) -> str:
+        where = f"row {self.row}, " if self.row is not None else ""
+        return f"{where}field '{self.field}': {self.detail}"
+
+
+@dataclass
+class Checked:
+    """Rows after validation: the frame the pipeline scores, and what was wrong."""
+
+    frame: pd.DataFrame
+    """Accepted rows, columns in schema order, typed as in training (float64 or object with NaN for missing)."""
+    accepted: np.ndarray
+    """Positions, in the input, of the accepted rows."""
+    rejected: dict[int, list[Violation]] = field(default_factory=dict)
+    """Input position -> the problems that got the row rejected."""
+    counted: list[Violation] = field(default_factory=list)
+    """Problems that were accepted and only counted."""
+
+    @property
+    def problems(self) -> list[Violation]:
+        """Every rejecting problem once, in input order."""
+        seen: dict[int, Violation] = {}
+        for row in sorted(self.rejected):
+            for violation in self.rejected[row]:
+                seen.setdefault(id(violation), violation)
+        return list(seen.values())
+
+
+class Validator:
+    """Checks values against a schema. Built once per bundle, used for every request or chunk."""
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self._names = schema.names
+        self._known = set(self._names)
+        self._categories = {
+            feature.name: frozenset(feature.categories) for feature in schema.features if feature.categories is not None
+        }
+
+    def check_records(self, records: Sequence[Any]) -> Checked:
+        """Validate row records ({"age": 41, "plan": "pro"}) or rows in schema order ([41, "pro"])."""
+        rows = len(records)
+        columns: dict[str, list[Any]] = {name: [None] * rows for name in self._names}
+        given: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=bool) for name in self._names}
+        violations: list[Violation] = []
+        for row, record in enumerate(records):
+            if isinstance(record, Mapping):
+                for name, value in record.items():
+                    if name in self._known:
+                        columns[name][row] = value
+                        given[name][row] = True
+                    else:
+                        violations.append(Violation(row, _clip(str(name)), "unknownField", "unknown field"))
+            elif isinstance(record, list | tuple) and len(record) == len(self._names):
+                for name, value in zip(self._names, record, strict=True):
+                    columns[name][row] = value
+                    given[name][row] = True
+            elif isinstance(record, list | tuple):
+                detail = f"expected {len(self._names)} values in the order {self._names}, got {len(record)}"
+                violations.append(Violation(row, "*", "missingField", detail, fatal=True))
+                for mask in given.values():
+                    mask[row] = True
+            else:
+                detail = f"expected an object or a list of values, got {_describe(record)}"
+                violations.append(Violation(row, "*", "wrongType", detail, fatal=True))
+                for mask in given.values():
+                    mask[row] = True
+        for name, mask in given.items():
+            violations.extend(
+                Violation(int(row), name, "missingField", "missing field") for row in np.flatnonzero(~mask)
+            )
+        return self._check(columns, rows, violations)
+
+    def check_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series], rows: int) -> Checked:
+        """Validate named columns of equal length (a V2 request, or a batch chunk)."""
+        violations = [
+            Violation(None, _clip(str(name)), "unknownField", "unknown input")
+            for name in columns
+            if name not in self._known
+        ]
+        violations.extend(
+            Violation(
+                None, name, "wrongType", f"has {len(values)} values where the request has {rows} rows", fatal=True
+            )
+            for name, values in columns.items()
+            if len(values) != rows
+        )
+        violations.extend(
+            Violation(None, name, "missingField", "missing input") for name in self._names if name not in columns
+        )
+        if any(violation.fatal for violation in violations):
+            return self._check({}, rows, violations)
+        return self._check({name: columns[name] for name in self._names if name in columns}, rows, violations)
+
+    def _check(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series], rows: int, violations: list[Violation]
+    ) -> Checked:
+        typed: dict[str, np.ndarray] = {}
+        for feature in self.schema.features:
+            values = columns.get(feature.name)
+            if values is None:
+                typed[feature.name] = np.full(rows, np.nan, dtype=float if feature.kind == "numeric" else object)
+            elif feature.kind == "numeric":
+                typed[feature.name] = self._numeric(feature, values, violations)
+            else:
+                typed[feature.name] = self._categorical(feature, values, violations)
+
+        policy = self.schema.policy
+        rejected: dict[int, list[Violation]] = {}
+        counted: list[Violation] = []
+        for violation in violations:
+            if violation.fatal or policy.action(violation.problem) == "reject":
+                for row in range(rows) if violation.row is None else [violation.row]:
+                    rejected.setdefault(row, []).append(violation)
+            else:
+                counted.append(violation)
+        keep = np.ones(rows, dtype=bool)
+        keep[list(rejected)] = False
+        frame = pd.DataFrame({name: typed[name][keep] for name in self._names}, columns=self._names)
+        return Checked(frame=frame, accepted=np.flatnonzero(keep), rejected=rejected, counted=counted)
+
+    def _numeric(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
+        array = values.to_numpy() if isinstance(values, pd.Series) else values
+        if isinstance(array, np.ndarray) and array.dtype.kind in "fiu":
+            out = array.astype(float, copy=False)
+        else:
+            out = np.empty(len(values), dtype=float)
+            for row, value in enumerate(values):
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    out[row] = np.nan
+                elif isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+                    out[row] = value
+                else:
+                    violations.append(
+                        Violation(row, feature.name, "wrongType", f"expected a number, got {_describe(value)}")
+                    )
+                    out[row] = np.nan
+        missing = np.isnan(out)
+        infinite = np.isinf(out)
+        if infinite.any():
+            violations.extend(
+                Violation(int(position), feature.name, "wrongType", "expected a finite number")
+                for position in np.flatnonzero(infinite)
+            )
+            out[infinite] = np.nan
+        if not feature.nullable and missing.any():
+            reported = _reported(violations, feature.name)
+            violations.extend(
+                Violation(int(row), feature.name, "missingValue", "value is missing and the model was trained without")
+                for row in np.flatnonzero(missing)
+                if reported is not None and int(row) not in reported
+            )
+        with np.errstate(invalid="ignore"):
+            low = out < feature.minimum if feature.minimum is not None else np.zeros(len(out), dtype=bool)
+            high = out > feature.maximum if feature.maximum is not None else np.zeros(len(out), dtype=bool)
+        violations.extend(
+            Violation(
+                int(position),
+                feature.name,
+                "outOfRange",
+                f"{out[position]:g} is outside the training range [{feature.minimum:g}, {feature.maximum:g}]",
+            )
+            for position in np.flatnonzero(low | high)
+        )
+        return out
+
+    def _categorical(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
+        out = np.empty(len(values), dtype=object)
+        known = self._categories.get(feature.name)
+        reported = _reported(violations, feature.name) if not feature.nullable else None
+        for row, value in enumerate(values):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                out[row] = np.nan
+                if reported is not None and row not in reported:
+                    violations.append(
+                        Violation(
+                            row, feature.name, "missingValue", "value is missing and the model was trained without"
+                        )
+                    )
+            elif isinstance(value, str):
+                out[row] = value
+                if known is not None and value not in known:
+                    violations.append(
+                        Violation(row, feature.name, "unseenCategory", f"'{_clip(value)}' was not seen in training")
+                    )
+            else:
+                out[row] = np.nan
+                violations.append(Violation(row, feature.name, "wrongType", f"expected text, got {_describe(value)}"))
+        return out
+
+
+def _reported(violations: list[Violation], name: str) -> set[int] | None:
+    """Rows already reported for a field (a missing field is not also a missing value); None: the whole input."""
+    rows: set[int] = set()
+    for violation in violations:
+        if violation.field == name:
+            if violation.row is None:
+                return None
+            rows.add(violation.row)
+    return rows
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, str):
+        return f"text '{_clip(value)}'"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"{type(value).__name__} {_clip(repr(value))}"
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

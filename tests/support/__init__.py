@@ -1,0 +1,1 @@
+"""Shared test support: small real models and the data they were trained on."""
