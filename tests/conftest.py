@@ -10,6 +10,7 @@ import pytest
 
 from steward_harness.controlplane import ControlPlane
 from steward_harness.kubectl import Kubectl
+from tests.support import models
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CRDS = REPOSITORY / "crds"
@@ -47,6 +48,17 @@ def namespace(kubectl: Kubectl) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     kubectl.run("create", "namespace", name)
     return name
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, models.Trained]:
+    """Real models on scikit-learn's bundled datasets, sealed into bundles once per session."""
+    directory = tmp_path_factory.mktemp("bundles")
+    return {
+        "breast-cancer": models.breast_cancer(directory),
+        "wine": models.wine(directory),
+        "diabetes": models.diabetes(directory),
+    }
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

@@ -59,7 +59,7 @@ class ControlPlane:
         apiserver, etcd = binaries.ensure_binaries(self.version)
         self.directory.mkdir(parents=True, exist_ok=True)
         pki = self._certificates = certificates.create(self.directory / "pki")
-        etcd_client, etcd_peer, self._api_port = _free_ports(3)
+        etcd_client, etcd_peer, self._api_port = free_ports(3)
         self._spawn(
             "etcd",
             [
@@ -200,7 +200,8 @@ class ControlPlane:
         self.kubeconfig.chmod(0o600)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free right now."""
     sockets = []
     try:
         for _ in range(count):

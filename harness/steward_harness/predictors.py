@@ -1,0 +1,118 @@
+"""Real predictor processes (python -m steward_predictor) on loopback, for tests, benchmarks and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from steward_harness.controlplane import free_ports
+
+STARTUP_TIMEOUT = 60.0
+
+
+class PredictorError(RuntimeError):
+    """The predictor process did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class Predictor:
+    """One `python -m steward_predictor` process serving a bundle."""
+
+    bundle: str
+    name: str = "model"
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="steward-predictor-", suffix=".log")[1]))
+    port: int = 0
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Predictor:
+        """Start the process and wait until it answers; the model itself may be ready or not."""
+        self.port = self.port or free_ports(1)[0]
+        command = [
+            sys.executable,
+            "-m",
+            "steward_predictor",
+            f"--model_name={self.name}",
+            f"--model_dir={self.bundle}",
+            f"--http_port={self.port}",
+            "--enable_grpc=false",
+            *self.args,
+        ]
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise PredictorError(f"predictor exited with {self._process.returncode}:\n{self.tail()}")
+            if self.get("/v2/health/live")[0] == 200:
+                return self
+            time.sleep(0.1)
+        raise PredictorError(f"predictor not answering after {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the model is ready, and the body of the readiness endpoint (the reason when it is not)."""
+        status, body = self.get(f"/v2/models/{self.name}/ready")
+        return status == 200, body
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:  # noqa: S310 - loopback only
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, ""
+
+    def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        request = urllib.request.Request(  # noqa: S310 - loopback only
+            f"{self.url}{path}",
+            data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+            headers={"content-type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback only
+                return response.status, dict(response.headers.items()), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers.items()), error.read().decode()
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log})"
+
+    def __enter__(self) -> Predictor:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,38 @@
+"""The predictor's settings, read once from the environment the operator sets; command-line flags override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from steward_predictor.bundles import DEFAULT_URI
+
+VARIANTS = ("incumbent", "challenger", "shadow")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle_uri: str = field(default_factory=lambda: os.environ.get("STEWARD_BUNDLE_URI", DEFAULT_URI))
+    """Where the bundle is: KServe's storage initializer puts it at /mnt/models."""
+    bundle_digest: str | None = field(default_factory=lambda: os.environ.get("STEWARD_BUNDLE_DIGEST") or None)
+    """spec.model.digest: the server stays not-ready unless the bundle's manifest has this digest."""
+    model_version: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MODEL_VERSION") or None)
+    """spec.model.version: the server stays not-ready unless the bundle holds this version."""
+    variant: str = field(default_factory=lambda: os.environ.get("STEWARD_VARIANT", "incumbent"))
+    """incumbent, challenger or shadow: the role of this server in a release; a label on every metric."""
+    allow_pickle: bool = field(default_factory=lambda: _flag("STEWARD_ALLOW_PICKLE"))
+    """Load a pickled pipeline. Pickle can run any code: only for bundles from a source you trust."""
+    trusted_types: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            name.strip() for name in os.environ.get("STEWARD_TRUSTED_TYPES", "").split(",") if name.strip()
+        )
+    )
+    """Extra types a skops pipeline may contain (a team's own transformers), comma-separated."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
