@@ -7,6 +7,9 @@ import logging
 
 import kserve
 import prometheus_client
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from kserve import model_server
 
 from steward_predictor.metrics import Families
@@ -54,6 +57,18 @@ def parser() -> argparse.ArgumentParser:
     return extended
 
 
+async def _request_not_understood(_: Request, error: Exception) -> JSONResponse:
+    """A V2 body that does not match the Open Inference schema. FastAPI's own handler echoes the offending
+    input back, and fails with a 500 when that input is not valid JSON (Infinity, NaN); say what is wrong
+    without echoing it."""
+    problems = error.errors() if isinstance(error, RequestValidationError) else []
+    text = "; ".join(
+        f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', 'invalid')}"
+        for problem in problems[:20]
+    )
+    return JSONResponse(status_code=422, content={"error": f"invalid request: {text or error}"})
+
+
 def main() -> None:
     args, _ = parser().parse_known_args()
     settings = Settings(
@@ -68,6 +83,7 @@ def main() -> None:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     model = StewardModel(args.model_name, settings, Families())
     model.load()
+    model_server.app.add_exception_handler(RequestValidationError, _request_not_understood)
     server = kserve.ModelServer()
     # Registered even when not ready: the server answers with the reason instead of exiting.
     server.register_model(model)

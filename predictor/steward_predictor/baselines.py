@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 from steward_predictor.schemas import FeatureSchema
 
@@ -18,7 +19,7 @@ DECILES = np.linspace(0.1, 0.9, 9)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class Histogram(_Model):

@@ -22,6 +22,7 @@ import pandas as pd
 import sklearn
 import skops.io
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from sklearn import metrics
 from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
@@ -52,7 +53,7 @@ class BundleError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class Metadata(_Model):
@@ -115,11 +116,11 @@ class Bundle:
 
     def _documents(self) -> dict[str, Any]:
         return {
-            "schema.json": self.schema.model_dump(mode="json"),
-            "baselines.json": self.baselines.model_dump(mode="json"),
+            "schema.json": self.schema.model_dump(mode="json", by_alias=True),
+            "baselines.json": self.baselines.model_dump(mode="json", by_alias=True),
             "holdout.json": self.holdout,
-            "golden.json": self.golden.model_dump(mode="json"),
-            "metadata.json": self.metadata.model_dump(mode="json"),
+            "golden.json": self.golden.model_dump(mode="json", by_alias=True),
+            "metadata.json": self.metadata.model_dump(mode="json", by_alias=True),
         }
 
 
@@ -291,11 +292,13 @@ def load_bundle(
     expected_digest: str | None = None,
     allow_pickle: bool = False,
     trusted_types: tuple[str, ...] = (),
+    skip_pipeline: bool = False,
 ) -> Bundle:
     """Read and check a bundle from a local path, file:// or any fsspec URL (s3://...).
 
     Every file is checked against the manifest before anything is deserialized; the pipeline is read with
     skops, trusting scikit-learn's own types plus `trusted_types`, or with pickle only if `allow_pickle`.
+    With `skip_pipeline` the pipeline is not read at all (pipeline is None), for inspection.
     """
     with tempfile.TemporaryDirectory(prefix="steward-bundle-") as scratch:
         directory = _local_copy(uri, Path(scratch))
@@ -307,7 +310,7 @@ def load_bundle(
             for name in ("schema.json", "baselines.json", "holdout.json", "golden.json", "metadata.json")
         }
         return Bundle(
-            pipeline=_read_pipeline(directory, allow_pickle, trusted_types),
+            pipeline=None if skip_pipeline else _read_pipeline(directory, allow_pickle, trusted_types),
             schema=FeatureSchema.model_validate(documents["schema.json"]),
             baselines=Baselines.model_validate(documents["baselines.json"]),
             holdout=documents["holdout.json"],

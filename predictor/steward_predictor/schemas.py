@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 Action = Literal["reject", "count"]
 Problem = Literal["unknownField", "missingField", "wrongType", "missingValue", "outOfRange", "unseenCategory"]
@@ -27,7 +28,7 @@ MAX_CATEGORIES = 1000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class Feature(_Model):
@@ -43,6 +44,9 @@ class Feature(_Model):
     """Values seen in training; None for free text."""
     nullable: bool = False
     """Whether the value may be missing: true when training data had missing values."""
+    missing_as: Literal["nan", "none"] = "nan"
+    """How training data spelled a missing text value. scikit-learn's imputers treat NaN as missing but
+    None as a value of its own, so serving must hand the pipeline the same spelling training did."""
 
 
 class Policy(_Model):
@@ -90,16 +94,16 @@ class FeatureSchema(_Model):
         unknown = set(overrides) - {"policy", "features"}
         if unknown:
             raise ValueError(f"schema overrides may set 'policy' and 'features', not {sorted(unknown)}")
-        policy = self.policy.model_copy(update=dict(overrides.get("policy", {})))
+        policy = Policy.model_validate({**self.policy.model_dump(by_alias=True), **overrides.get("policy", {})})
         changes = dict(overrides.get("features", {}))
         missing = set(changes) - set(self.names)
         if missing:
             raise ValueError(f"schema overrides name features the data does not have: {sorted(missing)}")
         features = [
-            Feature.model_validate({**feature.model_dump(), **changes.get(feature.name, {})})
+            Feature.model_validate({**feature.model_dump(by_alias=True), **changes.get(feature.name, {})})
             for feature in self.features
         ]
-        return FeatureSchema(features=features, policy=Policy.model_validate(policy.model_dump()))
+        return FeatureSchema(features=features, policy=policy)
 
 
 def infer_schema(frame: pd.DataFrame) -> FeatureSchema:
@@ -131,6 +135,7 @@ def infer_schema(frame: pd.DataFrame) -> FeatureSchema:
             if not_text:
                 raise ValueError(f"column {name!r} mixes text with {sorted(not_text)}: make it one type")
             distinct = sorted(set(values))
+            nones = sum(value is None for value in column)
             features.append(
                 Feature(
                     name=name,
@@ -138,6 +143,7 @@ def infer_schema(frame: pd.DataFrame) -> FeatureSchema:
                     dtype=str(column.dtype),
                     categories=distinct if len(distinct) <= MAX_CATEGORIES else None,
                     nullable=nullable,
+                    missing_as="none" if nones > column.isna().sum() - nones else "nan",
                 )
             )
     return FeatureSchema(features=features)
@@ -255,7 +261,9 @@ class Validator:
         for feature in self.schema.features:
             values = columns.get(feature.name)
             if values is None:
-                typed[feature.name] = np.full(rows, np.nan, dtype=float if feature.kind == "numeric" else object)
+                typed[feature.name] = np.full(
+                    rows, _missing(feature), dtype=float if feature.kind == "numeric" else object
+                )
             elif feature.kind == "numeric":
                 typed[feature.name] = self._numeric(feature, values, violations)
             else:
@@ -324,9 +332,10 @@ class Validator:
         out = np.empty(len(values), dtype=object)
         known = self._categories.get(feature.name)
         reported = _reported(violations, feature.name) if not feature.nullable else None
+        missing = _missing(feature)
         for row, value in enumerate(values):
             if value is None or (isinstance(value, float) and math.isnan(value)):
-                out[row] = np.nan
+                out[row] = missing
                 if reported is not None and row not in reported:
                     violations.append(
                         Violation(
@@ -340,9 +349,13 @@ class Validator:
                         Violation(row, feature.name, "unseenCategory", f"'{_clip(value)}' was not seen in training")
                     )
             else:
-                out[row] = np.nan
+                out[row] = missing
                 violations.append(Violation(row, feature.name, "wrongType", f"expected text, got {_describe(value)}"))
         return out
+
+
+def _missing(feature: Feature) -> float | None:
+    return None if feature.missing_as == "none" else np.nan
 
 
 def _reported(violations: list[Violation], name: str) -> set[int] | None:

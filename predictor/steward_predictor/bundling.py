@@ -1,0 +1,185 @@
+"""steward-bundle: build, inspect and verify model bundles from the command line (and a training repo's CI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+import skops.io
+
+from steward_predictor import parity
+from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="steward-bundle",
+        description="Seal a fitted scikit-learn pipeline with its feature schema, training baselines, held-out "
+        "results and golden examples; inspect a bundle; verify that it loads and reproduces its golden examples.",
+        epilog=f"Exit codes: {EXIT_OK} ok, {EXIT_FAILED} the bundle failed a check (or could not be built), "
+        f"{EXIT_USAGE} bad arguments.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="seal a fitted pipeline into a new bundle directory")
+    build.add_argument("output", type=Path, help="new directory to write (must not exist)")
+    build.add_argument("--pipeline", type=Path, required=True, help="fitted pipeline: .skops, or .joblib/.pkl")
+    build.add_argument(
+        "--train", type=Path, required=True, help="training data the pipeline was fitted on (.csv/.parquet)"
+    )
+    build.add_argument("--target", required=True, help="name of the target column in --train and --holdout")
+    build.add_argument("--holdout", type=Path, help="held-out data for evaluation and golden examples")
+    build.add_argument("--version", required=True, help="model version, e.g. 2024-06-01")
+    build.add_argument("--feature-set-version", default="1", help="version of the feature code (default %(default)s)")
+    build.add_argument("--schema-overrides", type=Path, help='JSON: {"policy": {...}, "features": {"name": {...}}}')
+    build.add_argument("--trust-type", action="append", default=[], help="type to trust when reading a .skops pipeline")
+    build.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a .joblib/.pkl pipeline (runs code: only your own files), and seal the bundle with pickle "
+        "instead of skops",
+    )
+
+    inspect = commands.add_parser("inspect", help="show a bundle's metadata, schema and held-out results")
+    inspect.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    verify = commands.add_parser(
+        "verify", help="check digests, trusted types and golden-example parity, as the server does at start"
+    )
+    verify.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
+    verify.add_argument("--digest", help="require this sha256 digest")
+    verify.add_argument("--trust-type", action="append", default=[], help="extra type to trust; repeatable")
+    verify.add_argument("--allow-pickle", action="store_true", help="accept a pickled pipeline")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args)
+        if args.command == "inspect":
+            return _inspect(args)
+        return _verify(args)
+    except BundleError as error:
+        print(f"steward-bundle: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"steward-bundle: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _build(args: argparse.Namespace) -> int:
+    pipeline = _read_pipeline(args.pipeline, args.allow_pickle, tuple(args.trust_type))
+    train = _read_frame(args.train)
+    x_train, y_train = _split(train, args.target, args.train)
+    holdout = None
+    if args.holdout:
+        holdout = _split(_read_frame(args.holdout), args.target, args.holdout)
+    overrides = json.loads(args.schema_overrides.read_text()) if args.schema_overrides else None
+    bundle = build_bundle(
+        pipeline,
+        x_train,
+        y_train,
+        holdout=holdout,
+        model_version=args.version,
+        feature_set_version=args.feature_set_version,
+        schema_overrides=overrides,
+    )
+    problems = parity.check(bundle)
+    if problems:
+        raise BundleError(f"the pipeline does not reproduce its own outputs: {'; '.join(problems[:5])}")
+    saved = bundle.save(args.output, allow_pickle=args.allow_pickle)
+    print(f"sealed {args.output} (version {saved.version}, {saved.digest})", file=sys.stderr)
+    print(saved.digest)
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    # Inspection reads what the bundle says about itself; it checks digests but never loads the pipeline.
+    bundle = load_bundle(args.bundle, skip_pipeline=True)
+    summary = _summary(bundle)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return EXIT_OK
+    meta = bundle.metadata
+    print(f"bundle      {args.bundle}\ndigest      {bundle.digest}")
+    print(f"version     {meta.model_version} (feature set {meta.feature_set_version}), {meta.task}")
+    if meta.classes:
+        print(f"classes     {', '.join(map(str, meta.classes))}")
+    print(f"trained     {meta.created_at} on {meta.training_rows} rows ({meta.training_fingerprint[:19]}...)")
+    print(f"built with  python {meta.python}, scikit-learn {meta.sklearn}, numpy {meta.numpy}, pandas {meta.pandas}")
+    figures = ", ".join(f"{key} {value:.4g}" for key, value in bundle.holdout.items() if isinstance(value, float))
+    print(f"held out    {bundle.holdout.get('rows')} rows ({bundle.holdout.get('source')}): {figures}")
+    print(f"golden      {len(bundle.golden.inputs)} examples")
+    print("features")
+    for feature in bundle.schema.features:
+        if feature.kind == "numeric":
+            detail = f"[{feature.minimum:g}, {feature.maximum:g}]" if feature.minimum is not None else "no values"
+        else:
+            detail = f"{len(feature.categories)} categories" if feature.categories is not None else "free text"
+        nullable = ", may be missing" if feature.nullable else ""
+        print(f"  {feature.name:<28} {feature.kind:<12} {detail}{nullable}")
+    policy = bundle.schema.policy.model_dump(by_alias=True)
+    print("policy      " + ", ".join(f"{key}={value}" for key, value in policy.items()))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    bundle = load_bundle(
+        args.bundle, expected_digest=args.digest, allow_pickle=args.allow_pickle, trusted_types=tuple(args.trust_type)
+    )
+    problems = parity.check(bundle)
+    if problems:
+        print(f"steward-bundle: {args.bundle}: golden examples do not reproduce:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"ok: {args.bundle} ({bundle.version}, {bundle.digest}): {len(bundle.golden.inputs)} golden examples reproduce"
+    )
+    return EXIT_OK
+
+
+def _summary(bundle: Bundle) -> dict[str, Any]:
+    return {
+        "digest": bundle.digest,
+        "metadata": bundle.metadata.model_dump(mode="json", by_alias=True),
+        "holdout": bundle.holdout,
+        "schema": bundle.schema.model_dump(mode="json", by_alias=True),
+        "golden": len(bundle.golden.inputs),
+    }
+
+
+def _read_pipeline(path: Path, allow_pickle: bool, trusted: tuple[str, ...]) -> Any:
+    if path.suffix == ".skops":
+        untrusted = [name for name in skops.io.get_untrusted_types(file=path) if name not in trusted]
+        if untrusted and not all(name.startswith("sklearn.") or name.startswith("numpy.") for name in untrusted):
+            raise BundleError(f"{path} contains types that are not trusted: {', '.join(untrusted)} (use --trust-type)")
+        return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+    if not allow_pickle:
+        raise ValueError(f"{path} is a pickle, which runs code when read: pass --allow-pickle if it is your own file")
+    return joblib.load(path)
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: expected a .csv or .parquet file")
+
+
+def _split(frame: pd.DataFrame, target: str, path: Path) -> tuple[pd.DataFrame, pd.Series]:
+    if target not in frame.columns:
+        raise KeyError(f"{path} has no target column {target!r} (columns: {', '.join(map(str, frame.columns))})")
+    return frame.drop(columns=[target]), frame[target]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
