@@ -95,7 +95,7 @@ def test_a_broken_field_is_refused_by_name(
         st.text(min_size=1, max_size=10) | st.booleans() | st.lists(st.integers(), max_size=2)
         if numeric
         else st.integers()
-        | st.floats(allow_nan=False)
+        | st.floats(allow_nan=False, allow_infinity=False)
         | st.booleans()
         | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
     )
