@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install binaries lint format crds test test-unit test-integration cluster clean
+.PHONY: help install binaries lint format crds test test-unit test-integration bench cluster clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ binaries: install ## Build kube-apiserver and etcd into ~/.cache/steward (once; 
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator/steward_operator predictor/steward_predictor harness/steward_harness tests
+	$(BIN)/mypy operator/steward_operator predictor/steward_predictor harness/steward_harness tests bench
 	$(BIN)/lint-imports
 
 format: install ## Apply ruff's fixes and formatting
@@ -43,6 +43,10 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 
 test-integration: binaries ## Integration tests against a real kube-apiserver + etcd started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+bench: install ## Benchmarks, each side by side with its baseline in one run: online serving, batch scoring
+	$(BIN)/python bench/online.py
+	$(BIN)/python bench/batch.py
 
 cluster: binaries ## Start the local control plane with the CRDs installed and print a KUBECONFIG line
 	$(BIN)/steward-local cluster

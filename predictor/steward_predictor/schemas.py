@@ -23,6 +23,7 @@ PROBLEMS: tuple[Problem, ...] = (
     "outOfRange",
     "unseenCategory",
 )
+_NUMBERS = {int, float, type(None)}
 # Past this many distinct values a text column is treated as free text: no unseen-category check.
 MAX_CATEGORIES = 1000
 
@@ -202,6 +203,16 @@ class Validator:
     def check_records(self, records: Sequence[Any]) -> Checked:
         """Validate row records ({"age": 41, "plan": "pro"}) or rows in schema order ([41, "pro"])."""
         rows = len(records)
+        if all(type(record) is dict and record.keys() == self._known for record in records):
+            # The common case, every record with exactly the schema's fields: gather columns in one pass each.
+            gathered = {name: [record[name] for record in records] for name in self._names}
+            return self._check(gathered, rows, [])
+        columns, violations = self._gather(records)
+        return self._check(columns, rows, violations)
+
+    def _gather(self, records: Sequence[Any]) -> tuple[dict[str, list[Any]], list[Violation]]:
+        """Columns from records of any shape, with what was structurally wrong with each."""
+        rows = len(records)
         columns: dict[str, list[Any]] = {name: [None] * rows for name in self._names}
         given: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=bool) for name in self._names}
         violations: list[Violation] = []
@@ -217,21 +228,20 @@ class Validator:
                 for name, value in zip(self._names, record, strict=True):
                     columns[name][row] = value
                     given[name][row] = True
-            elif isinstance(record, list | tuple):
-                detail = f"expected {len(self._names)} values in the order {self._names}, got {len(record)}"
-                violations.append(Violation(row, "*", "missingField", detail, fatal=True))
-                for mask in given.values():
-                    mask[row] = True
             else:
-                detail = f"expected an object or a list of values, got {_describe(record)}"
-                violations.append(Violation(row, "*", "wrongType", detail, fatal=True))
+                if isinstance(record, list | tuple):
+                    detail = f"expected {len(self._names)} values in the order {self._names}, got {len(record)}"
+                    violations.append(Violation(row, "*", "missingField", detail, fatal=True))
+                else:
+                    detail = f"expected an object or a list of values, got {_describe(record)}"
+                    violations.append(Violation(row, "*", "wrongType", detail, fatal=True))
                 for mask in given.values():
                     mask[row] = True
         for name, mask in given.items():
             violations.extend(
                 Violation(int(row), name, "missingField", "missing field") for row in np.flatnonzero(~mask)
             )
-        return self._check(columns, rows, violations)
+        return columns, violations
 
     def check_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series], rows: int) -> Checked:
         """Validate named columns of equal length (a V2 request, or a batch chunk)."""
@@ -278,6 +288,9 @@ class Validator:
                     rejected.setdefault(row, []).append(violation)
             else:
                 counted.append(violation)
+        if not rejected:
+            frame = pd.DataFrame(typed, columns=self._names, copy=False)
+            return Checked(frame=frame, accepted=np.arange(rows), rejected=rejected, counted=counted)
         keep = np.ones(rows, dtype=bool)
         keep[list(rejected)] = False
         frame = pd.DataFrame({name: typed[name][keep] for name in self._names}, columns=self._names)
@@ -287,6 +300,8 @@ class Validator:
         array = values.to_numpy() if isinstance(values, pd.Series) else values
         if isinstance(array, np.ndarray) and array.dtype.kind in "fiu":
             out = array.astype(float, copy=False)
+        elif not isinstance(array, np.ndarray) and set(map(type, array)) <= _NUMBERS:
+            out = np.array(array, dtype=float)
         else:
             out = np.empty(len(values), dtype=float)
             for row, value in enumerate(values):
@@ -314,9 +329,12 @@ class Validator:
                 for row in np.flatnonzero(missing)
                 if reported is not None and int(row) not in reported
             )
-        with np.errstate(invalid="ignore"):
-            low = out < feature.minimum if feature.minimum is not None else np.zeros(len(out), dtype=bool)
-            high = out > feature.maximum if feature.maximum is not None else np.zeros(len(out), dtype=bool)
+        if feature.minimum is None or feature.maximum is None:
+            return out
+        # NaN compares false both ways, so missing values are never out of range.
+        outside = (out < feature.minimum) | (out > feature.maximum)
+        if not outside.any():
+            return out
         violations.extend(
             Violation(
                 int(position),
@@ -324,15 +342,21 @@ class Validator:
                 "outOfRange",
                 f"{out[position]:g} is outside the training range [{feature.minimum:g}, {feature.maximum:g}]",
             )
-            for position in np.flatnonzero(low | high)
+            for position in np.flatnonzero(outside)
         )
         return out
 
     def _categorical(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
-        out = np.empty(len(values), dtype=object)
         known = self._categories.get(feature.name)
-        reported = _reported(violations, feature.name) if not feature.nullable else None
         missing = _missing(feature)
+        plain = values.tolist() if isinstance(values, pd.Series | np.ndarray) else values
+        if set(map(type, plain)) <= {str} and (known is None or known.issuperset(plain)):
+            # All present, all text, all seen in training: nothing to report, nothing to convert.
+            out = np.empty(len(plain), dtype=object)
+            out[:] = plain
+            return out
+        out = np.empty(len(values), dtype=object)
+        reported = _reported(violations, feature.name) if not feature.nullable else None
         for row, value in enumerate(values):
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 out[row] = missing
