@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 
 import kserve
@@ -83,6 +84,10 @@ def main() -> None:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     model = StewardModel(args.model_name, settings, Families())
     model.load()
+    # Everything loaded so far (libraries, the pipeline) lives as long as the process: keep the garbage
+    # collector from walking it again on every full collection while requests are served.
+    gc.collect()
+    gc.freeze()
     model_server.app.add_exception_handler(RequestValidationError, _request_not_understood)
     server = kserve.ModelServer()
     # Registered even when not ready: the server answers with the reason instead of exiting.

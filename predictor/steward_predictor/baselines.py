@@ -3,7 +3,8 @@ the predictor bins live traffic, so drift is a comparison of like with like."""
 
 from __future__ import annotations
 
-import math
+from functools import cached_property
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -46,14 +47,21 @@ class Histogram(_Model):
         """The bin index of each value; -1 for a missing one."""
         if self.kind == "numeric":
             numbers = np.asarray(values, dtype=float)
-            index = np.searchsorted(np.asarray(self.edges), numbers, side="left")
+            index = np.searchsorted(self._edges, numbers, side="left")
             index[np.isnan(numbers)] = -1
             return index
-        lookup = {category: position for position, category in enumerate(self.categories or [])}
-        other = len(lookup)
-        return np.fromiter(
-            (-1 if _missing(value) else lookup.get(value, other) for value in values), dtype=np.int64, count=len(values)
-        )
+        lookup = self._lookup
+        index = np.array(list(map(lookup.get, values, repeat(len(lookup), len(values)))), dtype=np.int64)
+        index[pd.isna(np.asarray(values, dtype=object))] = -1
+        return index
+
+    @cached_property
+    def _edges(self) -> np.ndarray:
+        return np.asarray(self.edges or [], dtype=float)
+
+    @cached_property
+    def _lookup(self) -> dict[Any, int]:
+        return {category: position for position, category in enumerate(self.categories or [])}
 
 
 class Baselines(_Model):
@@ -117,7 +125,3 @@ def _fill(histogram: Histogram, values: np.ndarray) -> Histogram:
     fractions = (counts / counts.sum()).tolist() if counts.sum() else counts.tolist()
     missing = float((index < 0).mean()) if len(index) else 0.0
     return histogram.model_copy(update={"fractions": fractions, "missing": missing})
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

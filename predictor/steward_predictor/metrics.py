@@ -6,10 +6,14 @@ bundle's training bins, so cardinality is bounded by features x bins and drift c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from steward_predictor.baselines import Histogram as Bins
 from steward_predictor.bundles import Bundle
@@ -19,6 +23,64 @@ _BASE = ("model", "version", "variant")
 # From a fast in-memory pipeline (~1 ms) to a slow batch request; Prometheus sums them for any quantile.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_FEATURE = "__unknown__"
+
+
+@dataclass
+class _Binned:
+    """Counts over one histogram's bins (plus missing values), for one model, version and variant."""
+
+    base: tuple[str, str, str]
+    name: str
+    histogram: Bins
+    counts: np.ndarray
+    missing: int = 0
+
+    def add(self, values: np.ndarray) -> None:
+        index = self.histogram.bin(values)
+        present = index[index >= 0]
+        self.missing += len(index) - len(present)
+        self.counts += np.bincount(present, minlength=len(self.counts))
+
+
+class _BinnedFamilies(Collector):
+    """Bin counters kept as numpy arrays and turned into samples only when Prometheus scrapes: one request
+    adds an array instead of making a counter call per bin."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.features: list[_Binned] = []
+        self.predictions: list[_Binned] = []
+        self.scores: list[_Binned] = []
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            values = CounterMetricFamily(
+                "steward_predictor_feature_values",
+                "Feature values seen, by the bundle's training bin (decile index, or category).",
+                labels=[*_BASE, "feature", "bin"],
+            )
+            missing = CounterMetricFamily(
+                "steward_predictor_feature_missing", "Feature values that were missing.", labels=[*_BASE, "feature"]
+            )
+            for binned in self.features:
+                for label, count in zip(binned.histogram.labels, binned.counts.tolist(), strict=True):
+                    values.add_metric([*binned.base, binned.name, label], count)
+                missing.add_metric([*binned.base, binned.name], binned.missing)
+            predictions = CounterMetricFamily(
+                "steward_predictor_predictions",
+                "Predictions, by class (classifiers) or by the bundle's training bin of predicted values.",
+                labels=[*_BASE, "bin"],
+            )
+            scores = CounterMetricFamily(
+                "steward_predictor_scores",
+                "Binary classifiers: the positive class's probability, by the bundle's training bin.",
+                labels=[*_BASE, "bin"],
+            )
+            for family, binned_list in ((predictions, self.predictions), (scores, self.scores)):
+                for binned in binned_list:
+                    for label, count in zip(binned.histogram.labels, binned.counts.tolist(), strict=True):
+                        family.add_metric([*binned.base, label], count)
+        yield from (values, missing, predictions, scores)
 
 
 class Families:
@@ -39,35 +101,11 @@ class Families:
             registry=registry,
         )
         self.rows = Counter("steward_predictor_rows", "Rows scored.", _BASE, registry=registry)
-        self.feature_bins = Counter(
-            "steward_predictor_feature_values",
-            "Feature values seen, by the bundle's training bin (decile index, or category).",
-            [*_BASE, "feature", "bin"],
-            registry=registry,
-        )
-        self.feature_missing = Counter(
-            "steward_predictor_feature_missing",
-            "Feature values that were missing.",
-            [*_BASE, "feature"],
-            registry=registry,
-        )
         self.problems = Counter(
             "steward_predictor_feature_problems",
             "Schema problems: missingField, unknownField, wrongType, missingValue, outOfRange, unseenCategory; "
             "action says whether the row was rejected or accepted and counted.",
             [*_BASE, "feature", "problem", "action"],
-            registry=registry,
-        )
-        self.prediction_bins = Counter(
-            "steward_predictor_predictions",
-            "Predictions, by class (classifiers) or by the bundle's training bin of predicted values.",
-            [*_BASE, "bin"],
-            registry=registry,
-        )
-        self.score_bins = Counter(
-            "steward_predictor_scores",
-            "Binary classifiers: the positive class's probability, by the bundle's training bin.",
-            [*_BASE, "bin"],
             registry=registry,
         )
         self.info = Gauge(
@@ -79,85 +117,87 @@ class Families:
         self.ready = Gauge(
             "steward_predictor_ready", "1 when the model passed its checks and serves.", _BASE, registry=registry
         )
+        self.binned = _BinnedFamilies()
+        registry.register(self.binned)
 
 
 class ModelMetrics:
-    """Metrics for one loaded bundle, with every labelled child resolved up front: scoring adds numbers only."""
+    """Metrics for one model version and variant, with every labelled child resolved up front."""
 
     def __init__(self, families: Families, name: str, version: str, variant: str) -> None:
         self.families = families
         self.base = {"model": name, "version": version, "variant": variant}
+        self._key = (name, version, variant)
         self.latency = families.latency.labels(**self.base)
         self.rows = families.rows.labels(**self.base)
         self.ready = families.ready.labels(**self.base)
-        self._features: list[tuple[str, Bins, list[Counter], Counter]] = []
-        self._predictions: tuple[Bins, list[Counter]] | None = None
-        self._scores: tuple[Bins, list[Counter]] | None = None
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._features: list[tuple[str, _Binned]] = []
+        self._predictions: _Binned | None = None
+        self._scores: _Binned | None = None
+        self._class_bins: np.ndarray | None = None
 
     def attach(self, bundle: Bundle) -> None:
-        """Resolve the per-bin children of the bundle's training histograms."""
+        """Start counting over the bundle's training bins."""
         self.families.info.labels(
             **self.base, digest=bundle.digest or "", feature_set_version=bundle.metadata.feature_set_version
         ).set(1)
-        for histogram in bundle.baselines.features:
-            children = [
-                self.families.feature_bins.labels(**self.base, feature=histogram.name, bin=label)
-                for label in histogram.labels
-            ]
-            missing = self.families.feature_missing.labels(**self.base, feature=histogram.name)
-            self._features.append((histogram.name, histogram, children, missing))
-        predictions = bundle.baselines.predictions
-        self._predictions = (
-            predictions,
-            [self.families.prediction_bins.labels(**self.base, bin=label) for label in predictions.labels],
-        )
-        if bundle.baselines.scores is not None:
-            scores = bundle.baselines.scores
-            self._scores = (
-                scores,
-                [self.families.score_bins.labels(**self.base, bin=label) for label in scores.labels],
-            )
+        binned = self.families.binned
+        with binned.lock:
+            for histogram in bundle.baselines.features:
+                feature = self._binned(histogram.name, histogram)
+                binned.features.append(feature)
+                self._features.append((histogram.name, feature))
+            self._predictions = self._binned("prediction", bundle.baselines.predictions)
+            binned.predictions.append(self._predictions)
+            if bundle.metadata.classes is not None:
+                # Class position in predict_proba's columns -> bin of the prediction histogram.
+                labels = np.array([str(label) for label in bundle.metadata.classes], dtype=object)
+                self._class_bins = bundle.baselines.predictions.bin(labels)
+            if bundle.baselines.scores is not None:
+                self._scores = self._binned("score", bundle.baselines.scores)
+                binned.scores.append(self._scores)
+
+    def _binned(self, name: str, histogram: Bins) -> _Binned:
+        return _Binned(self._key, name, histogram, np.zeros(len(histogram.labels), dtype=np.int64))
 
     def request(self, protocol: str, code: int) -> None:
-        self.families.requests.labels(**self.base, protocol=protocol, code=str(code)).inc()
+        counter = self._requests.get((protocol, code))
+        if counter is None:
+            counter = self._requests[(protocol, code)] = self.families.requests.labels(
+                **self.base, protocol=protocol, code=str(code)
+            )
+        counter.inc()
 
     def observe_inputs(self, checked: Checked) -> None:
-        frame = checked.frame
-        for name, histogram, children, missing in self._features:
-            _count(histogram, frame[name].to_numpy(), children, missing)
-        self._problems(checked.counted, "counted")
-        self._problems((violation for violations in checked.rejected.values() for violation in violations), "rejected")
+        columns = checked.columns
+        with self.families.binned.lock:
+            for name, binned in self._features:
+                binned.add(columns[name])
+        if checked.counted:
+            self._problems(checked.counted, "counted")
+        if checked.rejected:
+            self._problems((problem for problems in checked.rejected.values() for problem in problems), "rejected")
 
-    def observe_outputs(self, predictions: np.ndarray, scores: np.ndarray | None) -> None:
+    def observe_outputs(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Count predictions: for classifiers by class (from the probabilities, without turning labels into
+        text), for regressors by the training bins of predicted values."""
         self.rows.inc(len(predictions))
-        if self._predictions is not None:
-            histogram, children = self._predictions
-            values = predictions if histogram.kind == "numeric" else predictions.astype(str)
-            _count(histogram, values, children, None)
-        if self._scores is not None and scores is not None:
-            histogram, children = self._scores
-            _count(histogram, scores, children, None)
+        with self.families.binned.lock:
+            if self._predictions is not None:
+                if probabilities is not None and self._class_bins is not None:
+                    bins = self._class_bins[np.argmax(probabilities, axis=1)]
+                    self._predictions.counts += np.bincount(bins, minlength=len(self._predictions.counts))
+                else:
+                    self._predictions.add(predictions)
+            if self._scores is not None and probabilities is not None:
+                self._scores.add(probabilities[:, 1])
 
     def _problems(self, violations: Iterable[Violation], action: str) -> None:
         tally: dict[tuple[str, str], int] = {}
         for violation in violations:
-            feature = (
-                violation.field if violation.problem != "unknownField" and violation.field != "*" else UNKNOWN_FEATURE
-            )
-            key = (feature, violation.problem)
+            unnamed = violation.problem == "unknownField" or violation.field == "*"
+            key = (UNKNOWN_FEATURE if unnamed else violation.field, violation.problem)
             tally[key] = tally.get(key, 0) + 1
         for (feature, problem), count in tally.items():
             self.families.problems.labels(**self.base, feature=feature, problem=problem, action=action).inc(count)
-
-
-def _count(histogram: Bins, values: np.ndarray, children: list[Counter], missing: Counter | None) -> None:
-    index = histogram.bin(values)
-    present = index[index >= 0]
-    if missing is not None and len(present) < len(index):
-        missing.inc(len(index) - len(present))
-    if len(present) == 1:
-        children[int(present[0])].inc()
-        return
-    counts = np.bincount(present, minlength=len(children))
-    for position in np.flatnonzero(counts):
-        children[position].inc(int(counts[position]))

@@ -112,8 +112,7 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             if checked.rejected:
                 raise InvalidInput(_explain(checked))
             predictions, probabilities = _score(bundle, checked)
-            scores = probabilities[:, 1] if probabilities is not None and probabilities.shape[1] == 2 else None
-            metrics.observe_outputs(predictions, scores)
+            metrics.observe_outputs(predictions, probabilities)
         except InvalidInput:
             metrics.request(protocol, 400)
             raise
@@ -171,16 +170,16 @@ def _score(bundle: Bundle, checked: Checked) -> tuple[np.ndarray, np.ndarray | N
     if bundle.metadata.task == "classification":
         probabilities = np.asarray(pipeline.predict_proba(checked.frame))
         # The class with the highest probability is what predict() returns; derive it instead of scoring twice.
-        classes = np.asarray(pipeline.classes_)
-        return classes[np.argmax(probabilities, axis=1)], probabilities
+        return np.asarray(pipeline.classes_)[np.argmax(probabilities, axis=1)], probabilities
     return np.asarray(pipeline.predict(checked.frame)), None
 
 
 def _v1_response(bundle: Bundle, predictions: np.ndarray, probabilities: np.ndarray | None) -> dict[str, Any]:
     response: dict[str, Any] = {"predictions": predictions.tolist()}
     if probabilities is not None:
-        labels = [str(label) for label in bundle.metadata.classes or []]
-        response["probabilities"] = [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()]
+        # One row per instance, one column per class, in the order of "classes".
+        response["probabilities"] = probabilities.tolist()
+        response["classes"] = bundle.metadata.classes
     return response
 
 

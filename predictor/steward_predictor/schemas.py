@@ -172,6 +172,8 @@ class Checked:
 
     frame: pd.DataFrame
     """Accepted rows, columns in schema order, typed as in training (float64 or object with NaN for missing)."""
+    columns: dict[str, np.ndarray]
+    """The frame's columns as arrays, for code that needs no DataFrame."""
     accepted: np.ndarray
     """Positions, in the input, of the accepted rows."""
     rejected: dict[int, list[Violation]] = field(default_factory=dict)
@@ -199,6 +201,11 @@ class Validator:
         self._categories = {
             feature.name: frozenset(feature.categories) for feature in schema.features if feature.categories is not None
         }
+        numeric = [feature for feature in schema.features if feature.kind == "numeric"]
+        self._numeric_names = [feature.name for feature in numeric]
+        self._minimums = np.array([-np.inf if f.minimum is None else f.minimum for f in numeric])[:, np.newaxis]
+        self._maximums = np.array([np.inf if f.maximum is None else f.maximum for f in numeric])[:, np.newaxis]
+        self._nullable = np.array([feature.nullable for feature in numeric], dtype=bool)
 
     def check_records(self, records: Sequence[Any]) -> Checked:
         """Validate row records ({"age": 41, "plan": "pro"}) or rows in schema order ([41, "pro"])."""
@@ -267,9 +274,11 @@ class Validator:
     def _check(
         self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series], rows: int, violations: list[Violation]
     ) -> Checked:
-        typed: dict[str, np.ndarray] = {}
+        typed = self._clean_numbers(columns)
         for feature in self.schema.features:
             values = columns.get(feature.name)
+            if feature.name in typed:
+                continue
             if values is None:
                 typed[feature.name] = np.full(
                     rows, _missing(feature), dtype=float if feature.kind == "numeric" else object
@@ -288,13 +297,43 @@ class Validator:
                     rejected.setdefault(row, []).append(violation)
             else:
                 counted.append(violation)
-        if not rejected:
-            frame = pd.DataFrame(typed, columns=self._names, copy=False)
-            return Checked(frame=frame, accepted=np.arange(rows), rejected=rejected, counted=counted)
         keep = np.ones(rows, dtype=bool)
         keep[list(rejected)] = False
-        frame = pd.DataFrame({name: typed[name][keep] for name in self._names}, columns=self._names)
-        return Checked(frame=frame, accepted=np.flatnonzero(keep), rejected=rejected, counted=counted)
+        # In schema order; passing columns= as well would make pandas reindex, at several times the cost.
+        ordered = {name: typed[name] if not rejected else typed[name][keep] for name in self._names}
+        frame = pd.DataFrame(ordered, copy=False)
+        return Checked(frame=frame, columns=ordered, accepted=np.flatnonzero(keep), rejected=rejected, counted=counted)
+
+    def _clean_numbers(self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series]) -> dict[str, np.ndarray]:
+        """The numeric columns with nothing to report, checked together as one block. The others are left to
+        the per-column checks that name each problem."""
+        names: list[str] = []
+        parts: list[Any] = []
+        for name in self._numeric_names:
+            values = columns.get(name)
+            array = values.to_numpy() if isinstance(values, pd.Series) else values
+            if isinstance(array, np.ndarray):
+                plain = array.dtype.kind in "fiu"
+            else:
+                plain = array is not None and set(map(type, array)) <= _NUMBERS
+            if plain:
+                names.append(name)
+                parts.append(array)
+        if not names:
+            return {}
+        block = np.array(parts, dtype=float)
+        rows = (
+            [self._numeric_names.index(name) for name in names]
+            if len(names) < len(self._numeric_names)
+            else slice(None)
+        )
+        # NaN compares false both ways, so a missing value is never out of range.
+        flagged = (
+            np.isinf(block).any(axis=1)
+            | (np.isnan(block).any(axis=1) & ~self._nullable[rows])
+            | ((block < self._minimums[rows]) | (block > self._maximums[rows])).any(axis=1)
+        )
+        return {name: block[position] for position, name in enumerate(names) if not flagged[position]}
 
     def _numeric(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
         array = values.to_numpy() if isinstance(values, pd.Series) else values

@@ -77,8 +77,8 @@ def test_v1_records_and_rows_predict_exactly_what_the_pipeline_does(
         else:
             assert answer["predictions"] == predictions
             assert probabilities is not None
-            served = [[row[str(label)] for label in model.pipeline.classes_] for row in answer["probabilities"]]
-            assert np.allclose(served, probabilities, rtol=1e-9)
+            assert answer["classes"] == model.pipeline.classes_.tolist()
+            assert np.allclose(answer["probabilities"], probabilities, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", MODELS)
