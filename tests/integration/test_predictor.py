@@ -227,3 +227,25 @@ def test_metrics_are_labelled_bounded_and_pass_promtool(
     assert promtool, "promtool is missing: apt-get install prometheus"
     check = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_histograms_count_exactly_what_was_served(servers: dict[str, Predictor], trained: dict[str, Trained]) -> None:
+    model, predictor = trained["wine"], servers["wine"]
+    frame = model.x_test
+    before_classes = _samples(predictor, "steward_predictor_predictions", ("bin",))
+    before_values = _samples(predictor, "steward_predictor_feature_values", ("feature", "bin"))
+    before_missing = _samples(predictor, "steward_predictor_feature_missing", ("feature",))
+    status, _, body = predictor.post("/v1/models/wine:predict", {"instances": _records(frame)})
+    assert status == 200, body
+
+    classes = _samples(predictor, "steward_predictor_predictions", ("bin",))
+    served = pd.Series(model.pipeline.predict(frame)).value_counts()
+    for label, count in served.items():
+        assert classes[(str(label),)] - before_classes.get((str(label),), 0) == count
+    values = _samples(predictor, "steward_predictor_feature_values", ("feature", "bin"))
+    missing = _samples(predictor, "steward_predictor_feature_missing", ("feature",))
+    for name in frame.columns:
+        seen = sum(count - before_values.get(key, 0) for key, count in values.items() if key[0] == name)
+        gaps = missing[(name,)] - before_missing.get((name,), 0)
+        assert seen + gaps == len(frame), name
+        assert gaps == frame[name].isna().sum(), name
