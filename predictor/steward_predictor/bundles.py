@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from sklearn import metrics
 from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from steward_predictor import baselines as baselines_module
@@ -94,6 +95,20 @@ class Bundle:
     @property
     def version(self) -> str:
         return self.metadata.model_version
+
+    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and, for classifiers, class probabilities (columns in the order of metadata.classes),
+        for rows already validated and typed. The feature steps run once for both."""
+        pipeline = self.pipeline
+        if isinstance(pipeline, Pipeline) and len(pipeline.steps) > 1:
+            # Slicing makes a new Pipeline that shares the fitted steps: microseconds.
+            transformed, estimator = pipeline[:-1].transform(frame), pipeline[-1]
+        else:
+            transformed, estimator = frame, pipeline
+        prediction = np.asarray(estimator.predict(transformed))
+        if self.metadata.task == "regression":
+            return prediction, None
+        return prediction, np.asarray(estimator.predict_proba(transformed), dtype=np.float64)
 
     def save(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Bundle:
         """Write the bundle as a new directory and return it with its digest. The directory appears whole or

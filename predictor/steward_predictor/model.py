@@ -111,7 +111,7 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             metrics.observe_inputs(checked)
             if checked.rejected:
                 raise InvalidInput(_explain(checked))
-            predictions, probabilities = _score(bundle, checked)
+            predictions, probabilities = bundle.predict(checked.frame)
             metrics.observe_outputs(predictions, probabilities)
         except InvalidInput:
             metrics.request(protocol, 400)
@@ -163,15 +163,6 @@ def _check(validator: Validator, payload: dict[str, Any] | InferRequest) -> Chec
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('"instances" must be a non-empty list of records or rows')
     return validator.check_records(instances)
-
-
-def _score(bundle: Bundle, checked: Checked) -> tuple[np.ndarray, np.ndarray | None]:
-    pipeline = bundle.pipeline
-    if bundle.metadata.task == "classification":
-        probabilities = np.asarray(pipeline.predict_proba(checked.frame))
-        # The class with the highest probability is what predict() returns; derive it instead of scoring twice.
-        return np.asarray(pipeline.classes_)[np.argmax(probabilities, axis=1)], probabilities
-    return np.asarray(pipeline.predict(checked.frame)), None
 
 
 def _v1_response(bundle: Bundle, predictions: np.ndarray, probabilities: np.ndarray | None) -> dict[str, Any]:

@@ -388,12 +388,20 @@ class Validator:
     def _categorical(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
         known = self._categories.get(feature.name)
         missing = _missing(feature)
-        plain = values.tolist() if isinstance(values, pd.Series | np.ndarray) else values
-        if set(map(type, plain)) <= {str} and (known is None or known.issuperset(plain)):
-            # All present, all text, all seen in training: nothing to report, nothing to convert.
-            out = np.empty(len(plain), dtype=object)
-            out[:] = plain
-            return out
+        array = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+        if array.ndim == 1:
+            gaps = pd.isna(array)
+            present = array[~gaps] if gaps.any() else array
+            if (
+                set(map(type, present)) <= {str}
+                and (known is None or known.issuperset(present))
+                and (feature.nullable or not gaps.any())
+            ):
+                # Text seen in training, and gaps only where the model expects them: nothing to report, and
+                # only the gaps to respell.
+                out = array.copy()
+                out[gaps] = missing
+                return out
         out = np.empty(len(values), dtype=object)
         reported = _reported(violations, feature.name) if not feature.nullable else None
         for row, value in enumerate(values):

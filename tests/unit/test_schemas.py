@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,7 +114,12 @@ def test_only_bad_rows_are_rejected(schema: FeatureSchema) -> None:
 
 def test_columns_are_checked_as_a_whole(schema: FeatureSchema) -> None:
     validator = Validator(schema)
-    columns = {"age": [30.0, 31.0], "visits": [1, 2], "plan": ["pro", "basic"], "region": ["north", "east"]}
+    columns: dict[str, list[Any] | np.ndarray] = {
+        "age": [30.0, 31.0],
+        "visits": [1, 2],
+        "plan": ["pro", "basic"],
+        "region": ["north", "east"],
+    }
     assert not validator.check_columns(columns, 2).rejected
     short = validator.check_columns({**columns, "visits": [1]}, 2)
     assert sorted(short.rejected) == [0, 1]

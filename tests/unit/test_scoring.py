@@ -1,0 +1,281 @@
+"""Batch scoring's logic without files or processes: where data goes, how a chunk is validated and scored,
+what a scored row and a rejected row carry, and what the command line promises."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steward_predictor import datasets, scoring
+from tests.support import models
+from tests.support.models import Trained
+
+RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def breast_cancer(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return models.breast_cancer(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return models.wine(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def diabetes(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return models.diabetes(tmp_path_factory.mktemp("models"))
+
+
+def _with_problems(x: pd.DataFrame) -> pd.DataFrame:
+    """x with a number given as a word (row 2), a value missing where training had none (row 5), an unseen
+    category (row 7, only counted) and a patient id column."""
+    frame = x.reset_index(drop=True).astype({"mean radius": object, "size_band": object})
+    frame.loc[2, "mean radius"] = "twelve"
+    frame.loc[5, "mean area"] = np.nan
+    frame.loc[7, "size_band"] = "enormous"
+    frame.insert(0, "patient", [f"p{index:04d}" for index in range(len(frame))])
+    return frame
+
+
+# Where data is read from and written to
+
+
+@pytest.mark.parametrize(
+    ("uri", "format"),
+    [
+        ("scores.csv", "csv"),
+        ("/data/Scores.CSV", "csv"),
+        ("file:///data/scores.parquet", "parquet"),
+        ("scores.pq", "parquet"),
+    ],
+)
+def test_file_formats_are_inferred_from_the_suffix(uri: str, format: datasets.Format) -> None:
+    assert datasets.locate(uri).format == format
+
+
+def test_database_urls_are_sql_and_name_a_table() -> None:
+    location = datasets.locate("postgresql://reader@warehouse:5432/analytics", table="customers")
+    assert (location.format, location.table) == ("sql", "customers")
+    # The bare scheme gets the driver Steward ships with, whatever SQLAlchemy's default.
+    assert location.uri.startswith("postgresql+psycopg://")
+
+
+def test_sqlite_files_are_named_by_their_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = datasets.locate("sqlite:///rows.db", table="rows")
+    absolute = datasets.locate(f"sqlite:///{tmp_path / 'rows.db'}", table="rows")
+    assert relative.uri == absolute.uri
+
+
+def test_passwords_are_kept_out_of_what_is_displayed() -> None:
+    location = datasets.locate("postgresql://scorer:s3cret@warehouse/analytics", table="scores")
+    assert "s3cret" not in location.display
+    assert "s3cret" in location.uri
+
+
+def test_the_format_flag_overrides_the_suffix() -> None:
+    assert datasets.locate("export.txt", "csv").format == "csv"
+
+
+@pytest.mark.parametrize(
+    ("uri", "format", "table", "message"),
+    [
+        ("rows.txt", None, None, "--input-format"),
+        ("rows", None, None, "cannot tell the format"),
+        ("postgresql://warehouse/analytics", None, None, "--input-table"),
+        ("rows.csv", None, "rows", "only with a database URL"),
+        ("s3://bucket/rows.parquet", None, None, "only local files"),
+        ("s3://bucket/rows/", None, None, "neither a local file nor a database URL"),
+    ],
+)
+def test_unusable_locations_say_what_to_change(
+    uri: str, format: datasets.Format | None, table: str | None, message: str
+) -> None:
+    with pytest.raises(datasets.LocationError, match=message):
+        datasets.locate(uri, format, table)
+
+
+@pytest.mark.parametrize(
+    ("output", "table", "rejects", "rejects_table"),
+    [
+        ("/out/scores.csv", None, "/out/scores.rejects.csv", None),
+        ("/out/scores.parquet", None, "/out/scores.rejects.parquet", None),
+        ("sqlite:////out/db.sqlite", "scores", "sqlite:////out/db.sqlite", "scores_rejects"),
+    ],
+)
+def test_rejects_go_beside_the_output(output: str, table: str | None, rejects: str, rejects_table: str | None) -> None:
+    location = datasets.rejects_beside(datasets.locate(output, table=table, role="output"))
+    assert (location.uri, location.table) == (rejects, rejects_table)
+
+
+def test_a_file_named_without_a_suffix_gets_rejects_beside_it() -> None:
+    location = datasets.rejects_beside(datasets.locate("/out/scores", "csv", role="output"))
+    assert (location.uri, location.format) == ("/out/scores.rejects", "csv")
+
+
+# Scoring a chunk
+
+
+def test_scores_are_the_pipelines_predictions_and_probabilities(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    chunk = scorer.score(breast_cancer.x_test.reset_index(drop=True))
+    scores = chunk.scores.to_pandas()
+    assert chunk.rejected == 0
+    np.testing.assert_array_equal(scores["prediction"], breast_cancer.pipeline.predict(breast_cancer.x_test))
+    probabilities = breast_cancer.pipeline.predict_proba(breast_cancer.x_test)
+    np.testing.assert_array_equal(scores[["probability_0", "probability_1"]].to_numpy(), probabilities)
+
+
+def test_every_scored_row_carries_its_row_ids_model_and_time(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    moment = datetime(2025, 3, 1, 2, 30, tzinfo=UTC)
+    frame = _with_problems(breast_cancer.x_test)
+    scores = scorer.score(frame, first_row=1000, scored_at=moment).scores.to_pandas()
+    assert list(scores.columns) == [
+        "row",
+        "patient",
+        "request_id",
+        "model_version",
+        "bundle_digest",
+        "scored_at",
+        "prediction",
+        "probability_0",
+        "probability_1",
+    ]
+    kept = [row for row in range(len(frame)) if row not in (2, 5)]
+    assert scores["row"].tolist() == [1000 + row for row in kept]
+    assert scores["patient"].tolist() == [f"p{row:04d}" for row in kept]
+    assert scores["request_id"].tolist() == [f"{RUN_ID}-{1000 + row}" for row in kept]
+    assert set(scores["model_version"]) == {"v1"}
+    assert set(scores["bundle_digest"]) == {breast_cancer.bundle.digest}
+    assert set(scores["scored_at"]) == {pd.Timestamp(moment)}
+
+
+def test_rejected_rows_keep_their_values_and_say_why_in_input_rows(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    chunk = scorer.score(_with_problems(breast_cancer.x_test), first_row=1000)
+    rejects = chunk.rejects.to_pandas()
+    assert rejects["row"].tolist() == [1002, 1005]
+    assert rejects["patient"].tolist() == ["p0002", "p0005"]
+    assert rejects.loc[0, "mean radius"] == "twelve"
+    assert rejects.loc[0, "reasons"] == "row 1002, field 'mean radius': expected a number, got text 'twelve'"
+    assert rejects.loc[1, "mean area"] is None
+    assert rejects.loc[1, "reasons"].startswith("row 1005, field 'mean area': value is missing")
+    assert list(rejects.columns) == ["row", "patient", *breast_cancer.bundle.schema.names, "reasons"]
+
+
+def test_problems_the_policy_only_counts_are_scored_and_counted(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    chunk = scorer.score(_with_problems(breast_cancer.x_test))
+    assert 7 in chunk.scores.column("row").to_pylist()
+    assert chunk.counted["unseenCategory"] == 1
+
+
+def test_every_reason_of_a_row_is_given(breast_cancer: Trained) -> None:
+    frame = breast_cancer.x_test.reset_index(drop=True).astype({"mean radius": object})
+    frame.loc[0, "mean radius"] = "big"
+    frame.loc[0, "mean area"] = np.nan
+    reasons = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID).score(frame).rejects.column("reasons").to_pylist()
+    assert reasons == [
+        "row 0, field 'mean radius': expected a number, got text 'big'; "
+        "row 0, field 'mean area': value is missing and the model was trained without"
+    ]
+
+
+def test_class_labels_name_the_probability_columns(wine: Trained) -> None:
+    scores = scoring.Scorer(wine.bundle, run_id=RUN_ID).score(wine.x_test.reset_index(drop=True)).scores
+    labels = list(wine.pipeline.classes_)
+    assert scores.column_names[-3:] == [f"probability_{label}" for label in labels]
+    assert scores.column("prediction").to_pylist() == wine.pipeline.predict(wine.x_test).tolist()
+
+
+def test_a_regressor_has_a_prediction_and_no_probabilities(diabetes: Trained) -> None:
+    scores = scoring.Scorer(diabetes.bundle, run_id=RUN_ID).score(diabetes.x_test.reset_index(drop=True)).scores
+    assert scores.column_names[-1] == "prediction"
+    np.testing.assert_array_equal(scores.column("prediction").to_numpy(), diabetes.pipeline.predict(diabetes.x_test))
+
+
+def test_a_chunk_of_nothing_but_rejects_has_typed_empty_scores(breast_cancer: Trained) -> None:
+    frame = breast_cancer.x_test.iloc[:3].reset_index(drop=True)
+    frame["mean area"] = np.nan
+    chunk = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID).score(frame)
+    assert (chunk.scores.num_rows, chunk.rejected) == (0, 3)
+    assert str(chunk.scores.schema.field("prediction").type) == "int64"
+
+
+def test_an_id_column_may_not_clash_with_an_output_column(breast_cancer: Trained) -> None:
+    with pytest.raises(scoring.UsageError, match="clash"):
+        scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="prediction")
+
+
+# What a run reports
+
+
+def test_the_summary_is_one_line_of_json_with_the_counts() -> None:
+    summary = scoring.Summary(
+        run_id=RUN_ID,
+        model_version="v1",
+        digest="sha256:abc",
+        input="in.csv",
+        output="out.csv",
+        rejects="out.rejects.csv",
+        rows_read=1000,
+        rows_scored=990,
+        rows_rejected=10,
+        seconds=2.0,
+        published=True,
+    )
+    line = summary.as_json()
+    assert "\n" not in line
+    document = json.loads(line)
+    assert document["rowsRead"] == 1000
+    assert document["rowsScored"] == 990
+    assert document["rowsRejected"] == 10
+    assert document["rowsPerSecond"] == 500.0
+    assert (document["modelVersion"], document["digest"]) == ("v1", "sha256:abc")
+    assert (document["output"], document["rejects"]) == ("out.csv", "out.rejects.csv")
+
+
+# The command line
+
+
+def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        scoring.main(["batch", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for code, meaning in [
+        (0, "scored"),
+        (1, "runtime failure"),
+        (2, "usage error"),
+        (3, "rejected"),
+        (4, "bundle refused"),
+    ]:
+        assert f"  {code}  {meaning}" in text
+    for flag in ["--bundle", "--input-table", "--output-format", "--rejects", "--id-column", "--if-exists"]:
+        assert flag in text
+
+
+def test_a_missing_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        scoring.main(["batch", "--input", "rows.csv"])
+    assert exit_.value.code == scoring.EXIT_USAGE
+    assert "--output" in capsys.readouterr().err
+
+
+def test_an_unknown_format_is_a_usage_error_before_anything_is_read(capsys: pytest.CaptureFixture[str]) -> None:
+    assert scoring.main(["batch", "--input", "rows.txt", "--output", "scores.csv"]) == scoring.EXIT_USAGE
+    assert "--input-format" in capsys.readouterr().err
+
+
+def test_a_rejects_table_needs_a_database(capsys: pytest.CaptureFixture[str]) -> None:
+    code = scoring.main(["batch", "--input", "rows.csv", "--output", "scores.csv", "--rejects-table", "bad"])
+    assert code == scoring.EXIT_USAGE
+    assert "--rejects" in capsys.readouterr().err
