@@ -27,15 +27,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from sklearn.compose import ColumnTransformer
-from sklearn.datasets import load_breast_cancer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from steward_predictor.bundles import Bundle, build_bundle
+from steward_predictor.bundles import Bundle
 from steward_predictor.scoring import Scorer
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
+
+from tests.support import models  # noqa: E402
 
 SIZES = (100_000, 1_000_000)
 FORMATS = ("csv", "parquet")
@@ -55,36 +54,6 @@ class Measurement:
     """Bytes."""
     plain_seconds: float
     same_work_seconds: float
-
-
-def breast_cancer_like() -> tuple[Pipeline, pd.DataFrame, pd.Series]:
-    """Ten numeric features with gaps plus a categorical one, imputed, scaled, one-hot encoded: the shape of
-    the models in tests/support, on scikit-learn's breast cancer data."""
-    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    x = x.iloc[:, :10].copy()
-    x["size_band"] = pd.qcut(x["mean radius"], 3, labels=["small", "medium", "large"]).astype(object)
-    rng = np.random.default_rng(1)
-    x.loc[rng.random(len(x)) < 0.05, x.columns[1]] = np.nan
-    x.loc[rng.random(len(x)) < 0.05, "size_band"] = np.nan
-    numeric = list(x.columns[:10])
-    features = ColumnTransformer(
-        [
-            ("numeric", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), numeric),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        ("encode", OneHotEncoder(handle_unknown="ignore")),
-                    ]
-                ),
-                ["size_band"],
-            ),
-        ]
-    )
-    pipeline = Pipeline([("features", features), ("model", LogisticRegression(max_iter=2000))])
-    pipeline.fit(x, y)
-    return pipeline, x, y
 
 
 def generate(x: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -210,9 +179,8 @@ def main() -> int:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="steward-bench-"))
     try:
-        pipeline, x, y = breast_cancer_like()
-        bundle_path = scratch / "bundle"
-        bundle = build_bundle(pipeline, x, y, model_version="bench").save(bundle_path)
+        trained = models.breast_cancer(scratch, version="bench")
+        pipeline, x, bundle, bundle_path = trained.pipeline, trained.x_train, trained.bundle, trained.path
         measurements = []
         for rows in args.sizes:
             frame = generate(x, rows, seed=rows)

@@ -19,11 +19,11 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
 from steward_harness import binaries, certificates
+from steward_harness.servers import Server, halt
 
 STARTUP_TIMEOUT = 90.0
 
@@ -33,7 +33,7 @@ class ControlPlaneError(RuntimeError):
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(Server):
     """etcd and kube-apiserver as child processes, with everything they need in `directory`."""
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-control-plane-")))
@@ -109,30 +109,9 @@ class ControlPlane:
     def stop(self, keep: bool = False) -> None:
         """Stop both servers (API server first); remove the directory unless `keep` (for a failed test's logs)."""
         for name in ("kube-apiserver", "etcd"):
-            process = self._processes.pop(name, None)
-            if process is None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            halt(self._processes.pop(name, None))
         if not keep:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> ControlPlane:
-        try:
-            self.start()
-        except BaseException:
-            self.stop(keep=True)
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop(keep=error is not None)
 
     def _spawn(self, name: str, command: list[str]) -> None:
         with self.log(name).open("ab") as log:

@@ -14,11 +14,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TypedDict
 
+from steward_harness.servers import Server, halt
+
 STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 # Where Debian and Ubuntu put the server binaries; they are not on PATH there.
 PACKAGED_BINARIES = Path("/usr/lib/postgresql")
 # PostgreSQL refuses to run as root, so as root the server runs as this account (the packages create it).
@@ -55,7 +55,7 @@ def find_binaries() -> Path:
 
 
 @dataclass
-class Postgres:
+class Postgres(Server):
     """One PostgreSQL server as a child process, with its data, socket-free config and log in `directory`."""
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-postgres-")))
@@ -136,29 +136,10 @@ class Postgres:
     def stop(self, keep: bool = False) -> None:
         """Stop the server (fast shutdown: open sessions are ended); remove the directory unless `keep`."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to disconnect.
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to disconnect.
+        halt(process, signal.SIGINT)
         if not keep:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Postgres:
-        try:
-            self.start()
-        except BaseException:
-            self.stop(keep=True)
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop(keep=error is not None)
 
     def _as_account(self) -> _Account:
         if self._account is None:

@@ -12,9 +12,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from steward_harness.controlplane import free_ports
+from steward_harness.servers import Server, halt
 
 STARTUP_TIMEOUT = 60.0
 
@@ -24,7 +24,7 @@ class PredictorError(RuntimeError):
 
 
 @dataclass
-class Predictor:
+class Predictor(Server):
     """One `python -m steward_predictor` process serving a bundle."""
 
     bundle: str
@@ -69,14 +69,11 @@ class Predictor:
             time.sleep(0.1)
         raise PredictorError(f"predictor not answering after {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+    def stop(self, keep: bool = True) -> None:
+        """Stop the process; its log is removed unless `keep` (by default it stays, for the test report)."""
+        halt(self._process)
+        if not keep:
+            self.log.unlink(missing_ok=True)
 
     def ready(self) -> tuple[bool, str]:
         """Whether the model is ready, and the body of the readiness endpoint (the reason when it is not)."""
@@ -108,11 +105,3 @@ class Predictor:
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log})"
-
-    def __enter__(self) -> Predictor:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -1,0 +1,47 @@
+"""What every server the harness runs has in common: start, stop, and a context manager that keeps the
+server's logs when the block it guards fails."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
+
+STOP_TIMEOUT = 15.0
+
+
+class Server(ABC):
+    @abstractmethod
+    def start(self) -> object:
+        """Start and wait until ready."""
+
+    @abstractmethod
+    def stop(self, keep: bool = False) -> None:
+        """Stop; keep the state and logs on disk when `keep`."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop(keep=True)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop(keep=error is not None)
+
+
+def halt(process: subprocess.Popen[bytes] | None, how: signal.Signals = signal.SIGTERM) -> None:
+    """Ask a process to stop, and kill it if it has not within STOP_TIMEOUT."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(how)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
