@@ -47,6 +47,22 @@ TRUSTED_PREFIXES = ("sklearn.",)
 TRUSTED_TYPES = frozenset({"numpy.dtype", "numpy.float64", "numpy.int64", "numpy.ndarray", "builtins.slice"})
 
 Task = Literal["classification", "regression"]
+# scikit-learn classifiers whose predict() is the class predict_proba() rates highest. Others (an SVC with
+# Platt scaling, say) may disagree, and are asked for both.
+ARGMAX_CLASSIFIERS = frozenset(
+    {
+        "LogisticRegression",
+        "DecisionTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "HistGradientBoostingClassifier",
+        "GradientBoostingClassifier",
+        "GaussianNB",
+        "MultinomialNB",
+        "BernoulliNB",
+        "MLPClassifier",
+    }
+)
 
 
 class BundleError(Exception):
@@ -105,10 +121,13 @@ class Bundle:
             transformed, estimator = pipeline[:-1].transform(frame), pipeline[-1]
         else:
             transformed, estimator = frame, pipeline
-        prediction = np.asarray(estimator.predict(transformed))
         if self.metadata.task == "regression":
-            return prediction, None
-        return prediction, np.asarray(estimator.predict_proba(transformed), dtype=np.float64)
+            return np.asarray(estimator.predict(transformed)), None
+        probabilities = np.asarray(estimator.predict_proba(transformed), dtype=np.float64)
+        if type(estimator).__module__.startswith("sklearn.") and type(estimator).__name__ in ARGMAX_CLASSIFIERS:
+            # predict() is defined as the most probable class here: skip scoring a second time.
+            return np.asarray(estimator.classes_)[np.argmax(probabilities, axis=1)], probabilities
+        return np.asarray(estimator.predict(transformed)), probabilities
 
     def save(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Bundle:
         """Write the bundle as a new directory and return it with its digest. The directory appears whole or

@@ -4,7 +4,8 @@ request and every batch row goes through before the pipeline sees it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -201,6 +202,7 @@ class Validator:
         self._categories = {
             feature.name: frozenset(feature.categories) for feature in schema.features if feature.categories is not None
         }
+        self._fields = operator.itemgetter(*self._names) if len(self._names) > 1 else _single(self._names)
         numeric = [feature for feature in schema.features if feature.kind == "numeric"]
         self._numeric_names = [feature.name for feature in numeric]
         self._minimums = np.array([-np.inf if f.minimum is None else f.minimum for f in numeric])[:, np.newaxis]
@@ -212,8 +214,8 @@ class Validator:
         rows = len(records)
         if all(type(record) is dict and record.keys() == self._known for record in records):
             # The common case, every record with exactly the schema's fields: gather columns in one pass each.
-            gathered = {name: [record[name] for record in records] for name in self._names}
-            return self._check(gathered, rows, [])
+            transposed = zip(*map(self._fields, records), strict=True) if rows else ([] for _ in self._names)
+            return self._check(dict(zip(self._names, transposed, strict=True)), rows, [])
         columns, violations = self._gather(records)
         return self._check(columns, rows, violations)
 
@@ -423,6 +425,11 @@ class Validator:
                 out[row] = missing
                 violations.append(Violation(row, feature.name, "wrongType", f"expected text, got {_describe(value)}"))
         return out
+
+
+def _single(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """itemgetter returns a bare value for one key; the transposition wants a tuple either way."""
+    return lambda record: tuple(record[name] for name in names)
 
 
 def _missing(feature: Feature) -> float | None:

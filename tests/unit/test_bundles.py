@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sklearn.base import clone
+from sklearn.neighbors import KNeighborsClassifier
 
 from steward_predictor import parity
 from steward_predictor.bundles import BundleError, build_bundle, fingerprint, load_bundle
@@ -136,3 +137,17 @@ def test_fingerprints_tell_training_sets_apart(wine: models.Trained) -> None:
     assert fingerprint(wine.x_train, wine.y_train) == fingerprint(wine.x_train.copy(), wine.y_train.copy())
     shuffled = wine.x_train.sample(frac=1.0, random_state=0)
     assert fingerprint(shuffled, wine.y_train.loc[shuffled.index]) != fingerprint(wine.x_train, wine.y_train)
+
+
+@pytest.mark.parametrize("probability_argmax", [True, False])
+def test_served_classes_are_what_the_pipeline_predicts(wine: models.Trained, probability_argmax: bool) -> None:
+    pipeline = wine.pipeline
+    if not probability_argmax:
+        # Outside the known families, predict() is asked for itself rather than read off the probabilities.
+        pipeline = clone(wine.pipeline).set_params(model=KNeighborsClassifier())
+        pipeline.fit(wine.x_train, wine.y_train)
+    bundle = build_bundle(pipeline, wine.x_train, wine.y_train, model_version="v3")
+    predictions, probabilities = bundle.predict(wine.x_test)
+    assert predictions.tolist() == pipeline.predict(wine.x_test).tolist()
+    assert probabilities is not None
+    assert probabilities.shape == (len(wine.x_test), 3)
