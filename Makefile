@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,dev]'
 	@touch $@
 
-binaries: install ## Build kube-apiserver and etcd into ~/.cache/steward (once; needs Go)
+binaries: install ## Build kube-apiserver, etcd and helm into ~/.cache/steward (once; needs Go)
 	$(BIN)/steward-local build
+	$(BIN)/python -m steward_harness.helm
 
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
 	$(BIN)/ruff check .

@@ -54,10 +54,11 @@ class Kubectl:
         """Apply the CRDs in `directory` and wait until they are served and documented (kubectl explain)."""
         self.run("apply", "--server-side", "-f", str(directory))
         self.run("wait", "--for=condition=Established", f"--timeout={timeout:.0f}s", "-f", str(directory))
-        kinds = self.run("get", "-f", str(directory), "-o", "jsonpath={.spec.names.plural}.{.spec.group}").stdout
+        # "customresourcedefinition.apiextensions.k8s.io/<plural>.<group>", one line per CRD.
+        names = self.run("get", "-f", str(directory), "-o", "name").stdout.split()
         deadline = time.monotonic() + timeout
         # The OpenAPI document that explain and client-side tooling read is published a moment after Established.
-        for kind in kinds.split():
+        for kind in (name.rpartition("/")[2] for name in names):
             while self.run("explain", kind, check=False).returncode != 0:
                 if time.monotonic() > deadline:
                     raise KubectlError(["explain", kind], 1, "the CRD's OpenAPI schema was never published")
