@@ -202,6 +202,7 @@ class Validator:
         self._categories = {
             feature.name: frozenset(feature.categories) for feature in schema.features if feature.categories is not None
         }
+        self._rejects = {problem: schema.policy.action(problem) == "reject" for problem in PROBLEMS}
         self._fields = operator.itemgetter(*self._names) if len(self._names) > 1 else _single(self._names)
         numeric = [feature for feature in schema.features if feature.kind == "numeric"]
         self._numeric_names = [feature.name for feature in numeric]
@@ -290,11 +291,10 @@ class Validator:
             else:
                 typed[feature.name] = self._categorical(feature, values, violations)
 
-        policy = self.schema.policy
         rejected: dict[int, list[Violation]] = {}
         counted: list[Violation] = []
         for violation in violations:
-            if violation.fatal or policy.action(violation.problem) == "reject":
+            if violation.fatal or self._rejects[violation.problem]:
                 for row in range(rows) if violation.row is None else [violation.row]:
                     rejected.setdefault(row, []).append(violation)
             else:
@@ -375,6 +375,10 @@ class Validator:
         # NaN compares false both ways, so missing values are never out of range.
         outside = (out < feature.minimum) | (out > feature.maximum)
         if not outside.any():
+            return out
+        if not self._rejects["outOfRange"]:
+            # Counted problems are only tallied: spare the text nobody reads.
+            violations.extend(Violation(int(row), feature.name, "outOfRange", "") for row in np.flatnonzero(outside))
             return out
         violations.extend(
             Violation(
