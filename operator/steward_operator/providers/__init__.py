@@ -1,0 +1,22 @@
+"""Traffic providers: how a split between the incumbent and the challenger, and a shadow mirror, become route
+objects for one traffic layer. One module per provider; `provider(name)` picks one."""
+
+from __future__ import annotations
+
+from steward_operator.providers.base import Backend, Split, TrafficProvider, UnknownProviderError
+from steward_operator.providers.gateway_api import GatewayApi
+from steward_operator.providers.istio import Istio
+from steward_operator.providers.kserve import KServe
+
+_PROVIDERS: dict[str, type[TrafficProvider]] = {"gateway-api": GatewayApi, "istio": Istio, "kserve": KServe}
+
+__all__ = ["Backend", "Split", "TrafficProvider", "UnknownProviderError", "provider"]
+
+
+def provider(name: str) -> TrafficProvider:
+    """The provider named in spec.rollout.traffic.provider."""
+    try:
+        return _PROVIDERS[name]()
+    except KeyError:
+        known = ", ".join(_PROVIDERS)
+        raise UnknownProviderError(f"unknown traffic provider {name!r}: expected one of {known}") from None

@@ -1,0 +1,103 @@
+"""The one small interface every traffic provider implements, and the values it works with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from steward_operator import specs
+
+
+class UnknownProviderError(ValueError):
+    """spec.rollout.traffic.provider names no provider this operator has."""
+
+
+class ShadowNotSupportedError(ValueError):
+    """A shadow mirror was asked of a provider that cannot mirror (the CRD refuses such manifests)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A version's in-cluster Service: the predictor KServe runs for it."""
+
+    service: str
+    namespace: str
+    port: int = 80
+
+    @property
+    def host(self) -> str:
+        return f"{self.service}.{self.namespace}.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where live traffic goes: the challenger's share in percent (the incumbent takes the rest), and the
+    percent of requests mirrored to the challenger, whose answers are discarded."""
+
+    incumbent: Backend
+    challenger: Backend | None = None
+    challenger_weight: int = 0
+    shadow_percent: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.challenger_weight <= 100 or not 0 <= self.shadow_percent <= 100:
+            raise ValueError(f"weights are percents: {self.challenger_weight=}, {self.shadow_percent=}")
+        if self.challenger is None and (self.challenger_weight or self.shadow_percent):
+            raise ValueError("a split with challenger weight or shadow needs a challenger")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment the route objects belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+    traffic: specs.Traffic
+
+
+class TrafficProvider(Protocol):
+    name: str
+    """The value of spec.rollout.traffic.provider that selects this provider."""
+    supports_shadow: bool
+    """Whether this provider can mirror requests to the challenger."""
+
+    def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
+        """The route objects that put `split` into effect, owned by `owner`; applying them twice changes nothing."""
+        ...
+
+    def predictor_patch(self, split: Split) -> dict[str, Any]:
+        """Fields to set on the challenger's InferenceService predictor (KServe's own canary); usually none."""
+        ...
+
+
+def owned(owner: Owner, api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A route object named after its owner, labelled as Steward's, and garbage-collected with the owner."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "steward", "steward.dev/model": owner.name},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{specs.GROUP}/{specs.VERSION}",
+                    "kind": specs.KIND,
+                    "name": owner.name,
+                    "uid": owner.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+def parent(gateway: str | None, namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of the gateway in spec.rollout.traffic.gateway ("name" or "namespace/name")."""
+    if not gateway:
+        return None
+    gateway_namespace, _, name = gateway.rpartition("/")
+    return gateway_namespace or namespace, name

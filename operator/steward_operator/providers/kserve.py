@@ -1,0 +1,25 @@
+"""KServe's own canary: the challenger's InferenceService takes canaryTrafficPercent, KServe routes the rest to
+the revision before it. No route objects, and no shadow: the CRD refuses shadow with this provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steward_operator.providers.base import Owner, ShadowNotSupportedError, Split
+
+
+class KServe:
+    name = "kserve"
+    supports_shadow = False
+
+    def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
+        if split.shadow_percent:
+            raise ShadowNotSupportedError("the kserve traffic provider cannot mirror requests")
+        return []
+
+    def predictor_patch(self, split: Split) -> dict[str, Any]:
+        if split.shadow_percent:
+            raise ShadowNotSupportedError("the kserve traffic provider cannot mirror requests")
+        if split.challenger is None:
+            return {}
+        return {"canaryTrafficPercent": split.challenger_weight}
