@@ -213,10 +213,17 @@ class Validator:
     def check_records(self, records: Sequence[Any]) -> Checked:
         """Validate row records ({"age": 41, "plan": "pro"}) or rows in schema order ([41, "pro"])."""
         rows = len(records)
-        if all(type(record) is dict and record.keys() == self._known for record in records):
-            # The common case, every record with exactly the schema's fields: gather columns in one pass each.
-            transposed = zip(*map(self._fields, records), strict=True) if rows else ([] for _ in self._names)
-            return self._check(dict(zip(self._names, transposed, strict=True)), rows, [])
+        width = len(self._names)
+        if all(type(record) is dict and len(record) == width for record in records):
+            # The common case, every record with exactly the schema's fields (as many, and all of them present):
+            # gather the columns in one pass.
+            try:
+                fields = list(map(self._fields, records))
+            except KeyError:
+                pass
+            else:
+                transposed = zip(*fields, strict=True) if rows else ([] for _ in self._names)
+                return self._check(dict(zip(self._names, transposed, strict=True)), rows, [])
         columns, violations = self._gather(records)
         return self._check(columns, rows, violations)
 
