@@ -1,0 +1,120 @@
+"""Pure planning: from a ModelDeployment's spec and where its release stands, the children it should have."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from steward_operator import settings, specs
+from steward_operator.providers import Backend, Split, provider
+from steward_operator.providers.base import Owner, owned
+
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+# KServe derives more names from an InferenceService's ("<name>-predictor-..."); leave them room.
+MAX_CHILD_NAME = 52
+
+
+@dataclass(frozen=True)
+class Live:
+    """A version that serves: the incumbent, or the challenger during a release."""
+
+    version: str
+    bundle: str
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where the release stands, as status records it: who serves, and how traffic is split."""
+
+    incumbent: Live
+    challenger: Live | None = None
+    challenger_weight: int = 0
+    shadow_percent: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The children a ModelDeployment should have, ready to apply."""
+
+    inference_services: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def child_name(model: str, version: str) -> str:
+    """The DNS-1035 name of a version's InferenceService. Versions that had to be respelled (v1.0 and v1_0 both
+    become v1-0) get a short hash of the original, so two versions never share a name."""
+    spelled = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", version.lower())).strip("-")
+    name = f"{model}-{spelled}"
+    if spelled != version or len(name) > MAX_CHILD_NAME:
+        digest = hashlib.sha256(version.encode()).hexdigest()[:6]
+        name = f"{name[: MAX_CHILD_NAME - 7].rstrip('-')}-{digest}"
+    return name
+
+
+def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
+    """One InferenceService per live version, and the routes that split traffic between them."""
+    traffic = provider(spec.rollout.traffic.provider)
+    owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
+    incumbent = Backend(f"{child_name(name, release.incumbent.version)}-predictor", namespace)
+    challenger = (
+        Backend(f"{child_name(name, release.challenger.version)}-predictor", namespace) if release.challenger else None
+    )
+    split = Split(incumbent, challenger, release.challenger_weight, release.shadow_percent)
+    services = [inference_service(owner, spec, release.incumbent, "incumbent")]
+    if release.challenger is not None:
+        variant = "shadow" if release.shadow_percent and not release.challenger_weight else "challenger"
+        services.append(inference_service(owner, spec, release.challenger, variant, traffic.predictor_patch(split)))
+    return Plan(inference_services=services, routes=traffic.routes(owner, split))
+
+
+def inference_service(
+    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, patch: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A KServe InferenceService running the Steward predictor on `live`'s bundle."""
+    online = spec.serving.online or specs.OnlineServing()
+    environment = [
+        # KServe's storage initializer fetches STORAGE_URI into /mnt/models before the predictor starts.
+        {"name": "STORAGE_URI", "value": live.bundle},
+        {"name": "STEWARD_MODEL_VERSION", "value": live.version},
+        {"name": "STEWARD_VARIANT", "value": variant},
+    ]
+    if live.digest:
+        environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
+    port = settings.PREDICTOR_PORT
+    container: dict[str, Any] = {
+        "name": "kserve-container",
+        "image": settings.PREDICTOR_IMAGE,
+        "args": [f"--model_name={owner.name}", "--model_dir=/mnt/models", f"--http_port={port}"],
+        "env": environment,
+        "ports": [{"containerPort": port, "protocol": "TCP"}],
+        # Not ready until the bundle checked out (digest, version, golden examples): the reason is in the body.
+        "readinessProbe": {"httpGet": {"path": f"/v1/models/{owner.name}", "port": port}, "periodSeconds": 5},
+    }
+    if online.resources is not None:
+        container["resources"] = online.resources.model_dump(by_alias=True, exclude_none=True)
+    predictor: dict[str, Any] = {
+        "minReplicas": online.min_replicas,
+        "maxReplicas": online.max_replicas,
+        "containers": [container],
+        **(patch or {}),
+    }
+    service = owned(owner, KSERVE_API_VERSION, "InferenceService", {"predictor": predictor})
+    metadata = service["metadata"]
+    metadata["name"] = child_name(owner.name, live.version)
+    metadata["labels"].update(
+        {
+            "app.kubernetes.io/name": "steward-predictor",
+            # The CRD holds versions to label-value syntax.
+            "steward.dev/version": live.version,
+            "steward.dev/variant": variant,
+        }
+    )
+    metadata["annotations"] = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    return service

@@ -1,0 +1,78 @@
+"""Planning online serving: the InferenceServices and routes a ModelDeployment should have at each point of a
+release, as pure data."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from steward_operator import specs
+from steward_operator.planners import Live, Release, child_name, plan_online
+from tests.conftest import REPOSITORY
+
+V1 = Live("2024-06-01", "s3://models/churn/2024-06-01/", "sha256:" + "a" * 64)
+V2 = Live("2024-07-01", "s3://models/churn/2024-07-01/")
+
+
+def _spec(example: str = "online.yaml", **rollout: object) -> specs.ModelDeploymentSpec:
+    manifest = yaml.safe_load((REPOSITORY / "examples" / example).read_text())
+    manifest["spec"].setdefault("rollout", {}).update(rollout)
+    return specs.ModelDeploymentSpec.model_validate(manifest["spec"])
+
+
+def test_child_names_are_dns_labels_and_never_collide() -> None:
+    assert child_name("churn", "2024-06-01") == "churn-2024-06-01"
+    assert child_name("churn", "v7") == "churn-v7"
+    dotted, underscored = child_name("churn", "v1.0"), child_name("churn", "v1_0")
+    assert dotted != underscored
+    assert dotted.startswith("churn-v1-0-")
+    long = child_name("a-model-name-that-is-quite-long", "release-candidate-2024-06-01-final")
+    assert len(long) <= 52
+    assert long == long.lower().strip("-")
+
+
+def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
+    plan = plan_online("churn", "ml", "uid-1", _spec(), Release(V1))
+    (service,) = plan.inference_services
+    assert service["metadata"]["name"] == "churn-2024-06-01"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    labels = service["metadata"]["labels"]
+    assert labels["steward.dev/version"] == "2024-06-01"
+    assert labels["steward.dev/variant"] == "incumbent"
+    assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    predictor = service["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
+    (container,) = predictor["containers"]
+    environment = {item["name"]: item["value"] for item in container["env"]}
+    assert environment == {
+        "STORAGE_URI": V1.bundle,
+        "STEWARD_MODEL_VERSION": V1.version,
+        "STEWARD_VARIANT": "incumbent",
+        "STEWARD_BUNDLE_DIGEST": V1.digest,
+    }
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/churn"
+    (route,) = plan.routes
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "churn-2024-06-01-predictor", "port": 80, "weight": 100}
+    ]
+
+
+def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:
+    plan = plan_online("churn", "ml", "uid-1", _spec(shadow={"percent": 50}), Release(V1, V2, 0, 50))
+    _, challenger = plan.inference_services
+    assert challenger["metadata"]["labels"]["steward.dev/variant"] == "shadow"
+    (rule,) = plan.routes[0]["spec"]["rules"]
+    assert [ref["weight"] for ref in rule["backendRefs"]] == [100, 0]
+    assert rule["filters"][0]["requestMirror"]["percent"] == 50
+    assert "canaryTrafficPercent" not in challenger["spec"]["predictor"]
+
+
+@pytest.mark.parametrize(("provider", "routes"), [("gateway-api", 1), ("istio", 1), ("kserve", 0)])
+def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str, routes: int) -> None:
+    plan = plan_online("churn", "ml", "uid-1", _spec(traffic={"provider": provider}), Release(V1, V2, 25))
+    assert len(plan.routes) == routes
+    challenger = plan.inference_services[1]
+    assert challenger["metadata"]["labels"]["steward.dev/variant"] == "challenger"
+    if provider == "kserve":
+        assert challenger["spec"]["predictor"]["canaryTrafficPercent"] == 25
