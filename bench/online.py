@@ -84,8 +84,8 @@ def _summary(latencies: list[float], rows: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per server, batch size and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (the median round is reported)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per server, batch size and round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median round is reported)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="steward-bench-"))

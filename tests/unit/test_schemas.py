@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steward_predictor.schemas import FeatureSchema, Validator, infer_schema
+from steward_predictor.schemas import FeatureSchema, Validator, frame_of, infer_schema
 
 TRAINING = pd.DataFrame(
     {
@@ -128,3 +128,15 @@ def test_columns_are_checked_as_a_whole(schema: FeatureSchema) -> None:
     assert [str(p) for p in missing.problems] == ["field 'region': missing input"]
     typed = validator.check_columns({**columns, "age": np.array([30.0, np.nan])}, 2)
     assert not typed.rejected  # age is nullable
+
+
+def test_validated_frames_equal_what_pandas_would_build(schema: FeatureSchema) -> None:
+    columns = {
+        "age": np.array([30.0, np.nan]),
+        "visits": np.array([1.0, 2.0]),
+        "plan": np.array(["pro", np.nan], dtype=object),
+        "region": np.array(["north", "east"], dtype=object),
+    }
+    built = frame_of(columns, 2)
+    pd.testing.assert_frame_equal(built, pd.DataFrame(columns))
+    pd.testing.assert_frame_equal(frame_of({}, 0), pd.DataFrame({}, index=pd.RangeIndex(0)), check_column_type=False)
