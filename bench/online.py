@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -22,14 +20,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from tests.support import models  # noqa: E402
 
-from steward_harness.controlplane import free_ports  # noqa: E402
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {str(k): None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-        for row in frame.to_dict("records")
-    ]
+from steward_harness.servers import free_ports  # noqa: E402
 
 
 def _serve(command: list[str], port: int, name: str, log: Path) -> subprocess.Popen[bytes]:
@@ -93,7 +84,7 @@ def main() -> int:
     pipeline_file = trained.path / "pipeline.skops"
     pool = pd.concat([trained.x_test] * 10, ignore_index=True)
     payloads = {
-        size: [json.dumps({"instances": _records(pool.iloc[i : i + size])}).encode() for i in range(0, 200, 7)]
+        size: [json.dumps({"instances": models.records(pool.iloc[i : i + size])}).encode() for i in range(0, 200, 7)]
         for size in (1, 100)
     }
     steward_port, minimal_port = free_ports(2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from steward_harness import binaries, certificates
-from steward_harness.servers import Server, halt
+from steward_harness.servers import Server, free_ports, halt
 
 STARTUP_TIMEOUT = 90.0
 
@@ -177,20 +176,6 @@ class ControlPlane(Server):
         }
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
         self.kubeconfig.chmod(0o600)
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports free right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

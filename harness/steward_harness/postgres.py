@@ -8,7 +8,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from steward_harness.servers import Server, halt
+from steward_harness.servers import Server, free_ports, halt
 
 STARTUP_TIMEOUT = 60.0
 # Where Debian and Ubuntu put the server binaries; they are not on PATH there.
@@ -100,7 +99,7 @@ class Postgres(Server):
                 "--no-sync",
             ]
         )
-        self._port = _free_port()
+        self._port = free_ports(1)[0]
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
                 [
@@ -195,10 +194,3 @@ def _server_account() -> tuple[int, int] | None:
 
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", name))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

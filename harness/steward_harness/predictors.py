@@ -13,8 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.controlplane import free_ports
-from steward_harness.servers import Server, halt
+from steward_harness.servers import Server, free_ports, halt
 
 STARTUP_TIMEOUT = 60.0
 

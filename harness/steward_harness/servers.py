@@ -4,6 +4,7 @@ server's logs when the block it guards fails."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from abc import ABC, abstractmethod
 from types import TracebackType
@@ -45,3 +46,17 @@ def halt(process: subprocess.Popen[bytes] | None, how: signal.Signals = signal.S
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -190,7 +190,7 @@ def build_bundle(
     scores = None
     classes = None
     if task == "classification":
-        classes = [_plain(label) for label in pipeline.classes_]
+        classes = [plain(label) for label in pipeline.classes_]
         if len(classes) == 2:
             scores = np.asarray(pipeline.predict_proba(x_train))[:, 1]
     x_eval, y_eval = holdout if holdout is not None else (x_train, y_train)
@@ -244,7 +244,7 @@ def evaluate(pipeline: Any, task: Task, x: pd.DataFrame, y: Any) -> dict[str, An
             results["rocAuc"] = float(metrics.roc_auc_score(y, probabilities, multi_class="ovr", labels=classes))
     report = metrics.classification_report(y, predicted, labels=classes, output_dict=True, zero_division=0)
     results["perClass"] = {
-        str(_plain(label)): {key: float(value) for key, value in report[str(label)].items()} for label in classes
+        str(plain(label)): {key: float(value) for key, value in report[str(label)].items()} for label in classes
     }
     return results
 
@@ -264,13 +264,13 @@ def _golden(pipeline: Any, task: Task, x: pd.DataFrame, rows: int) -> Golden:
     spread = np.linspace(0, len(x) - 1, num=min(rows, len(x)), dtype=int)
     picked = sorted(set(spread.tolist()) | set(with_missing.tolist()))[:rows]
     sample = x.iloc[picked]
-    inputs = [{name: _plain(value) for name, value in record.items()} for record in sample.to_dict("records")]
-    predictions = [_plain(value) for value in pipeline.predict(sample)]
+    inputs = [{name: plain(value) for name, value in record.items()} for record in sample.to_dict("records")]
+    predictions = [plain(value) for value in pipeline.predict(sample)]
     probabilities = pipeline.predict_proba(sample).tolist() if task == "classification" else None
     return Golden(inputs=inputs, predictions=predictions, probabilities=probabilities)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A JSON-friendly Python value; NaN and None both become None."""
     if isinstance(value, np.generic):
         value = value.item()

@@ -13,7 +13,7 @@ import pandas as pd
 import skops.io
 
 from steward_predictor import parity
-from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle
+from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle, untrusted_types
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -158,9 +158,9 @@ def _summary(bundle: Bundle) -> dict[str, Any]:
 
 def _read_pipeline(path: Path, allow_pickle: bool, trusted: tuple[str, ...]) -> Any:
     if path.suffix == ".skops":
-        untrusted = [name for name in skops.io.get_untrusted_types(file=path) if name not in trusted]
-        if untrusted and not all(name.startswith("sklearn.") or name.startswith("numpy.") for name in untrusted):
-            raise BundleError(f"{path} contains types that are not trusted: {', '.join(untrusted)} (use --trust-type)")
+        refused = untrusted_types(path, trusted)
+        if refused:
+            raise BundleError(f"{path} contains types that are not trusted: {', '.join(refused)} (use --trust-type)")
         return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
     if not allow_pickle:
         raise ValueError(f"{path} is a pickle, which runs code when read: pass --allow-pickle if it is your own file")

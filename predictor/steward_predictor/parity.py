@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from steward_predictor.bundles import Bundle
+from steward_predictor.bundles import Bundle, plain
 from steward_predictor.schemas import Validator
 
 # Outputs must agree to this relative tolerance (probabilities and regression values); labels exactly.
@@ -22,7 +22,7 @@ def check(bundle: Bundle, validator: Validator | None = None) -> list[str]:
     if checked.rejected:
         return [f"golden example refused by the feature schema: {problem}" for problem in checked.problems[:5]]
     problems = []
-    predictions = [_plain(value) for value in bundle.pipeline.predict(checked.frame)]
+    predictions = [plain(value) for value in bundle.pipeline.predict(checked.frame)]
     for row, (expected, actual) in enumerate(zip(golden.predictions, predictions, strict=True)):
         if not _same(expected, actual):
             problems.append(f"golden example {row}: prediction {actual!r}, trained as {expected!r}")
@@ -40,7 +40,3 @@ def _same(expected: Any, actual: Any) -> bool:
     if isinstance(expected, float) or isinstance(actual, float):
         return bool(np.isclose(actual, expected, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE))
     return bool(expected == actual)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

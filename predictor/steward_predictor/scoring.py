@@ -29,6 +29,7 @@ from tqdm import tqdm
 from steward_predictor import datasets, parity
 from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, load_bundle
 from steward_predictor.schemas import FeatureSchema, Validator, Violation
+from steward_predictor.settings import allow_pickle, trusted_types
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,12 +39,6 @@ EXIT_REFUSED = 4
 
 DEFAULT_CHUNK_ROWS = 50_000
 DEFAULT_MAX_REJECT_FRACTION = 0.05
-# Bundle-loading settings that a Kubernetes Job sets through its environment; the flags win.
-ALLOW_PICKLE_VARIABLE = "STEWARD_ALLOW_PICKLE"
-"""true: load bundles whose pipeline is a plain pickle (like --allow-pickle)."""
-TRUSTED_TYPES_VARIABLE = "STEWARD_TRUSTED_TYPES"
-"""Comma-separated type names the pipeline may contain beyond scikit-learn's own (like --trust-type)."""
-
 # Column names of the scores (an --id-column follows ROW) and of the rejects (ROW, the id, the features, REASONS).
 ROW = "row"
 REQUEST_ID = "request_id"
@@ -435,15 +430,15 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--allow-pickle",
         action="store_true",
-        default=os.environ.get(ALLOW_PICKLE_VARIABLE, "").lower() == "true",
-        help=f"load a pipeline stored as a plain pickle; only from a source you trust ({ALLOW_PICKLE_VARIABLE}=true)",
+        default=allow_pickle(),
+        help="load a pipeline stored as a plain pickle; only from a source you trust (STEWARD_ALLOW_PICKLE=true)",
     )
     model.add_argument(
         "--trust-type",
         action="append",
-        default=[name.strip() for name in os.environ.get(TRUSTED_TYPES_VARIABLE, "").split(",") if name.strip()],
+        default=list(trusted_types()),
         metavar="TYPE",
-        help=f"a type the pipeline may contain beyond scikit-learn's own; repeatable ({TRUSTED_TYPES_VARIABLE})",
+        help="a type the pipeline may contain beyond scikit-learn's own; repeatable (STEWARD_TRUSTED_TYPES)",
     )
     data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
     data.add_argument("--input", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")

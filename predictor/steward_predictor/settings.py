@@ -10,8 +10,14 @@ from steward_predictor.bundles import DEFAULT_URI
 VARIANTS = ("incumbent", "challenger", "shadow")
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+def allow_pickle() -> bool:
+    """STEWARD_ALLOW_PICKLE: load a pickled pipeline (1, true or yes)."""
+    return os.environ.get("STEWARD_ALLOW_PICKLE", "").strip().lower() in {"1", "true", "yes"}
+
+
+def trusted_types() -> tuple[str, ...]:
+    """STEWARD_TRUSTED_TYPES: extra types a skops pipeline may contain, comma-separated."""
+    return tuple(name.strip() for name in os.environ.get("STEWARD_TRUSTED_TYPES", "").split(",") if name.strip())
 
 
 @dataclass(frozen=True)
@@ -24,13 +30,9 @@ class Settings:
     """spec.model.version: the server stays not-ready unless the bundle holds this version."""
     variant: str = field(default_factory=lambda: os.environ.get("STEWARD_VARIANT", "incumbent"))
     """incumbent, challenger or shadow: the role of this server in a release; a label on every metric."""
-    allow_pickle: bool = field(default_factory=lambda: _flag("STEWARD_ALLOW_PICKLE"))
+    allow_pickle: bool = field(default_factory=allow_pickle)
     """Load a pickled pipeline. Pickle can run any code: only for bundles from a source you trust."""
-    trusted_types: tuple[str, ...] = field(
-        default_factory=lambda: tuple(
-            name.strip() for name in os.environ.get("STEWARD_TRUSTED_TYPES", "").split(",") if name.strip()
-        )
-    )
+    trusted_types: tuple[str, ...] = field(default_factory=trusted_types)
     """Extra types a skops pipeline may contain (a team's own transformers), comma-separated."""
 
     def __post_init__(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steward_harness.predictors import Predictor
-from tests.support.models import Trained
+from tests.support.models import Trained, records
 
 NAME = "breast-cancer"
 json_values = st.recursive(
@@ -67,8 +66,7 @@ def _message(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def valid_record(trained: dict[str, Trained]) -> dict[str, Any]:
-    row = trained[NAME].x_test.iloc[0].to_dict()
-    return {str(key): None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
+    return records(trained[NAME].x_test.iloc[:1])[0]
 
 
 @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))

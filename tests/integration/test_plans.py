@@ -1,5 +1,5 @@
-"""Planned children are objects the API server accepts as planned, owned by their ModelDeployment; applying the
-same plan again changes nothing."""
+"""Planned children, routes from every provider included, are objects the API server accepts as planned, owned
+by their ModelDeployment; applying the same plan again changes nothing."""
 
 from __future__ import annotations
 
@@ -22,13 +22,19 @@ def cluster(kubectl: Kubectl) -> Kubectl:
 
 @pytest.mark.parametrize("provider", ["gateway-api", "istio", "kserve"])
 def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, namespace: str, provider: str) -> None:
-    manifest = yaml.safe_load((REPOSITORY / "examples" / "online.yaml").read_text())
-    manifest["spec"]["rollout"] = {"traffic": {"provider": provider}}
+    manifest = yaml.safe_load((REPOSITORY / "examples" / "full.yaml").read_text())
+    rollout = manifest["spec"]["rollout"]
+    rollout["traffic"]["provider"] = provider
+    if provider == "kserve":
+        del rollout["shadow"]  # refused with KServe's own canary
     cluster.run("apply", "--server-side", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
-    stored = cluster.json("get", "md", "churn", "-n", namespace)
+    stored = cluster.json("get", "md", "house-prices", "-n", namespace)
     spec = specs.ModelDeployment.model_validate(stored).spec
-    release = Release(Live("2024-06-01", "s3://models/churn/2024-06-01/"), Live("2024-07-01", "s3://m/2024-07-01/"), 25)
-    plan = plan_online("churn", namespace, stored["metadata"]["uid"], spec, release)
+    shadow = 0 if provider == "kserve" else 25
+    release = Release(
+        Live("v1", "s3://models/house-prices/v1/"), Live("v2", "s3://models/house-prices/v2/"), 25, shadow
+    )
+    plan = plan_online("house-prices", namespace, stored["metadata"]["uid"], spec, release)
     for child in [*plan.inference_services, *plan.routes]:
         body = json.dumps(child)
         cluster.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=body)
@@ -37,11 +43,9 @@ def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, na
         assert first["spec"] == child["spec"], kind
         assert first["metadata"]["ownerReferences"][0]["uid"] == stored["metadata"]["uid"]
         cluster.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=body)
-        assert (
-            cluster.json("get", kind, name, "-n", namespace)["metadata"]["resourceVersion"]
-            == first["metadata"]["resourceVersion"]
-        )
-    services = cluster.json("get", "inferenceservices", "-n", namespace, "-l", "steward.dev/model=churn")
+        again = cluster.json("get", kind, name, "-n", namespace)
+        assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    services = cluster.json("get", "inferenceservices", "-n", namespace, "-l", "steward.dev/model=house-prices")
     assert sorted(item["metadata"]["labels"]["steward.dev/variant"] for item in services["items"]) == [
         "challenger",
         "incumbent",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,23 +18,15 @@ from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from prometheus_client.parser import text_string_to_metric_families
 
 from steward_harness.predictors import Predictor
-from tests.support.models import Trained
+from tests.support.models import Trained, as_sent, records
 
 MODELS = ["breast-cancer", "wine", "diabetes"]
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as a client would send them: JSON null for a missing value."""
-    return [
-        {str(key): None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
-        for row in frame.to_dict("records")
-    ]
 
 
 def _v2_inputs(frame: pd.DataFrame) -> list[dict[str, Any]]:
     inputs = []
     for name in frame.columns:
-        values = [None if isinstance(v, float) and math.isnan(v) else v for v in frame[name].tolist()]
+        values = [as_sent(value) for value in frame[name].tolist()]
         datatype = "FP64" if frame[name].dtype.kind == "f" else "BYTES"
         inputs.append({"name": name, "shape": [len(values)], "datatype": datatype, "data": values})
     return inputs
@@ -68,7 +59,7 @@ def test_v1_records_and_rows_predict_exactly_what_the_pipeline_does(
     model, predictor = trained[name], servers[name]
     frame = model.x_test
     predictions, probabilities = _expected(model, frame)
-    for instances in (_records(frame), [list(row.values()) for row in _records(frame)]):
+    for instances in (records(frame), [list(row.values()) for row in records(frame)]):
         status, _, body = predictor.post(f"/v1/models/{name}:predict", {"instances": instances})
         assert status == 200, body
         answer = json.loads(body)
@@ -120,7 +111,7 @@ def test_kserve_rest_client_works_with_both_protocols(
         ready = await v2.is_model_ready(predictor.url, "breast-cancer")
         await v2.close()
         v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
-        v1_response = await v1.infer(predictor.url, {"instances": _records(frame)}, model_name="breast-cancer")
+        v1_response = await v1.infer(predictor.url, {"instances": records(frame)}, model_name="breast-cancer")
         await v1.close()
         assert ready
         return v2_response, v1_response
@@ -133,7 +124,7 @@ def test_kserve_rest_client_works_with_both_protocols(
 
 def test_request_ids_are_honoured_or_made(servers: dict[str, Predictor], trained: dict[str, Trained]) -> None:
     predictor = servers["wine"]
-    body = {"instances": _records(trained["wine"].x_test.iloc[:1])}
+    body = {"instances": records(trained["wine"].x_test.iloc[:1])}
     _, headers, _ = predictor.post("/v1/models/wine:predict", body, {"x-request-id": "req-42"})
     assert headers["x-request-id"] == "req-42"
     _, headers, _ = predictor.post("/v1/models/wine:predict", body, {"ce-id": "event-7"})
@@ -150,7 +141,7 @@ def test_bad_values_are_refused_naming_field_and_row(
     servers: dict[str, Predictor], trained: dict[str, Trained]
 ) -> None:
     predictor = servers["breast-cancer"]
-    good = _records(trained["breast-cancer"].x_test.iloc[:3])
+    good = records(trained["breast-cancer"].x_test.iloc[:3])
     bad = [dict(good[0]), dict(good[1]), dict(good[2])]
     bad[1]["mean radius"] = "large"
     bad[2]["size_band"] = 3
@@ -176,7 +167,7 @@ def test_counted_problems_are_accepted_and_show_in_metrics(
     servers: dict[str, Predictor], trained: dict[str, Trained]
 ) -> None:
     predictor = servers["diabetes"]
-    record = _records(trained["diabetes"].x_test.iloc[:1])[0]
+    record = records(trained["diabetes"].x_test.iloc[:1])[0]
     record["bmi"] = 9.0  # far outside the training range: accepted, counted
     record["size_band"] = "enormous"  # never seen in training: accepted, counted
     status, _, body = predictor.post("/v1/models/diabetes:predict", {"instances": [record]})
@@ -202,7 +193,7 @@ def test_metrics_are_labelled_bounded_and_pass_promtool(
     servers: dict[str, Predictor], trained: dict[str, Trained], tmp_path: Path
 ) -> None:
     predictor = servers["breast-cancer"]
-    predictor.post("/v1/models/breast-cancer:predict", {"instances": _records(trained["breast-cancer"].x_test)})
+    predictor.post("/v1/models/breast-cancer:predict", {"instances": records(trained["breast-cancer"].x_test)})
     _, metrics = predictor.get("/metrics")
     families = {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE steward_")}
     assert families >= {
@@ -235,7 +226,7 @@ def test_histograms_count_exactly_what_was_served(servers: dict[str, Predictor],
     before_classes = _samples(predictor, "steward_predictor_predictions", ("bin",))
     before_values = _samples(predictor, "steward_predictor_feature_values", ("feature", "bin"))
     before_missing = _samples(predictor, "steward_predictor_feature_missing", ("feature",))
-    status, _, body = predictor.post("/v1/models/wine:predict", {"instances": _records(frame)})
+    status, _, body = predictor.post("/v1/models/wine:predict", {"instances": records(frame)})
     assert status == 200, body
 
     classes = _samples(predictor, "steward_predictor_predictions", ("bin",))

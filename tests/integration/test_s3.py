@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from steward_harness.controlplane import free_ports
 from steward_harness.predictors import Predictor
+from steward_harness.servers import free_ports
 from steward_predictor.bundles import BundleError, load_bundle
 from tests.support.models import Trained
 

@@ -3,6 +3,7 @@ missing values, sealed into bundles the way a training repository would."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ class Trained:
     y_test: pd.Series
     bundle: Bundle
     path: Path
+
+
+def as_sent(value: Any) -> Any:
+    """A value as a client sends it in JSON: null for a missing one."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as a client sends them."""
+    return [{str(key): as_sent(value) for key, value in row.items()} for row in frame.to_dict("records")]
 
 
 def _with_category_and_gaps(x: pd.DataFrame, source: str, seed: int) -> pd.DataFrame:
