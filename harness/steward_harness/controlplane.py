@@ -100,7 +100,7 @@ class ControlPlane(Server):
                 "--profiling=false",
             ],
         )
-        context = self._ssl_context()
+        context = self.ssl_context()
         self._wait("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", context))
         self._write_kubeconfig()
         return time.monotonic() - started
@@ -139,7 +139,8 @@ class ControlPlane(Server):
             raise ControlPlaneError("the control plane has not been started")
         return self._certificates
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS for talking to the API server as cluster admin."""
         context = ssl.create_default_context(cafile=str(self._pki.ca_cert))
         context.load_cert_chain(str(self._pki.admin_cert), str(self._pki.admin_key))
         return context

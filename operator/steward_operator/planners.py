@@ -37,10 +37,39 @@ class Release:
 
 @dataclass(frozen=True)
 class Plan:
-    """The children a ModelDeployment should have, ready to apply."""
+    """The children a ModelDeployment should have, ready to apply: what serves first, then the routes."""
 
     inference_services: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, Any]] = field(default_factory=list)
+    cron_jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def serving(self) -> list[dict[str, Any]]:
+        return [*self.inference_services, *self.cron_jobs]
+
+
+def release_of(status: specs.ModelDeploymentStatus) -> Release:
+    """Who serves and how traffic is split, as status records it."""
+    if status.incumbent is None:
+        raise ValueError("a ModelDeployment has nothing to plan before it has an incumbent")
+    weights = status.weights or specs.Weights()
+    challenger = _live(status.challenger) if status.challenger else None
+    return Release(
+        _live(status.incumbent),
+        challenger,
+        weights.challenger if challenger else 0,
+        weights.shadow if challenger else 0,
+    )
+
+
+def plan(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
+    """The children for the serving mode: InferenceServices and routes online, CronJobs in batch; none for
+    streaming, which this version does not serve."""
+    if spec.serving.mode == "online":
+        return plan_online(name, namespace, uid, spec, release)
+    if spec.serving.mode == "batch":
+        return plan_batch(name, namespace, uid, spec, release)
+    return Plan()
 
 
 def child_name(model: str, version: str) -> str:
@@ -68,6 +97,101 @@ def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeployment
         variant = "shadow" if release.shadow_percent and not release.challenger_weight else "challenger"
         services.append(inference_service(owner, spec, release.challenger, variant, traffic.predictor_patch(split)))
     return Plan(inference_services=services, routes=traffic.routes(owner, split))
+
+
+def plan_batch(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
+    """One CronJob per live version: the incumbent writes the output; the challenger scores the same input on
+    the same schedule into a shadow location, and stays suspended until the shadow stage begins."""
+    owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
+    jobs = [cron_job(owner, spec, release.incumbent, "incumbent", suspended=False)]
+    if release.challenger is not None:
+        jobs.append(cron_job(owner, spec, release.challenger, "shadow", suspended=not release.shadow_percent))
+    return Plan(cron_jobs=jobs)
+
+
+def cron_job(
+    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, suspended: bool
+) -> dict[str, Any]:
+    """A CronJob running the predictor image's batch command (steward-predict batch) on `live`'s bundle."""
+    batch = spec.serving.batch
+    if batch is None:
+        raise ValueError("serving.batch is required in batch mode")
+    arguments = ["batch", "--bundle", live.bundle]
+    if live.digest:
+        arguments += ["--digest", live.digest]
+    output, rejects = batch.output, batch.rejects
+    if variant == "shadow":
+        output = shadow_location(output, live.version)
+        rejects = shadow_location(rejects, live.version) if rejects else None
+    arguments += _location("input", batch.input) + _location("output", output)
+    if rejects is not None:
+        arguments += _location("rejects", rejects)
+    arguments += ["--if-exists", "replace", "--chunk-rows", str(batch.chunk_rows)]
+    secrets = {location.credentials_secret for location in (batch.input, output, rejects) if location} - {None}
+    container: dict[str, Any] = {
+        "name": "predictor",
+        "image": settings.PREDICTOR_IMAGE,
+        "command": ["steward-predict"],
+        "args": arguments,
+        "env": [
+            {"name": "STEWARD_MODEL_VERSION", "value": live.version},
+            {"name": "STEWARD_VARIANT", "value": variant},
+        ],
+    }
+    if online_resources := (spec.serving.online.resources if spec.serving.online else None):
+        container["resources"] = online_resources.model_dump(by_alias=True, exclude_none=True)
+    if secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in sorted(s for s in secrets if s)]
+    labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
+    job_spec: dict[str, Any] = {
+        "schedule": batch.schedule,
+        "suspend": suspended,
+        # A run still going when the next is due is left to finish; two never write the same output.
+        "concurrencyPolicy": "Forbid",
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": int(specs.seconds(batch.active_deadline)),
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never", "containers": [container]},
+                },
+            },
+        },
+    }
+    if batch.time_zone:
+        job_spec["timeZone"] = batch.time_zone
+    job = owned(owner, "batch/v1", "CronJob", job_spec)
+    job["metadata"]["name"] = child_name(owner.name, live.version)
+    job["metadata"]["labels"].update({"app.kubernetes.io/name": "steward-batch", **labels})
+    return job
+
+
+def shadow_location(location: specs.DataLocation, version: str) -> specs.DataLocation:
+    """Where a shadowing challenger writes: a table suffixed _shadow, or a shadow/<version>/ folder beside
+    the output."""
+    if location.table:
+        return location.model_copy(update={"table": f"{location.table}_shadow"})
+    head, slash, tail = location.uri.rstrip("/").rpartition("/")
+    if location.uri.endswith("/") or "." not in tail:
+        return location.model_copy(update={"uri": f"{location.uri.rstrip('/')}/shadow/{version}/"})
+    return location.model_copy(update={"uri": f"{head}{slash}shadow/{version}/{tail}"})
+
+
+def _location(role: str, location: specs.DataLocation) -> list[str]:
+    arguments = [f"--{role}", location.uri]
+    if location.table:
+        arguments += [f"--{role}-table", location.table]
+    if location.format:
+        arguments += [f"--{role}-format", location.format]
+    return arguments
+
+
+def _live(version: specs.ServedVersion) -> Live:
+    return Live(version.version, version.bundle, version.digest)
 
 
 def inference_service(

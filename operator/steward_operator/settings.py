@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 
 PREDICTOR_IMAGE = os.environ.get("STEWARD_PREDICTOR_IMAGE", "ghcr.io/steward-dev/predictor:0.1.0")
-"""Image of the predictor every InferenceService runs (predictor/Dockerfile)."""
+"""Image of the predictor every InferenceService and batch CronJob runs (predictor/Dockerfile)."""
 PREDICTOR_PORT = int(os.environ.get("STEWARD_PREDICTOR_PORT", "8080"))
 """Port the predictor listens on, and Prometheus scrapes."""
+NAMESPACES = [name for name in os.environ.get("STEWARD_NAMESPACES", "").split(",") if name]
+"""Namespaces whose ModelDeployments the operator serves, comma-separated; empty for all of them."""
+METRICS_PORT = int(os.environ.get("STEWARD_METRICS_PORT", "9090"))
+"""Port of the operator's own Prometheus metrics (/metrics)."""
+HEALTH_PORT = int(os.environ.get("STEWARD_HEALTH_PORT", "8081"))
+"""Port of the liveness endpoint (/healthz) the Deployment's probes call."""
+RESYNC_SECONDS = float(os.environ.get("STEWARD_RESYNC_SECONDS", "60"))
+"""How often every ModelDeployment is reconciled even when nothing about it changed."""

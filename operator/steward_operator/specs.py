@@ -680,6 +680,10 @@ class Operation(Model):
     """When it was requested; a newer request replaces an older one."""
     requested_by: str | None = None
     """Who asked."""
+    handled_at: datetime | None = None
+    """When Steward carried it out or refused it. Unset while it waits; a new command is written without it."""
+    result: str | None = Field(None, max_length=1024)
+    """What Steward made of it, in words."""
 
 
 class ModelDeploymentStatus(Model):
@@ -696,6 +700,9 @@ class ModelDeploymentStatus(Model):
     """The version serving most traffic."""
     challenger: ServedVersion | None = None
     """The version being proven, during a release."""
+    rolled_back: ServedVersion | None = None
+    """The version last rolled back. Steward does not release it again until `kubectl steward retry` or a new
+    spec.model."""
     canary_step: int | None = Field(None, ge=0)
     """Index into rollout.canary.steps of the current step, during the canary phase."""
     weights: Weights | None = None

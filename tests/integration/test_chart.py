@@ -1,10 +1,16 @@
-"""The Helm chart as the real helm sees it: it lints clean, and what it renders a real API server accepts."""
+"""The Helm chart as the real helm sees it: it lints clean, its values are documented and checked, a real API
+server accepts what it renders, and the operator's ServiceAccount may do exactly what the operator needs."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import yaml
@@ -43,6 +49,21 @@ def _rendered(helm: Helm, namespace: str) -> str:
     result = helm("template", "steward", str(CHART), "--include-crds", "--namespace", namespace)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def _documents(helm: Helm, *args: str) -> dict[str, dict[str, Any]]:
+    """`helm template` with `args` (values, --show-only ...), as {kind: object}; the chart has one of each kind."""
+    result = helm("template", "steward", str(CHART), "--skip-crds", "--namespace", "steward-system", *args)
+    assert result.returncode == 0, result.stderr
+    documents = [document for document in yaml.safe_load_all(result.stdout) if document]
+    kinds = [document["kind"] for document in documents]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {document["kind"]: document for document in documents}
+
+
+def _environment(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {variable["name"]: variable["value"] for variable in container["env"]}
 
 
 def test_helm_is_the_pinned_release(helm: Helm) -> None:
@@ -86,3 +107,364 @@ def test_the_chart_demands_a_supported_kubernetes(helm: Helm, namespace: str) ->
     result = helm("template", "steward", str(CHART), "--kube-version", "1.29.0", "--namespace", namespace)
     assert result.returncode != 0
     assert "incompatible with Kubernetes v1.29.0" in result.stderr
+
+
+# --- values: documented, and checked by the schema --------------------------------------------------------------------
+
+_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][\w.-]*):(?:\s|$)")
+
+
+def _documented_keys(values_yaml: str) -> dict[tuple[str, ...], bool]:
+    """Every key of values.yaml by its path, and whether a helm-docs comment (`# -- ...`) sits right above it."""
+    keys: dict[tuple[str, ...], bool] = {}
+    parents: list[tuple[int, str]] = []
+    comment: list[str] = []
+    for line in values_yaml.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = _KEY.match(line)
+        if match is not None:
+            indent = len(match["indent"])
+            while parents and parents[-1][0] >= indent:
+                parents.pop()
+            path = (*(key for _, key in parents), match["key"])
+            keys[path] = bool(comment) and comment[0].startswith("# -- ")
+            parents.append((indent, match["key"]))
+        # A blank line (or anything else) ends a comment: helm-docs reads only the block right above a key.
+        comment = []
+    return keys
+
+
+def _leaves(values: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    if isinstance(values, dict) and values:
+        for key, value in values.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield path
+
+
+def test_every_value_carries_a_helm_docs_comment() -> None:
+    text = (CHART / "values.yaml").read_text()
+    documented = _documented_keys(text)
+    leaves = list(_leaves(yaml.safe_load(text)))
+    assert leaves
+    for leaf in leaves:
+        assert leaf in documented, leaf
+        # A value is documented on its own line, or as a whole on the map that holds it (resources).
+        assert any(documented[leaf[:depth]] for depth in range(1, len(leaf) + 1)), ".".join(leaf)
+
+
+def test_the_schema_covers_every_value_and_nothing_else() -> None:
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(values)
+
+
+def test_lint_accepts_values_other_than_the_defaults(helm: Helm) -> None:
+    result = helm(
+        "lint",
+        "--strict",
+        str(CHART),
+        "--set",
+        "watchNamespaces={team-a,team-b},resyncSeconds=30,metrics.port=9100,serviceAccount.create=false",
+        "--set",
+        "serviceAccount.name=steward,priorityClassName=system-cluster-critical,nodeSelector.pool=system",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (("--set", "resyncSeconds=-1"), "at '/resyncSeconds': minimum"),
+        (("--set", "resyncSeconds=1.5"), "at '/resyncSeconds'"),
+        (("--set-string", "metrics.port=http"), "at '/metrics/port': got string, want integer"),
+        (("--set", "health.port=70000"), "at '/health/port': maximum"),
+        (("--set", "replicaCount=2"), "additional properties 'replicaCount' not allowed"),
+        (("--set", "image.pullPolicy=Sometimes"), "at '/image/pullPolicy'"),
+        (("--set", "watchNamespaces={Team_A}"), "at '/watchNamespaces/0'"),
+        (("--set", "resources.limits.memory=lots"), "at '/resources/limits/memory'"),
+        (("--set", "serviceAccount.create=maybe"), "at '/serviceAccount/create'"),
+    ],
+    ids=lambda value: value[-1] if isinstance(value, tuple) else None,
+)
+def test_the_schema_refuses_a_bad_value(helm: Helm, values: tuple[str, ...], complaint: str) -> None:
+    result = helm("template", "steward", str(CHART), *values)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert complaint in result.stderr
+
+
+def test_metrics_and_health_must_not_share_a_port(helm: Helm) -> None:
+    result = helm("template", "steward", str(CHART), "--set", "health.port=9090")
+    assert result.returncode != 0
+    assert "metrics.port and health.port must differ" in result.stderr
+
+
+# --- what the chart renders -------------------------------------------------------------------------------------------
+
+
+def test_the_operator_runs_once_non_root_on_a_read_only_file_system(helm: Helm) -> None:
+    deployment = _documents(helm)["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["name"] == "operator"
+    assert container["image"] == "ghcr.io/steward-dev/operator:0.1.0"
+    assert container["command"] == ["steward-operator"]
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 10001
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable path is an emptyDir at /tmp.
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mount["name"]]
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+
+
+def test_the_probes_call_healthz_on_the_health_port(helm: Helm) -> None:
+    deployment = _documents(helm, "--set", "health.port=8181")["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 9090, "health": 8181}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert _environment(deployment)["STEWARD_HEALTH_PORT"] == "8181"
+
+
+def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
+    assert _environment(_documents(helm)["Deployment"]) == {
+        "STEWARD_PREDICTOR_IMAGE": "ghcr.io/steward-dev/predictor:0.1.0",
+        "STEWARD_NAMESPACES": "",
+        "STEWARD_RESYNC_SECONDS": "60",
+        "STEWARD_METRICS_PORT": "9090",
+        "STEWARD_HEALTH_PORT": "8081",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    environment = _environment(
+        _documents(
+            helm,
+            "--set",
+            "watchNamespaces={team-a,team-b},resyncSeconds=15,predictorImage.tag=2.0.0",
+        )["Deployment"]
+    )
+    assert environment["STEWARD_NAMESPACES"] == "team-a,team-b"
+    assert environment["STEWARD_RESYNC_SECONDS"] == "15"
+    assert environment["STEWARD_PREDICTOR_IMAGE"] == "ghcr.io/steward-dev/predictor:2.0.0"
+
+
+def test_the_service_exposes_the_metrics_port_inside_the_cluster(helm: Helm) -> None:
+    documents = _documents(helm, "--set", "metrics.port=9100")
+    service = documents["Service"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
+    # The Service selects the operator's pod and nothing else (not the `helm test` pod).
+    pod_labels = documents["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert not service["spec"]["selector"].items() <= documents["Pod"]["metadata"]["labels"].items()
+
+
+def test_extra_pod_labels_never_replace_the_ones_the_selector_needs(helm: Helm) -> None:
+    deployment = _documents(helm, "--set", "podLabels.team=ml,podLabels.app\\.kubernetes\\.io/name=other")["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "ml"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_an_existing_service_account_can_be_named(helm: Helm) -> None:
+    documents = _documents(helm, "--set", "serviceAccount.create=false,serviceAccount.name=operators")
+    assert "ServiceAccount" not in documents
+    assert documents["Deployment"]["spec"]["template"]["spec"]["serviceAccountName"] == "operators"
+    (subject,) = documents["ClusterRoleBinding"]["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": "operators", "namespace": "steward-system"}
+
+
+# --- helm test --------------------------------------------------------------------------------------------------------
+
+
+def _test_pod(helm: Helm) -> dict[str, Any]:
+    return _documents(helm, "--show-only", "templates/tests/test-metrics.yaml")["Pod"]
+
+
+def test_helm_test_checks_the_metrics_from_the_operator_image(helm: Helm) -> None:
+    pod = _test_pod(helm)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "ghcr.io/steward-dev/operator:0.1.0"
+    assert container["command"] == ["python", "-c"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    environment = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert environment["METRICS_URL"] == "http://steward.steward-system.svc:9090/metrics"
+
+
+@pytest.mark.parametrize(
+    ("exposition", "passes"),
+    [
+        (b"# TYPE steward_operator_reconciles_total counter\nsteward_operator_reconciles_total 3\n", True),
+        (b"# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0.5\n", False),
+    ],
+    ids=["operator-metrics", "other-metrics"],
+)
+def test_the_helm_test_script_passes_only_on_the_operators_metrics(helm: Helm, exposition: bytes, passes: bool) -> None:
+    """Run the test pod's own script against a real HTTP server standing in for the operator's Service."""
+    (container,) = _test_pod(helm)["spec"]["containers"]
+    (script,) = container["args"]
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(exposition)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "METRICS_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert (result.returncode == 0) is passes, result.stdout + result.stderr
+
+
+# --- RBAC, as the API server enforces it ------------------------------------------------------------------------------
+
+# (verb, resource, subresource): everything the operator does, and nothing else it could.
+_ALLOWED = [
+    *((verb, "modeldeployments.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
+    *((verb, "modeldeployments.steward.dev", "status") for verb in ("get", "patch", "update")),
+    *(
+        (verb, resource, "")
+        for resource in (
+            "inferenceservices.serving.kserve.io",
+            "httproutes.gateway.networking.k8s.io",
+            "virtualservices.networking.istio.io",
+            "cronjobs.batch",
+        )
+        for verb in ("get", "list", "watch", "create", "patch", "delete")
+    ),
+    *((verb, resource, "") for resource in ("events", "events.events.k8s.io") for verb in ("create", "patch")),
+]
+_DENIED = [
+    ("get", "secrets", ""),
+    ("list", "secrets", ""),
+    ("get", "configmaps", ""),
+    ("get", "pods", ""),
+    ("create", "deployments.apps", ""),
+    ("create", "modeldeployments.steward.dev", ""),
+    ("update", "modeldeployments.steward.dev", ""),
+    ("delete", "modeldeployments.steward.dev", ""),
+    ("update", "inferenceservices.serving.kserve.io", ""),
+    ("list", "events", ""),
+    ("get", "namespaces", ""),
+    ("create", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("*", "*", ""),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(kubectl: Kubectl) -> Kubectl:
+    """kubectl against a control plane that serves the KServe, Gateway API and Istio kinds the operator owns,
+    so `kubectl auth can-i` resolves them as the operator's client would."""
+    kubectl.install_crds(REPOSITORY / "tests" / "crds")
+    return kubectl
+
+
+def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl, namespace: str) -> None:
+    # The ClusterRole and its binding are named after the release and its namespace, so tests never collide.
+    result = helm("template", "steward", str(CHART), "--skip-crds", "--skip-tests", "--namespace", namespace)
+    assert result.returncode == 0, result.stderr
+    manifests = result.stdout
+    try:
+        cluster.run("apply", "-n", namespace, "-f", "-", stdin=manifests)
+        role = cluster.json("get", "clusterrole", f"steward-{namespace}")
+        rules = {
+            (group, resource): sorted(rule["verbs"])
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
+        assert rules == {
+            ("steward.dev", "modeldeployments"): ["get", "list", "patch", "watch"],
+            ("steward.dev", "modeldeployments/status"): ["get", "patch", "update"],
+            ("serving.kserve.io", "inferenceservices"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("", "events"): ["create", "patch"],
+            ("events.k8s.io", "events"): ["create", "patch"],
+        }
+
+        account = f"system:serviceaccount:{namespace}:steward"
+        wrong: list[str] = []
+        for expected, checks in ((True, _ALLOWED), (False, _DENIED)):
+            for verb, resource, subresource in checks:
+                # In the release's namespace, in another one, and across all of them (the operator's watch).
+                for scope in (("-n", namespace), ("-n", "default"), ("--all-namespaces",)):
+                    arguments = ["auth", "can-i", verb, resource, f"--as={account}", *scope]
+                    if subresource:
+                        arguments.append(f"--subresource={subresource}")
+                    answer = cluster.run(*arguments, check=False)
+                    allowed = answer.stdout.strip() == "yes"
+                    assert answer.stdout.strip() in {"yes", "no"}, answer.stdout + answer.stderr
+                    if allowed is not expected:
+                        wrong.append(f"{' '.join(arguments[2:])}: {answer.stdout.strip()}")
+        assert not wrong, "\n".join(wrong)
+    finally:
+        cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
+
+
+# --- NOTES.txt --------------------------------------------------------------------------------------------------------
+
+
+def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+    result = helm(
+        "install",
+        "steward",
+        str(CHART),
+        "--dry-run=server",
+        "--skip-crds",
+        f"--kubeconfig={kubectl.kubeconfig}",
+        "--namespace",
+        namespace,
+        "--set",
+        "watchNamespaces={team-a}",
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "ModelDeployments in these namespaces: team-a" in notes
+    assert f"kubectl -n {namespace} rollout status deployment/steward" in notes
+    assert f"helm test steward -n {namespace}" in notes
+    assert "kubectl apply -n NAMESPACE -f examples/online.yaml" in notes
+    assert "kubectl steward status NAME" in notes
+    assert f"http://steward.{namespace}.svc:9090/metrics" in notes

@@ -7,18 +7,52 @@ import re
 from tests.conftest import REPOSITORY
 
 
-def test_predictor_image_runs_as_a_non_root_user_on_a_slim_base() -> None:
-    dockerfile = (REPOSITORY / "predictor" / "Dockerfile").read_text()
+def _final_stage(dockerfile: str) -> str:
+    """Every stage runs on a slim base; return the last one, which is what the image ships."""
     stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
     assert stages
     assert all(image.endswith("-slim") for image in stages)
-    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    return dockerfile.rsplit("\nFROM ", 1)[1]
+
+
+def _assert_runs_as_non_root(final: str) -> None:
     user = re.search(r"^USER (\S+)", final, flags=re.MULTILINE)
     assert user
     assert user[1] not in {"root", "0"}
-    assert 'ENTRYPOINT ["python", "-m", "steward_predictor"]' in final
-    assert "STEWARD_BUNDLE_URI=/mnt/models" in final
+
+
+def _assert_copied_paths_exist(dockerfile: str) -> None:
     # Every path the image copies exists, so a build does not fail on a moved folder.
-    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE):
+    sources = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE)
+    assert sources
+    for source in sources:
         for path in source.split():
             assert (REPOSITORY / path).exists(), path
+
+
+def test_predictor_image_runs_as_a_non_root_user_on_a_slim_base() -> None:
+    dockerfile = (REPOSITORY / "predictor" / "Dockerfile").read_text()
+    final = _final_stage(dockerfile)
+    _assert_runs_as_non_root(final)
+    assert 'ENTRYPOINT ["python", "-m", "steward_predictor"]' in final
+    assert "STEWARD_BUNDLE_URI=/mnt/models" in final
+    _assert_copied_paths_exist(dockerfile)
+
+
+def test_operator_image_runs_as_the_user_the_chart_expects_on_a_slim_base() -> None:
+    dockerfile = (REPOSITORY / "operator" / "Dockerfile").read_text()
+    final = _final_stage(dockerfile)
+    _assert_runs_as_non_root(final)
+    # The chart's securityContext says runAsUser 10001; the image must have that user, and run as it.
+    assert "useradd --uid 10001" in final
+    assert re.search(r"^USER 10001$", final, flags=re.MULTILINE)
+    assert "'.[operator]'" in dockerfile
+    assert "'model-steward[operator]'" in final
+    # The root file system is read-only under the chart, so nothing may try to write bytecode.
+    assert "PYTHONDONTWRITEBYTECODE=1" in final
+    assert re.search(r"^EXPOSE 9090 8081$", final, flags=re.MULTILINE)
+    assert final.rstrip().endswith('ENTRYPOINT ["steward-operator"]')
+    # The entry point is a console script the wheel installs.
+    pyproject = (REPOSITORY / "pyproject.toml").read_text()
+    assert re.search(r'^steward-operator = "steward_operator\.__main__:main"$', pyproject, flags=re.MULTILINE)
+    _assert_copied_paths_exist(dockerfile)

@@ -1,0 +1,123 @@
+"""A small local data plane standing in for KServe where it is not installed: it marks InferenceServices ready,
+optionally only once a real predictor process serves each one's bundle. It never touches Steward's objects."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from steward_harness.predictors import Predictor
+
+INFERENCE_SERVICES = "/apis/serving.kserve.io/v1beta1"
+
+
+@dataclass
+class DataPlane:
+    """Polls every InferenceService and reports it Ready the way KServe does (a Ready condition for its current
+    generation). Versions in `held` stay not ready, to show what waits for readiness."""
+
+    server: str
+    context: ssl.SSLContext
+    predictors: bool = False
+    """Start `python -m steward_predictor` on each one's STORAGE_URI (a local path) and report Ready only
+    once that predictor's model is ready."""
+    held: set[str] = field(default_factory=set)
+    interval: float = 0.1
+    _running: dict[str, Predictor] = field(default_factory=dict, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def start(self) -> DataPlane:
+        self._thread = threading.Thread(target=self._loop, name="data-plane", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for predictor in self._running.values():
+            predictor.stop()
+        self._running.clear()
+
+    def predictor(self, namespace: str, name: str) -> Predictor | None:
+        """The process serving an InferenceService, when `predictors` is on."""
+        return next((p for key, p in self._running.items() if key.startswith(f"{namespace}/{name}/")), None)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            # The API server may be restarting or gone: try again next round.
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                self._sweep()
+            self._stop.wait(self.interval)
+
+    def _sweep(self) -> None:
+        services = self._request("GET", f"{INFERENCE_SERVICES}/inferenceservices").get("items", [])
+        alive = set()
+        for service in services:
+            metadata = service["metadata"]
+            generation = metadata.get("generation", 1)
+            key = f"{metadata['namespace']}/{metadata['name']}/{metadata['uid']}/{generation}"
+            alive.add(key)
+            if metadata.get("labels", {}).get("steward.dev/version") in self.held or _ready(service):
+                continue
+            if self.predictors and not self._serving(key, service):
+                continue
+            self._mark_ready(service)
+        for key in set(self._running) - alive:
+            self._running.pop(key).stop()
+
+    def _serving(self, key: str, service: dict[str, Any]) -> bool:
+        predictor = self._running.get(key)
+        if predictor is None:
+            (container,) = service["spec"]["predictor"]["containers"]
+            environment = {item["name"]: item.get("value", "") for item in container.get("env", [])}
+            name = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--model_name="))
+            predictor = Predictor(bundle=environment.pop("STORAGE_URI"), name=name, env=environment)
+            self._running[key] = predictor.start()
+        ready, _ = predictor.ready()
+        return ready
+
+    def _mark_ready(self, service: dict[str, Any]) -> None:
+        metadata = service["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        host = f"{metadata['name']}.{metadata['namespace']}"
+        status = {
+            "observedGeneration": metadata.get("generation", 1),
+            "url": f"http://{host}.example.com",
+            "address": {"url": f"http://{metadata['name']}-predictor.{metadata['namespace']}.svc.cluster.local"},
+            "conditions": [
+                {"type": kind, "status": "True", "lastTransitionTime": now} for kind in ("PredictorReady", "Ready")
+            ],
+        }
+        path = f"{INFERENCE_SERVICES}/namespaces/{metadata['namespace']}/inferenceservices/{metadata['name']}/status"
+        try:
+            self._request("PATCH", path, {"status": status}, "application/merge-patch+json")
+        except urllib.error.HTTPError as error:
+            if error.code != 404:  # Deleted meanwhile.
+                raise
+
+    def _request(
+        self, method: str, path: str, body: object = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 -- the control plane's https URL
+            self.server + path, data=data, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, context=self.context, timeout=10) as response:  # noqa: S310
+            result: dict[str, Any] = json.loads(response.read() or b"{}")
+            return result
+
+
+def _ready(service: dict[str, Any]) -> bool:
+    status = service.get("status") or {}
+    if status.get("observedGeneration") != service["metadata"].get("generation", 1):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))

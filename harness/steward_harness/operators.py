@@ -1,0 +1,91 @@
+"""The Steward operator as a real process (python -m steward_operator) against a control plane."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steward_harness.servers import Server, free_ports, halt
+
+STARTUP_TIMEOUT = 60.0
+
+
+class OperatorError(RuntimeError):
+    """The operator did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class Operator(Server):
+    """One operator process. `kill()` stops it the hard way, as a node failure would; `start()` again
+    resumes it on the same log."""
+
+    kubeconfig: Path
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="steward-operator-", suffix=".log")[1]))
+    metrics_port: int = 0
+    health_port: int = 0
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> Operator:
+        if not self.metrics_port:
+            self.metrics_port, self.health_port = free_ports(2)
+        environment = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "STEWARD_METRICS_PORT": str(self.metrics_port),
+            "STEWARD_HEALTH_PORT": str(self.health_port),
+            **self.env,
+        }
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "steward_operator", "--verbose"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise OperatorError(f"the operator exited with {self._process.returncode}:\n{self.tail()}")
+            if _answers(f"http://127.0.0.1:{self.health_port}/healthz"):
+                return self
+            time.sleep(0.1)
+        raise OperatorError(f"the operator was not healthy within {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+
+    def stop(self, keep: bool = True) -> None:
+        halt(self._process)
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last writes."""
+        halt(self._process, signal.SIGKILL)
+        self._process = None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310 -- loopback http
+            text: str = response.read().decode()
+            return text
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 -- loopback http
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False

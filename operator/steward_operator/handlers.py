@@ -1,0 +1,111 @@
+"""Every kopf handler of the operator, thin: each names the ModelDeployment concerned and reconciles it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+import prometheus_client
+
+from steward_operator import metrics, reconciling, specs
+from steward_operator.kubernetes import MODEL_DEPLOYMENT, ApiError, Cluster
+from steward_operator.settings import METRICS_PORT, RESYNC_SECONDS
+
+MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
+INFERENCE_SERVICES = ("serving.kserve.io", "v1beta1", "inferenceservices")
+STATE_PREFIX = specs.GROUP
+
+_cluster: Cluster | None = None
+# One reconcile at a time per ModelDeployment, whichever handler asked for it.
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_tasks: set[asyncio.Task[None]] = set()
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+    global _cluster  # noqa: PLW0603 -- one client for the operator's lifetime
+    # Keep kopf's own bookkeeping in annotations: status belongs to Steward and the CRD prunes unknown fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STATE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STATE_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # Steward posts its own Events, one per decision.
+    settings.scanning.disabled = True  # The kinds are known; no need to watch CRDs (and no RBAC to do so).
+    settings.watching.server_timeout = 300
+    _cluster = Cluster.connect()
+    _tasks.add(asyncio.create_task(_resync(_cluster, list(memo.get("namespaces", []))), name="resync"))
+    prometheus_client.start_http_server(METRICS_PORT)
+    logger.info("serving metrics on :%d/metrics", METRICS_PORT)
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    for task in _tasks:
+        task.cancel()
+    if _cluster is not None:
+        await _cluster.close()
+
+
+@kopf.on.resume(*MODEL_DEPLOYMENTS)
+@kopf.on.create(*MODEL_DEPLOYMENTS)
+@kopf.on.update(*MODEL_DEPLOYMENTS)
+async def model_deployment(namespace: str | None, name: str | None, retry: int, **_: Any) -> None:
+    try:
+        await _reconcile(namespace, name)
+    except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+        # kopf calls again after the delay: 1, 2, 4 ... seconds, at most a minute.
+        raise kopf.TemporaryError(f"will retry: {error}", delay=min(60, 2**retry)) from error
+
+
+@kopf.on.event(*MODEL_DEPLOYMENTS, when=lambda status, **_: _command_waiting(status))
+async def command(namespace: str | None, name: str | None, **_: Any) -> None:
+    """A command from kubectl steward changes only status, which the handlers above do not follow."""
+    await _reconcile(namespace, name)
+
+
+@kopf.on.event(*INFERENCE_SERVICES, labels={"steward.dev/model": kopf.PRESENT})
+async def inference_service(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+    """A version's InferenceService changed (it became ready, say): its ModelDeployment may take a step."""
+    owners = [owner for owner in meta.get("ownerReferences", []) if owner.get("kind") == specs.KIND]
+    if owners:
+        await _reconcile(namespace, owners[0]["name"])
+
+
+@kopf.on.delete(*MODEL_DEPLOYMENTS, optional=True)
+async def deleted(namespace: str | None, name: str | None, **_: Any) -> None:
+    """Children go with their owner through garbage collection; only the metrics are Steward's to drop.
+    optional=True: no finalizer for this."""
+    metrics.forget(namespace or "", name or "")
+    _locks.pop((namespace or "", name or ""), None)
+
+
+async def _reconcile(namespace: str | None, name: str | None) -> None:
+    if namespace is None or name is None:
+        return  # ModelDeployments are namespaced; nothing else reaches here.
+    if _cluster is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    async with _locks.setdefault((namespace, name), asyncio.Lock()):
+        await reconciling.reconcile(_cluster, namespace, name)
+
+
+async def _resync(cluster: Cluster, namespaces: list[str | None]) -> None:
+    """Every RESYNC_SECONDS, reconcile every ModelDeployment even if nothing seemed to change: a missed watch
+    event is caught up here. (kopf's own timers would put a finalizer on every object; this needs none.)"""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            found = [
+                item for namespace in namespaces or [None] for item in await cluster.list(MODEL_DEPLOYMENT, namespace)
+            ]
+            for item in found:
+                await _reconcile(item["metadata"]["namespace"], item["metadata"]["name"])
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            logging.getLogger(__name__).warning("resync failed, next in %.0f s: %s", RESYNC_SECONDS, error)
+
+
+def _command_waiting(status: dict[str, Any]) -> bool:
+    operation = status.get("operation") or {}
+    return bool(operation) and not operation.get("handledAt")

@@ -1,0 +1,183 @@
+"""The one module that talks to the Kubernetes API: reads, server-side applies, status writes, deletes, events."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import kopf
+
+from steward_operator import specs
+
+FIELD_MANAGER = "steward-operator"
+COMPONENT = "steward-operator"
+
+
+class ApiError(Exception):
+    """The API server refused a request."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFoundError(ApiError):
+    """The object, or its kind, does not exist."""
+
+
+class ConflictError(ApiError):
+    """Someone else wrote the object since it was read."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind of object lives in the API."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The object's URL path; with no namespace, the kind's across all namespaces."""
+        root = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        path = f"{root}/namespaces/{namespace}/{self.plural}" if namespace else f"{root}/{self.plural}"
+        return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
+
+
+MODEL_DEPLOYMENT = Kind(f"{specs.GROUP}/{specs.VERSION}", specs.KIND, specs.PLURAL)
+INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices")
+CHILD_KINDS = (
+    INFERENCE_SERVICE,
+    Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    Kind("networking.istio.io/v1", "VirtualService", "virtualservices"),
+    Kind("batch/v1", "CronJob", "cronjobs"),
+)
+_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS)}
+
+
+def kind_of(body: dict[str, Any]) -> Kind:
+    try:
+        return _KINDS[body["apiVersion"], body["kind"]]
+    except KeyError:
+        raise ValueError(f"Steward does not manage {body.get('kind')} ({body.get('apiVersion')})") from None
+
+
+class Cluster:
+    """An API client with the operator's credentials: in a pod its service account, else the kubeconfig."""
+
+    def __init__(self, connection: kopf.ConnectionInfo) -> None:
+        self._connection = connection
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def connect(cls) -> Cluster:
+        settings = kopf.OperatorSettings()
+        connection = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        if connection is None:
+            raise RuntimeError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
+        return cls(connection)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", kind.path(namespace, name))
+        except NotFoundError:
+            return None
+
+    async def list(self, kind: Kind, namespace: str | None, selector: str = "") -> list[dict[str, Any]]:
+        """Objects of `kind` matching the label selector (in every namespace when `namespace` is None); none
+        when the kind is not installed."""
+        try:
+            found = await self._request("GET", kind.path(namespace) + "?" + urlencode({"labelSelector": selector}))
+        except NotFoundError:
+            return []
+        items: list[dict[str, Any]] = found.get("items", [])
+        return items
+
+    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as Steward's field manager: creates or updates the fields Steward owns, and
+        writes nothing when they already hold."""
+        metadata = body["metadata"]
+        path = kind_of(body).path(metadata["namespace"], metadata["name"])
+        query = urlencode({"fieldManager": FIELD_MANAGER, "force": "true"})
+        return await self._request("PATCH", f"{path}?{query}", body, "application/apply-patch+yaml")
+
+    async def replace_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Write a whole status, as of the resourceVersion read: a concurrent write (a command from
+        kubectl steward, say) raises ConflictError instead of being lost."""
+        metadata = body["metadata"]
+        path = kind_of(body).path(metadata["namespace"], metadata["name"], "status")
+        return await self._request("PUT", path, {**body, "status": status})
+
+    async def delete(self, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": metadata["uid"]}}
+        # Gone already, or replaced by a newer object of the same name: nothing of ours to delete.
+        with contextlib.suppress(NotFoundError, ConflictError):
+            await self._request("DELETE", kind_of(body).path(metadata["namespace"], metadata["name"]), options)
+
+    async def record(self, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event about `body`, shown by `kubectl describe` and `kubectl get events`."""
+        metadata = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "involvedObject": {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": f"{specs.GROUP}/operator",
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", event)
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        session = await self._open()
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        async with session.request(method, self._connection.server.rstrip("/") + path, data=data, headers=headers) as r:
+            text = await r.text()
+            if r.status < 400:
+                result: dict[str, Any] = json.loads(text) if text else {}
+                return result
+            try:
+                problem = json.loads(text)
+            except ValueError:
+                problem = {"reason": r.reason or "", "message": text[:500]}
+            error = {404: NotFoundError, 409: ConflictError}.get(r.status, ApiError)
+            raise error(r.status, problem.get("reason", ""), problem.get("message", ""))
+
+    async def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connection = self._connection
+            connector = aiohttp.TCPConnector(ssl=connection.as_ssl_context(), limit=20)
+            timeout = aiohttp.ClientTimeout(total=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=connection.as_http_headers(), timeout=timeout
+            )
+        return self._session

@@ -1,0 +1,285 @@
+"""kubectl steward: read a ModelDeployment's release and steer it. Commands are written to status through the
+status subresource, never to spec, so Git keeps owning spec; the operator carries them out."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from steward_operator import specs
+
+RESOURCE = f"{specs.PLURAL}.{specs.GROUP}"
+EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+COMMANDS = {
+    "promote": "move the release to its next stage (--full: straight to 100%)",
+    "abort": "stop the release; the incumbent keeps all traffic",
+    "retry": "release again a version that was rolled back, or restart the release in progress",
+    "pause": "halt automatic steps (manual commands still work)",
+    "resume": "let automatic steps run again",
+    "rollback": "switch back to the previous version (or --to VERSION) from history",
+}
+EPILOG = """\
+exit codes: 0 done, 1 refused by the operator, 2 usage or kubectl error, 3 not picked up in time
+
+examples:
+  kubectl steward status churn -n ml
+  kubectl steward promote churn -n ml            # next canary step
+  kubectl steward rollback churn --to 2024-06-01
+Each command is one status write; `kubectl steward CMD --help` shows the kubectl patch it makes."""
+
+
+class KubectlError(RuntimeError):
+    """kubectl failed; the message is its stderr."""
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="kubectl steward",
+        description="Read and steer Steward model releases.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("name", help="the ModelDeployment")
+    common.add_argument("-n", "--namespace", help="its namespace (default: the context's)")
+    common.add_argument("--context", help="kubeconfig context to use")
+    common.add_argument("--kubeconfig", help="kubeconfig file to use")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("status", parents=[common], help="phase, versions, traffic, last evidence, owner, runbook")
+    commands.add_parser("history", parents=[common], help="which version and digest served, from when to when")
+    for name, purpose in COMMANDS.items():
+        command = commands.add_parser(
+            name,
+            parents=[common],
+            help=purpose,
+            description=f"{purpose}. The same as:\n  {_equivalent(name)}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == "promote":
+            command.add_argument("--full", action="store_true", help="skip the remaining stages: promote to 100%%")
+        if name == "rollback":
+            command.add_argument("--to", metavar="VERSION", help="the version to switch back to (default: previous)")
+        command.add_argument("--no-wait", action="store_true", help="return once written; do not wait for it")
+        command.add_argument(
+            "--timeout", type=float, default=30.0, metavar="SECONDS", help="how long to wait (default: %(default)s)"
+        )
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    kubectl = Kubectl(args.namespace, args.context, args.kubeconfig)
+    try:
+        if args.command == "status":
+            print(render_status(kubectl.get(args.name)))
+            return 0
+        if args.command == "history":
+            print(render_history(kubectl.get(args.name)))
+            return 0
+        return _command(kubectl, args)
+    except KubectlError as error:
+        print(f"kubectl steward: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def operation(action: str, to_version: str | None, now: datetime, who: str) -> dict[str, Any]:
+    """The status.operation a command writes. handledAt and result are cleared: the operator fills them."""
+    return {
+        "action": action,
+        "toVersion": to_version,
+        "requestedAt": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "requestedBy": who,
+        "handledAt": None,
+        "result": None,
+    }
+
+
+def _command(kubectl: Kubectl, args: argparse.Namespace) -> int:
+    action = "promoteFull" if args.command == "promote" and args.full else args.command
+    wanted = operation(action, getattr(args, "to", None), datetime.now(UTC), getpass.getuser())
+    kubectl.get(args.name)  # A clear "not found" before anything is written.
+    kubectl.patch_status(args.name, {"status": {"operation": wanted}})
+    print(f"{action} requested for {args.name}")
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        body = kubectl.get(args.name)
+        current = (body.get("status") or {}).get("operation") or {}
+        if current.get("requestedAt") != wanted["requestedAt"]:
+            print("a newer command replaced this one", file=sys.stderr)
+            return EXIT_REFUSED
+        if current.get("handledAt"):
+            result = current.get("result") or "done"
+            refused = result.startswith("refused")
+            print(result, file=sys.stderr if refused else sys.stdout)
+            print(_summary(body))
+            return EXIT_REFUSED if refused else 0
+    print(
+        f"the operator has not picked it up within {args.timeout:.0f} s; it will when it runs"
+        " (check it with `kubectl get deploy -A -l app.kubernetes.io/name=steward`)",
+        file=sys.stderr,
+    )
+    return EXIT_TIMEOUT
+
+
+def render_status(body: dict[str, Any]) -> str:
+    deployment = specs.ModelDeployment.model_validate(body)
+    spec, status = deployment.spec, deployment.status
+    metadata = body["metadata"]
+    lines = [
+        f"{metadata['name']} (namespace {metadata.get('namespace', '?')}), {spec.serving.mode}",
+        f"owner:       {spec.owner.team} <{spec.owner.contact}>",
+        f"runbook:     {spec.owner.runbook}",
+        f"desired:     {spec.model.version} ({spec.model.bundle})",
+        f"phase:       {_phase(spec, status)}",
+        f"incumbent:   {_served(status.incumbent)}",
+        f"challenger:  {_served(status.challenger)}",
+    ]
+    if status.weights is not None:
+        weights = status.weights
+        lines.append(
+            f"traffic:     incumbent {weights.incumbent}%, challenger {weights.challenger}%, shadow {weights.shadow}%"
+        )
+    if status.rolled_back is not None:
+        lines.append(f"rolled back: {_served(status.rolled_back)}")
+    for condition in status.conditions:
+        if condition.type in {"Ready", "Stalled"} or condition.status == "True":
+            lines.append(f"{condition.type + ':':<12} {condition.status} ({condition.reason}) {condition.message}")
+    if status.last_analysis is not None:
+        analysis = status.last_analysis
+        lines.append(
+            f"last decision: {analysis.decision} at {_time(analysis.time)} in {analysis.phase}: {analysis.rule}"
+        )
+        if analysis.evidence:
+            lines.append(
+                _table(
+                    ["metric", "incumbent", "challenger", "lower", "upper", "n", "verdict"],
+                    [
+                        [
+                            item.metric,
+                            _number(item.incumbent),
+                            _number(item.challenger),
+                            _number(item.lower),
+                            _number(item.upper),
+                            f"{item.incumbent_samples or 0}/{item.challenger_samples or 0}",
+                            item.verdict,
+                        ]
+                        for item in analysis.evidence
+                    ],
+                    indent="  ",
+                )
+            )
+    if status.operation is not None:
+        done = status.operation
+        outcome = f"{_time(done.handled_at)}: {done.result}" if done.handled_at else "waiting for the operator"
+        lines.append(
+            f"last command: {done.action} by {done.requested_by or '?'} at {_time(done.requested_at)}; {outcome}"
+        )
+    return "\n".join(lines)
+
+
+def render_history(body: dict[str, Any]) -> str:
+    status = specs.ModelDeployment.model_validate(body).status
+    rows = [
+        [
+            entry.version,
+            _digest(entry.digest),
+            _time(entry.started),
+            _time(entry.ended) if entry.ended else "-",
+            entry.outcome,
+            entry.bundle,
+        ]
+        for entry in reversed(status.history)
+    ]
+    if not rows:
+        return "no version has served yet"
+    return _table(["VERSION", "DIGEST", "FROM", "UNTIL", "OUTCOME", "BUNDLE"], rows)
+
+
+class Kubectl:
+    """The user's kubectl, with the namespace, context and kubeconfig they chose."""
+
+    def __init__(self, namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
+        binary = shutil.which("kubectl")
+        if binary is None:
+            raise SystemExit("kubectl steward: kubectl is not on PATH")
+        self.base = [binary]
+        for flag, value in (("--namespace", namespace), ("--context", context), ("--kubeconfig", kubeconfig)):
+            if value:
+                self.base += [flag, value]
+
+    def get(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self._run("get", RESOURCE, name, "-o", "json"))
+        return found
+
+    def patch_status(self, name: str, patch: dict[str, Any]) -> None:
+        self._run("patch", RESOURCE, name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+
+    def _run(self, *args: str) -> str:
+        result = subprocess.run([*self.base, *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise KubectlError(result.stderr.strip() or f"kubectl {' '.join(args)} failed")
+        return result.stdout
+
+
+def _equivalent(action: str) -> str:
+    sample = {"action": action, "requestedAt": "2026-01-01T00:00:00Z"}
+    if action == "rollback":
+        sample["toVersion"] = "VERSION"
+    body = json.dumps({"status": {"operation": {**sample, "handledAt": None, "result": None}}})
+    return f"kubectl patch {RESOURCE} NAME --subresource=status --type=merge -p '{body}'"
+
+
+def _phase(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> str:
+    phase: str = status.phase or "not reconciled yet"
+    if status.phase == "Canary" and status.canary_step is not None:
+        steps = spec.rollout.canary.steps
+        phase += f", step {status.canary_step + 1} of {len(steps)}"
+    return phase + (" (paused)" if status.paused else "")
+
+
+def _summary(body: dict[str, Any]) -> str:
+    deployment = specs.ModelDeployment.model_validate(body)
+    status = deployment.status
+    weights = status.weights or specs.Weights()
+    return (
+        f"{body['metadata']['name']}: {_phase(deployment.spec, status)}; incumbent {weights.incumbent}%, "
+        f"challenger {weights.challenger}%, shadow {weights.shadow}%"
+    )
+
+
+def _served(version: specs.ServedVersion | None) -> str:
+    if version is None:
+        return "-"
+    since = f", since {_time(version.since)}" if version.since else ""
+    return f"{version.version} {_digest(version.digest)} ({version.bundle}){since}"
+
+
+def _digest(digest: str | None) -> str:
+    return digest[:19] + "…" if digest else "unpinned"
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )

@@ -1,0 +1,162 @@
+"""Reconciling one ModelDeployment, top to bottom: observe its children, take the next release step, apply
+what that step plans, record status, prune what is no longer planned, and tell what was decided."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from steward_operator import metrics, planners, releasing, specs
+from steward_operator.kubernetes import (
+    CHILD_KINDS,
+    MODEL_DEPLOYMENT,
+    ApiError,
+    Cluster,
+    ConflictError,
+    NotFoundError,
+)
+
+CONFLICT_RETRIES = 5
+
+
+async def reconcile(cluster: Cluster, namespace: str, name: str) -> releasing.Step | None:
+    """Bring one ModelDeployment's children and status to where its spec and status say they should be.
+    A concurrent write to it (a command from kubectl steward, a spec change) means starting over from a
+    fresh read, a few times, waiting longer each time."""
+    started = time.perf_counter()
+    for attempt in range(CONFLICT_RETRIES):
+        body = await cluster.get(MODEL_DEPLOYMENT, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            step = await _reconcile_once(cluster, body)
+        except ConflictError:
+            metrics.RECONCILES.labels("conflict").inc()
+            await asyncio.sleep(0.05 * 2**attempt)
+            continue
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise
+        metrics.RECONCILES.labels("ok").inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        return step
+    raise ConflictError(409, "Conflict", f"{namespace}/{name} kept changing while it was reconciled")
+
+
+async def _reconcile_once(cluster: Cluster, body: dict[str, Any]) -> releasing.Step:
+    deployment = specs.ModelDeployment.model_validate(body)
+    metadata = body["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    children = await _observe(cluster, namespace, name, uid)
+    observed = releasing.Observed(metadata.get("generation", 0), datetime.now(UTC), _ready(children))
+
+    step = releasing.advance(deployment.spec, deployment.status, observed)
+    plan = planners.Plan()
+    try:
+        plan = _plan(deployment, namespace, name, uid, step)
+        applied = await _apply(cluster, plan.serving)
+        ready = observed.ready | _ready(applied)
+        if ready != observed.ready:
+            # What was just applied may be ready at once (a CronJob is); take the step that allows now.
+            observed = releasing.Observed(observed.generation, observed.now, ready)
+            again = releasing.advance(deployment.spec, step.status, observed)
+            step = releasing.Step(again.status, (*step.decisions, *again.decisions))
+            plan = _plan(deployment, namespace, name, uid, step)
+            await _apply(cluster, plan.serving)
+        await _apply(cluster, plan.routes)
+    except _RefusedError as refused:
+        step = releasing.stall(deployment.spec, step, observed, *refused.explain())
+
+    status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if status != body.get("status"):
+        await cluster.replace_status(body, status)
+    await _prune(cluster, children, plan)
+    for decision in step.decisions:
+        metrics.DECISIONS.labels(decision.reason).inc()
+        await cluster.record(body, decision.reason, decision.message, decision.warning)
+    metrics.observe(namespace, name, step.status)
+    return step
+
+
+def _plan(
+    deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releasing.Step
+) -> planners.Plan:
+    if step.status.incumbent is None:
+        return planners.Plan()
+    return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))
+
+
+async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+    """The children this ModelDeployment owns, of every kind Steward makes."""
+    found = []
+    for kind in CHILD_KINDS:
+        for child in await cluster.list(kind, namespace, f"steward.dev/model={name}"):
+            owners = child["metadata"].get("ownerReferences", [])
+            if any(owner.get("uid") == uid for owner in owners):
+                found.append({"apiVersion": kind.api_version, "kind": kind.kind, **child})
+    return found
+
+
+def _ready(children: list[dict[str, Any]]) -> frozenset[str]:
+    """Versions whose serving child is ready: an InferenceService whose Ready condition holds for its current
+    generation, or a CronJob that exists."""
+    ready = set()
+    for child in children:
+        version = child["metadata"].get("labels", {}).get("steward.dev/version")
+        if version is None:
+            continue
+        if child["kind"] == "CronJob":
+            ready.add(version)
+        elif child["kind"] == "InferenceService":
+            status = child.get("status") or {}
+            current = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
+            conditions = {condition.get("type"): condition.get("status") for condition in status.get("conditions", [])}
+            if current and conditions.get("Ready") == "True":
+                ready.add(version)
+    return frozenset(ready)
+
+
+async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: planners.Plan) -> None:
+    """Delete what this ModelDeployment owns but no longer plans: a replaced version, a former provider's
+    route. Only after status recorded the step that dropped them, so a restart never finds traffic
+    pointing at something deleted."""
+    planned = {(child["kind"], child["metadata"]["name"]) for child in [*plan.serving, *plan.routes]}
+    if not planned:
+        return  # Nothing planned means nothing could be planned (a stall): keep what serves.
+    for child in children:
+        if (child["kind"], child["metadata"]["name"]) not in planned:
+            await cluster.delete(child)
+
+
+class _RefusedError(Exception):
+    """The API server refused a child for a reason retrying will not fix."""
+
+    def __init__(self, child: dict[str, Any], error: ApiError) -> None:
+        super().__init__(str(error))
+        self.child = child
+        self.error = error
+
+    def explain(self) -> tuple[str, str]:
+        """The reason and message of the Stalled condition, in words a person can act on."""
+        kind, api_version = self.child["kind"], self.child["apiVersion"]
+        if isinstance(self.error, NotFoundError):
+            return "KindNotInstalled", (
+                f"{kind} ({api_version}) is not installed in this cluster: install it (KServe, Gateway API or "
+                "Istio), or choose another spec.rollout.traffic.provider"
+            )
+        name = self.child["metadata"]["name"]
+        return "ChildRefused", f"the API server refused {kind} {name}: {self.error.message}"[:1024]
+
+
+async def _apply(cluster: Cluster, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    applied = []
+    for child in children:
+        try:
+            applied.append({"apiVersion": child["apiVersion"], "kind": child["kind"], **await cluster.apply(child)})
+        except ApiError as error:
+            if isinstance(error, ConflictError) or error.status >= 500 or error.status in (401, 403, 429):
+                raise
+            raise _RefusedError(child, error) from error
+    return applied

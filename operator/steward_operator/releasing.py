@@ -1,0 +1,464 @@
+"""The release machinery, as a pure function: from a ModelDeployment's spec, its status and what is observed,
+the next status and the decisions taken on the way.
+
+A release walks through stages (Validating, Shadowing, the canary steps) to Promoted; a manual command or,
+later, an automatic decision moves it. Every write the operator makes follows from the status this returns,
+so an operator that restarts at any point recomputes the same next step from what status recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from steward_operator import specs
+
+RELEASE_PHASES = frozenset({"Validating", "Shadowing", "Canary"})
+ALL_TO_INCUMBENT = specs.Weights(incumbent=100, challenger=0, shadow=0)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of the world this time round."""
+
+    generation: int
+    now: datetime
+    ready: frozenset[str] = frozenset()
+    """Versions whose serving children are ready (an InferenceService Ready, a CronJob in place)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One thing decided, told as a Kubernetes Event."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stop on a release's way: its phase, and for the canary the step's index."""
+
+    phase: specs.Phase
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """The next status, and what was decided to reach it."""
+
+    status: specs.ModelDeploymentStatus
+    decisions: tuple[Decision, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Draft:
+    spec: specs.ModelDeploymentSpec
+    status: specs.ModelDeploymentStatus
+    observed: Observed
+    decisions: tuple[Decision, ...] = ()
+
+    def with_status(self, *decisions: Decision, **changes: object) -> _Draft:
+        return replace(self, status=self.status.model_copy(update=changes), decisions=(*self.decisions, *decisions))
+
+
+def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus, observed: Observed) -> Step:
+    """The next status. Applying it to its own result again changes nothing until the world changes."""
+    draft = _Draft(spec, status, observed)
+    if spec.serving.mode == "streaming":
+        return Step(_conditions(draft).status, ())
+    for step in (_adopt, _carry_out_operation, _follow_spec, _move_traffic, _finish_switch, _settle, _conditions):
+        draft = step(draft)
+    return Step(draft.status.model_copy(update={"observed_generation": observed.generation}), draft.decisions)
+
+
+def stages(spec: specs.ModelDeploymentSpec) -> list[Stage]:
+    """The stages a release of this spec passes through, ending with Promoted. Batch has no canary: its
+    challenger scores the same batches in shadow, then takes over."""
+    online = spec.serving.mode == "online"
+    found: list[Stage] = []
+    if spec.rollout.validation.enabled:
+        found.append(Stage("Validating"))
+    if spec.rollout.shadow is not None or not online:
+        found.append(Stage("Shadowing"))
+    if online:
+        found.extend(Stage("Canary", index) for index in range(len(spec.rollout.canary.steps)))
+    found.append(Stage("Promoted"))
+    return found
+
+
+def target_weights(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> specs.Weights:
+    """The split a stage asks for."""
+    if status.challenger is None or status.phase not in RELEASE_PHASES:
+        return ALL_TO_INCUMBENT
+    if status.phase == "Shadowing":
+        shadow = spec.rollout.shadow.percent if spec.rollout.shadow else 100
+        return specs.Weights(incumbent=100, challenger=0, shadow=shadow)
+    if status.phase == "Canary" and status.canary_step is not None:
+        weight = spec.rollout.canary.steps[min(status.canary_step, len(spec.rollout.canary.steps) - 1)]
+        return specs.Weights(incumbent=100 - weight, challenger=weight, shadow=0)
+    return ALL_TO_INCUMBENT
+
+
+def same_model(served: specs.ServedVersion | None, model: specs.ModelRef) -> bool:
+    """Whether `served` is the version, bundle and (when pinned) digest that `model` names."""
+    if served is None:
+        return False
+    digest_agrees = model.digest is None or served.digest in (None, model.digest)
+    return served.version == model.version and served.bundle == model.bundle and digest_agrees
+
+
+def served(model: specs.ModelRef | specs.ServedVersion | specs.HistoryEntry, since: datetime) -> specs.ServedVersion:
+    return specs.ServedVersion(version=model.version, bundle=model.bundle, digest=model.digest, since=since)
+
+
+# --- the steps, in the order advance() takes them -----------------------------------------------------------
+
+
+def _adopt(draft: _Draft) -> _Draft:
+    """A new ModelDeployment: spec.model becomes the incumbent, with all traffic."""
+    if draft.status.incumbent is not None:
+        return draft
+    now = draft.observed.now
+    model = draft.spec.model
+    entry = specs.HistoryEntry(version=model.version, bundle=model.bundle, digest=model.digest, started=now)
+    return draft.with_status(
+        Decision("Deploying", f"serving {model.version} from {model.bundle}"),
+        phase="Pending",
+        incumbent=served(model, now),
+        weights=ALL_TO_INCUMBENT,
+        history=[entry],
+    )
+
+
+def _carry_out_operation(draft: _Draft) -> _Draft:
+    """A command from `kubectl steward`, carried out or refused, and marked handled either way."""
+    operation = draft.status.operation
+    if operation is None or operation.handled_at is not None:
+        return draft
+    handlers: dict[str, Callable[[_Draft, specs.Operation], _Draft | str]] = {
+        "promote": _promote,
+        "promoteFull": _promote,
+        "abort": _abort,
+        "retry": _retry,
+        "pause": _pause,
+        "resume": _pause,
+        "rollback": _rollback,
+        "retrain": lambda _draft, _operation: "retraining is not supported by this version of Steward",
+    }
+    outcome = handlers[operation.action](draft, operation)
+    if isinstance(outcome, str):
+        refused = Decision("CommandRefused", f"{operation.action}: {outcome}", warning=True)
+        return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {outcome}"))
+    result = outcome.decisions[-1].message if len(outcome.decisions) > len(draft.decisions) else "done"
+    return outcome.with_status(operation=_handled(operation, draft.observed.now, result))
+
+
+def _follow_spec(draft: _Draft) -> _Draft:
+    """spec.model names the version Git wants; start, restart or cancel a release to get there."""
+    spec, status = draft.spec, draft.status
+    model = spec.model
+    if same_model(status.challenger, model) or (status.phase == "RolledBack" and status.challenger is not None):
+        return draft
+    if same_model(status.incumbent, model):
+        if status.challenger is None:
+            return draft.with_status(rolled_back=None) if status.rolled_back else draft
+        return draft.with_status(
+            Decision("ReleaseCancelled", f"spec.model is {model.version} again: the release is called off"),
+            phase="Stable",
+            challenger=None,
+            canary_step=None,
+            weights=ALL_TO_INCUMBENT,
+        )
+    if same_model(status.rolled_back, model):
+        return draft  # Stalled until `kubectl steward retry` or another version.
+    return _release(draft)
+
+
+def _release(draft: _Draft) -> _Draft:
+    """A version new to this deployment: switch straight back to it if it is known-good, else release it."""
+    spec, status, now = draft.spec, draft.status, draft.observed.now
+    model = spec.model
+    known_good = _known_good(spec, status, now)
+    if known_good is not None:
+        return draft.with_status(
+            Decision("RollingBack", f"{model.version} is known-good: it takes over at once, without a release"),
+            phase="RolledBack",
+            challenger=served(known_good, now),
+            canary_step=None,
+            weights=ALL_TO_INCUMBENT,
+            rolled_back=None,
+        )
+    if status.paused:
+        return draft
+    first = stages(spec)[0]
+    verb = "ReleaseRestarted" if status.challenger is not None else "ReleaseStarted"
+    return draft.with_status(
+        Decision(verb, f"releasing {model.version}: {_describe(spec, first)} first"),
+        challenger=served(model, now),
+        rolled_back=None,
+        weights=ALL_TO_INCUMBENT,
+        **_stage_fields(first),
+    )
+
+
+def _move_traffic(draft: _Draft) -> _Draft:
+    """Traffic follows the stage, but never reaches a challenger that is not ready."""
+    target = target_weights(draft.spec, draft.status)
+    current = draft.status.weights or ALL_TO_INCUMBENT
+    if target == current:
+        return draft
+    challenger = draft.status.challenger
+    needs_challenger = target.challenger > 0 or target.shadow > 0
+    if needs_challenger and (challenger is None or challenger.version not in draft.observed.ready):
+        return draft
+    message = f"incumbent {target.incumbent}%, challenger {target.challenger}%, shadow {target.shadow}%"
+    return draft.with_status(Decision("TrafficShifted", message), weights=target)
+
+
+def _finish_switch(draft: _Draft) -> _Draft:
+    """A switch back to a known-good version completes once that version is ready."""
+    status = draft.status
+    if status.phase != "RolledBack" or status.challenger is None:
+        return draft
+    if status.challenger.version not in draft.observed.ready:
+        return draft
+    # What was left behind is not released again by itself: the aborted challenger, or else the old incumbent.
+    left = status.rolled_back or status.incumbent
+    switched = _take_over(draft, "rolledBack")
+    return switched.with_status(
+        Decision("RolledBack", f"{status.challenger.version} serves all traffic again"), rolled_back=left
+    )
+
+
+def _settle(draft: _Draft) -> _Draft:
+    """A new deployment's first version is serving once it is ready."""
+    status = draft.status
+    if status.phase == "Pending" and status.incumbent is not None and status.incumbent.version in draft.observed.ready:
+        return draft.with_status(Decision("Ready", f"{status.incumbent.version} is serving"), phase="Stable")
+    return draft
+
+
+def _conditions(draft: _Draft) -> _Draft:
+    """Ready, Reconciling and Stalled, as kstatus reads them (Argo CD and Flux judge health from these)."""
+    spec, status = draft.spec, draft.status
+    if spec.serving.mode == "streaming":
+        found = _three(False, False, True, "StreamingNotSupported", "streaming serving is not supported yet")
+    elif status.challenger is not None and status.phase == "RolledBack":
+        message = f"switching back to {status.challenger.version}; it takes all traffic once it is ready"
+        found = _three(False, True, False, "RollingBack", message)
+    elif status.challenger is not None:
+        stage = Stage(status.phase or "Validating", status.canary_step)
+        message = f"releasing {status.challenger.version}: {_describe(spec, stage)}"
+        if status.weights != target_weights(spec, status):
+            message += f"; waiting for {status.challenger.version} to become ready before traffic moves"
+        found = _three(False, True, False, status.phase or "Releasing", message)
+    elif same_model(status.rolled_back, spec.model):
+        incumbent = status.incumbent.version if status.incumbent else "the incumbent"
+        message = (
+            f"{spec.model.version} was rolled back and {incumbent} serves; change spec.model or run"
+            " `kubectl steward retry` to release it again"
+        )
+        found = _three(False, False, True, "RolledBack", message)
+    elif not same_model(status.incumbent, spec.model):
+        found = _three(False, True, False, "Paused", f"paused: {spec.model.version} waits for `kubectl steward resume`")
+    elif status.incumbent is None or status.incumbent.version not in draft.observed.ready:
+        found = _three(False, True, False, "WaitingForReady", f"waiting for {spec.model.version} to become ready")
+    else:
+        message = f"{spec.model.version} serves all traffic"
+        found = _three(True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else ""))
+    return _with_conditions(draft, found)
+
+
+def stall(spec: specs.ModelDeploymentSpec, step: Step, observed: Observed, reason: str, message: str) -> Step:
+    """`step`, but Stalled: something only a person can fix (a missing CRD, a refused child) blocks it."""
+    draft = _Draft(spec, step.status, observed, step.decisions)
+    stalled = _with_conditions(draft, _three(False, False, True, reason, message))
+    already = any(
+        condition.type == "Stalled" and condition.status == "True" and condition.message == message
+        for condition in step.status.conditions
+    )
+    told = () if already else (Decision(reason, message, warning=True),)
+    return Step(stalled.status, (*stalled.decisions, *told))
+
+
+def _with_conditions(draft: _Draft, found: list[tuple[str, bool, str, str]]) -> _Draft:
+    status = draft.status
+    previous = {condition.type: condition for condition in status.conditions}
+    conditions = []
+    for kind, holds, reason, message in found:
+        old = previous.get(kind)
+        state = "True" if holds else "False"
+        since = old.last_transition_time if old is not None and old.status == state else draft.observed.now
+        conditions.append(
+            specs.Condition(
+                type=kind,
+                status=state,
+                observed_generation=draft.observed.generation,
+                last_transition_time=since,
+                reason=reason,
+                message=message,
+            )
+        )
+    others = [condition for condition in status.conditions if condition.type not in {"Ready", "Reconciling", "Stalled"}]
+    return draft.with_status(conditions=conditions + others)
+
+
+# --- the commands -------------------------------------------------------------------------------------------
+
+
+def _promote(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+    status = draft.status
+    if status.challenger is None or status.phase not in RELEASE_PHASES:
+        return "no release is in progress"
+    path = stages(draft.spec)
+    here = Stage(status.phase or "Validating", status.canary_step)
+    following = path[path.index(here) + 1] if here in path else path[-1]
+    if operation.action == "promoteFull":
+        following = path[-1]
+    if following.phase != "Promoted":
+        return draft.with_status(
+            Decision("Advanced", f"{status.challenger.version}: {_describe(draft.spec, following)}"),
+            **_stage_fields(following),
+        )
+    if status.challenger.version not in draft.observed.ready:
+        return f"{status.challenger.version} is not ready yet; it cannot take all traffic"
+    promoted = _take_over(draft, "replaced")
+    return promoted.with_status(
+        Decision("Promoted", f"{status.challenger.version} is promoted and serves all traffic"), phase="Promoted"
+    )
+
+
+def _abort(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+    status = draft.status
+    if status.challenger is None:
+        return "no release is in progress"
+    if status.phase == "RolledBack":
+        return "a switch back to a known-good version is under way"
+    return draft.with_status(
+        Decision("RolledBack", f"release of {status.challenger.version} aborted; the incumbent keeps all traffic"),
+        phase="RolledBack",
+        rolled_back=status.challenger.model_copy(update={"since": draft.observed.now}),
+        challenger=None,
+        canary_step=None,
+        weights=ALL_TO_INCUMBENT,
+    )
+
+
+def _retry(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+    status = draft.status
+    if status.challenger is not None and status.phase in RELEASE_PHASES:
+        first = stages(draft.spec)[0]
+        return draft.with_status(
+            Decision("ReleaseRestarted", f"releasing {status.challenger.version} again from the start"),
+            weights=ALL_TO_INCUMBENT,
+            **_stage_fields(first),
+        )
+    if status.rolled_back is not None and same_model(status.rolled_back, draft.spec.model):
+        return draft.with_status(rolled_back=None)
+    return "there is no release to retry"
+
+
+def _pause(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+    pausing = operation.action == "pause"
+    if draft.status.paused == pausing:
+        return f"already {'paused' if pausing else 'running'}"
+    decision = Decision("Paused" if pausing else "Resumed", "automatic steps " + ("halt" if pausing else "resume"))
+    return draft.with_status(decision, paused=pausing)
+
+
+def _rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+    status = draft.status
+    if status.challenger is not None and status.phase in RELEASE_PHASES and operation.to_version is None:
+        return _abort(draft, operation)
+    incumbent = status.incumbent.version if status.incumbent else None
+    earlier = [
+        entry
+        for entry in reversed(status.history)
+        if entry.version != incumbent and entry.outcome != "serving"
+        if operation.to_version in (None, entry.version)
+    ]
+    if not earlier:
+        wanted = operation.to_version or "an earlier version"
+        return f"{wanted} is not in this model's history"
+    target = earlier[0]
+    aborted = status.challenger if status.phase in RELEASE_PHASES else None
+    return draft.with_status(
+        Decision("RollingBack", f"switching back to {target.version}; it takes all traffic once it is ready"),
+        rolled_back=aborted,
+        phase="RolledBack",
+        challenger=served(target, draft.observed.now),
+        canary_step=None,
+        weights=ALL_TO_INCUMBENT,
+    )
+
+
+# --- shared pieces ------------------------------------------------------------------------------------------
+
+
+def _take_over(draft: _Draft, outcome: str) -> _Draft:
+    """The challenger becomes the incumbent; the history records who served from when to when."""
+    status, now = draft.status, draft.observed.now
+    challenger = status.challenger
+    if challenger is None:
+        raise ValueError("only a challenger can take over")
+    history = [
+        entry.model_copy(update={"ended": now, "outcome": outcome}) if entry.ended is None else entry
+        for entry in status.history
+    ]
+    history.append(
+        specs.HistoryEntry(version=challenger.version, bundle=challenger.bundle, digest=challenger.digest, started=now)
+    )
+    return draft.with_status(
+        incumbent=challenger.model_copy(update={"since": now}),
+        challenger=None,
+        canary_step=None,
+        weights=ALL_TO_INCUMBENT,
+        history=history[-100:],
+    )
+
+
+def _known_good(
+    spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus, now: datetime
+) -> specs.HistoryEntry | None:
+    """A version that served until it was replaced, no longer ago than the rollback window."""
+    window = specs.as_timedelta(spec.rollout.rollback_window)
+    for entry in reversed(status.history):
+        recent = entry.ended is not None and now - entry.ended <= window
+        if recent and entry.outcome == "replaced" and same_model(served(entry, now), spec.model):
+            return entry
+    return None
+
+
+def _handled(operation: specs.Operation, now: datetime, result: str) -> specs.Operation:
+    return operation.model_copy(update={"handled_at": now, "result": result[:1024]})
+
+
+def _stage_fields(stage: Stage) -> dict[str, object]:
+    return {"phase": stage.phase, "canary_step": stage.step}
+
+
+def _describe(spec: specs.ModelDeploymentSpec, stage: Stage) -> str:
+    if stage.phase == "Validating":
+        return "offline validation against the incumbent"
+    if stage.phase == "Shadowing":
+        if spec.serving.mode != "online":
+            return "scoring the same batches in shadow"
+        percent = spec.rollout.shadow.percent if spec.rollout.shadow else 100
+        return f"shadow, {percent}% of requests mirrored"
+    if stage.phase == "Canary" and stage.step is not None:
+        steps = spec.rollout.canary.steps
+        return f"canary step {stage.step + 1} of {len(steps)}, {steps[stage.step]}% of traffic"
+    return stage.phase.lower()
+
+
+def _three(
+    ready: bool, reconciling: bool, stalled: bool, reason: str, message: str
+) -> list[tuple[str, bool, str, str]]:
+    return [
+        ("Ready", ready, reason, message),
+        ("Reconciling", reconciling, reason, message),
+        ("Stalled", stalled, reason, message),
+    ]
