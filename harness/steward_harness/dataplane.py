@@ -25,10 +25,12 @@ class DataPlane:
 
     server: str
     context: ssl.SSLContext
-    predictors: bool = False
-    """Start `python -m steward_predictor` on each one's STORAGE_URI (a local path) and report Ready only
-    once that predictor's model is ready."""
+    prefix: str = ""
+    """Only InferenceServices in namespaces starting with this are served."""
     held: set[str] = field(default_factory=set)
+    predictor_namespaces: set[str] = field(default_factory=set)
+    """In these namespaces, start `python -m steward_predictor` on each InferenceService's STORAGE_URI (a
+    local path) and report it Ready only once that predictor's model is ready, as KServe's probe would."""
     interval: float = 0.1
     _running: dict[str, Predictor] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
@@ -48,7 +50,7 @@ class DataPlane:
         self._running.clear()
 
     def predictor(self, namespace: str, name: str) -> Predictor | None:
-        """The process serving an InferenceService, when `predictors` is on."""
+        """The process serving an InferenceService in one of `predictor_namespaces`."""
         return next((p for key, p in self._running.items() if key.startswith(f"{namespace}/{name}/")), None)
 
     def _loop(self) -> None:
@@ -63,12 +65,14 @@ class DataPlane:
         alive = set()
         for service in services:
             metadata = service["metadata"]
+            if not metadata["namespace"].startswith(self.prefix):
+                continue
             generation = metadata.get("generation", 1)
             key = f"{metadata['namespace']}/{metadata['name']}/{metadata['uid']}/{generation}"
             alive.add(key)
             if metadata.get("labels", {}).get("steward.dev/version") in self.held or _ready(service):
                 continue
-            if self.predictors and not self._serving(key, service):
+            if metadata["namespace"] in self.predictor_namespaces and not self._serving(key, service):
                 continue
             self._mark_ready(service)
         for key in set(self._running) - alive:

@@ -28,11 +28,17 @@ class Operator(Server):
     resumes it on the same log."""
 
     kubeconfig: Path
+    namespaces: list[str] = field(default_factory=list)
+    """Namespaces (or globs) to serve; all when empty."""
     env: dict[str, str] = field(default_factory=dict)
     log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="steward-operator-", suffix=".log")[1]))
     metrics_port: int = 0
     health_port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def metrics_url(self) -> str:
@@ -50,7 +56,13 @@ class Operator(Server):
         }
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "steward_operator", "--verbose"],
+                [
+                    sys.executable,
+                    "-m",
+                    "steward_operator",
+                    "--verbose",
+                    *(f"--namespace={namespace}" for namespace in self.namespaces),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

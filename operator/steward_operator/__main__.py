@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=list(settings.NAMESPACES),
         metavar="NAME",
-        help="serve only this namespace; repeatable (default: STEWARD_NAMESPACES, else all namespaces)",
+        help="serve only this namespace, or those matching this glob (team-*); repeatable "
+        "(default: STEWARD_NAMESPACES, else all namespaces)",
     )
     root.add_argument("--verbose", action="store_true", help="log every API request and handler step")
     return root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from typing import Any
 
@@ -33,7 +34,9 @@ async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf
         prefix=STATE_PREFIX, key="last-handled-configuration"
     )
     settings.posting.enabled = False  # Steward posts its own Events, one per decision.
-    settings.scanning.disabled = True  # The kinds are known; no need to watch CRDs (and no RBAC to do so).
+    # The kinds are known: no need to watch CRDs, nor namespaces unless a glob must find them (which needs
+    # RBAC to list and watch namespaces; the chart names namespaces exactly).
+    settings.scanning.disabled = not any(_globbed(pattern) for pattern in memo.get("namespaces", []))
     settings.watching.server_timeout = 300
     _cluster = Cluster.connect()
     _tasks.add(asyncio.create_task(_resync(_cluster, list(memo.get("namespaces", []))), name="resync"))
@@ -91,19 +94,26 @@ async def _reconcile(namespace: str | None, name: str | None) -> None:
         await reconciling.reconcile(_cluster, namespace, name)
 
 
-async def _resync(cluster: Cluster, namespaces: list[str | None]) -> None:
+async def _resync(cluster: Cluster, namespaces: list[str]) -> None:
     """Every RESYNC_SECONDS, reconcile every ModelDeployment even if nothing seemed to change: a missed watch
     event is caught up here. (kopf's own timers would put a finalizer on every object; this needs none.)"""
+    plain = namespaces and not any(_globbed(pattern) for pattern in namespaces)
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
-            found = [
-                item for namespace in namespaces or [None] for item in await cluster.list(MODEL_DEPLOYMENT, namespace)
-            ]
+            found = []
+            for namespace in namespaces if plain else [None]:
+                found += await cluster.list(MODEL_DEPLOYMENT, namespace)
             for item in found:
-                await _reconcile(item["metadata"]["namespace"], item["metadata"]["name"])
+                namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
+                if not namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in namespaces):
+                    await _reconcile(namespace, name)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             logging.getLogger(__name__).warning("resync failed, next in %.0f s: %s", RESYNC_SECONDS, error)
+
+
+def _globbed(pattern: str) -> bool:
+    return bool(set(pattern) & set("*?["))
 
 
 def _command_waiting(status: dict[str, Any]) -> bool:

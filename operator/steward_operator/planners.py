@@ -92,10 +92,9 @@ def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeployment
         Backend(f"{child_name(name, release.challenger.version)}-predictor", namespace) if release.challenger else None
     )
     split = Split(incumbent, challenger, release.challenger_weight, release.shadow_percent)
-    services = [inference_service(owner, spec, release.incumbent, "incumbent")]
+    services = [inference_service(owner, spec, release.incumbent)]
     if release.challenger is not None:
-        variant = "shadow" if release.shadow_percent and not release.challenger_weight else "challenger"
-        services.append(inference_service(owner, spec, release.challenger, variant, traffic.predictor_patch(split)))
+        services.append(inference_service(owner, spec, release.challenger, traffic.predictor_patch(split)))
     return Plan(inference_services=services, routes=traffic.routes(owner, split))
 
 
@@ -138,8 +137,6 @@ def cron_job(
             {"name": "STEWARD_VARIANT", "value": variant},
         ],
     }
-    if online_resources := (spec.serving.online.resources if spec.serving.online else None):
-        container["resources"] = online_resources.model_dump(by_alias=True, exclude_none=True)
     if secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in sorted(s for s in secrets if s)]
     labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
@@ -171,14 +168,16 @@ def cron_job(
 
 
 def shadow_location(location: specs.DataLocation, version: str) -> specs.DataLocation:
-    """Where a shadowing challenger writes: a table suffixed _shadow, or a shadow/<version>/ folder beside
-    the output."""
+    """Where a shadowing challenger writes: beside the output, never inside it. A table gets the suffix
+    _shadow; a file scores.parquet becomes scores.shadow-<version>.parquet, a prefix scores/ becomes
+    scores.shadow-<version>/."""
     if location.table:
         return location.model_copy(update={"table": f"{location.table}_shadow"})
-    head, slash, tail = location.uri.rstrip("/").rpartition("/")
-    if location.uri.endswith("/") or "." not in tail:
-        return location.model_copy(update={"uri": f"{location.uri.rstrip('/')}/shadow/{version}/"})
-    return location.model_copy(update={"uri": f"{head}{slash}shadow/{version}/{tail}"})
+    uri = location.uri.rstrip("/")
+    head, slash, tail = uri.rpartition("/")
+    stem, dot, suffix = tail.rpartition(".") if "." in tail else (tail, "", "")
+    shadowed = f"{head}{slash}{stem}.shadow-{version}{dot}{suffix}"
+    return location.model_copy(update={"uri": shadowed + ("/" if location.uri.endswith("/") else "")})
 
 
 def _location(role: str, location: specs.DataLocation) -> list[str]:
@@ -195,15 +194,16 @@ def _live(version: specs.ServedVersion) -> Live:
 
 
 def inference_service(
-    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, patch: dict[str, Any] | None = None
+    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, patch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A KServe InferenceService running the Steward predictor on `live`'s bundle."""
+    """A KServe InferenceService running the Steward predictor on `live`'s bundle. Nothing in it says whether
+    the version is the incumbent or the challenger (status does): a promotion moves traffic, and never
+    restarts the pods that are about to take all of it."""
     online = spec.serving.online or specs.OnlineServing()
     environment = [
         # KServe's storage initializer fetches STORAGE_URI into /mnt/models before the predictor starts.
         {"name": "STORAGE_URI", "value": live.bundle},
         {"name": "STEWARD_MODEL_VERSION", "value": live.version},
-        {"name": "STEWARD_VARIANT", "value": variant},
     ]
     if live.digest:
         environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
@@ -233,7 +233,6 @@ def inference_service(
             "app.kubernetes.io/name": "steward-predictor",
             # The CRD holds versions to label-value syntax.
             "steward.dev/version": live.version,
-            "steward.dev/variant": variant,
         }
     )
     metadata["annotations"] = {

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         command = commands.add_parser(
             name,
             parents=[common],
-            help=purpose,
+            help=purpose.replace("%", "%%"),
             description=f"{purpose}. The same as:\n  {_equivalent(name)}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -115,7 +115,7 @@ def _command(kubectl: Kubectl, args: argparse.Namespace) -> int:
         time.sleep(0.3)
         body = kubectl.get(args.name)
         current = (body.get("status") or {}).get("operation") or {}
-        if current.get("requestedAt") != wanted["requestedAt"]:
+        if _moment(current.get("requestedAt")) != _moment(wanted["requestedAt"]):
             print("a newer command replaced this one", file=sys.stderr)
             return EXIT_REFUSED
         if current.get("handledAt"):
@@ -238,6 +238,11 @@ def _equivalent(action: str) -> str:
         sample["toVersion"] = "VERSION"
     body = json.dumps({"status": {"operation": {**sample, "handledAt": None, "result": None}}})
     return f"kubectl patch {RESOURCE} NAME --subresource=status --type=merge -p '{body}'"
+
+
+def _moment(value: str | None) -> datetime | None:
+    """A timestamp as written by either side (the API server drops a zero fraction of a second)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _phase(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> str:

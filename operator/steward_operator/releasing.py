@@ -66,11 +66,26 @@ class _Draft:
 
 def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus, observed: Observed) -> Step:
     """The next status. Applying it to its own result again changes nothing until the world changes."""
-    draft = _Draft(spec, status, observed)
+    steps: tuple[Callable[[_Draft], _Draft], ...] = (
+        _adopt,
+        _carry_out_operation,
+        _finish_switch,
+        _follow_spec,
+        _move_traffic,
+        _settle,
+        _conditions,
+    )
     if spec.serving.mode == "streaming":
-        return Step(_conditions(draft).status, ())
-    for step in (_adopt, _carry_out_operation, _follow_spec, _move_traffic, _finish_switch, _settle, _conditions):
-        draft = step(draft)
+        steps = (_carry_out_operation, _conditions)
+    draft = _Draft(spec, status, observed)
+    # One step can enable another (a switch back to a version already ready completes at once): go round
+    # until nothing moves, so a second call with the same world is a no-op.
+    for _ in range(4):
+        before = draft.status
+        for step in steps:
+            draft = step(draft)
+        if draft.status == before:
+            break
     return Step(draft.status.model_copy(update={"observed_generation": observed.generation}), draft.decisions)
 
 
@@ -138,6 +153,10 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
     operation = draft.status.operation
     if operation is None or operation.handled_at is not None:
         return draft
+    if draft.spec.serving.mode == "streaming":
+        refusal = "streaming serving is not supported yet"
+        refused = Decision("CommandRefused", f"{operation.action}: {refusal}", warning=True)
+        return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {refusal}"))
     handlers: dict[str, Callable[[_Draft, specs.Operation], _Draft | str]] = {
         "promote": _promote,
         "promoteFull": _promote,
@@ -160,8 +179,13 @@ def _follow_spec(draft: _Draft) -> _Draft:
     """spec.model names the version Git wants; start, restart or cancel a release to get there."""
     spec, status = draft.spec, draft.status
     model = spec.model
-    if same_model(status.challenger, model) or (status.phase == "RolledBack" and status.challenger is not None):
+    if same_model(status.challenger, model):
         return draft
+    if _version_reused(spec, status):
+        return draft  # Stalled: a version names one bundle for good.
+    switching = status.phase == "RolledBack" and status.challenger is not None
+    if switching and (same_model(status.incumbent, model) or same_model(status.rolled_back, model)):
+        return draft  # A manual switch back is under way; Git still names what it leaves.
     if same_model(status.incumbent, model):
         if status.challenger is None:
             return draft.with_status(rolled_back=None) if status.rolled_back else draft
@@ -246,6 +270,12 @@ def _conditions(draft: _Draft) -> _Draft:
     spec, status = draft.spec, draft.status
     if spec.serving.mode == "streaming":
         found = _three(False, False, True, "StreamingNotSupported", "streaming serving is not supported yet")
+    elif _version_reused(spec, status):
+        message = (
+            f"spec.model names version {spec.model.version} with another bundle or digest than the one that"
+            " serves under that version; give the new bundle a new version"
+        )
+        found = _three(False, False, True, "VersionReused", message)
     elif status.challenger is not None and status.phase == "RolledBack":
         message = f"switching back to {status.challenger.version}; it takes all traffic once it is ready"
         found = _three(False, True, False, "RollingBack", message)
@@ -374,14 +404,17 @@ def _rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     if status.challenger is not None and status.phase in RELEASE_PHASES and operation.to_version is None:
         return _abort(draft, operation)
     incumbent = status.incumbent.version if status.incumbent else None
+    if operation.to_version is not None and operation.to_version == incumbent:
+        return f"{incumbent} already serves"
     earlier = [
         entry
         for entry in reversed(status.history)
         if entry.version != incumbent and entry.outcome != "serving"
-        if operation.to_version in (None, entry.version)
+        # Without --to, never back to a version that was itself rolled back.
+        if entry.version == operation.to_version or (operation.to_version is None and entry.outcome == "replaced")
     ]
     if not earlier:
-        wanted = operation.to_version or "an earlier version"
+        wanted = operation.to_version or "an earlier known-good version"
         return f"{wanted} is not in this model's history"
     target = earlier[0]
     aborted = status.challenger if status.phase in RELEASE_PHASES else None
@@ -430,6 +463,14 @@ def _known_good(
         if recent and entry.outcome == "replaced" and same_model(served(entry, now), spec.model):
             return entry
     return None
+
+
+def _version_reused(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> bool:
+    """spec.model reuses the version of a serving model for a different bundle: versions name children."""
+    return any(
+        served is not None and served.version == spec.model.version and not same_model(served, spec.model)
+        for served in (status.incumbent, status.challenger)
+    )
 
 
 def _handled(operation: specs.Operation, now: datetime, result: str) -> specs.Operation:

@@ -14,12 +14,6 @@ from steward_operator.planners import Live, Release, plan_online
 from tests.conftest import REPOSITORY
 
 
-@pytest.fixture(scope="module")
-def cluster(kubectl: Kubectl) -> Kubectl:
-    kubectl.install_crds(REPOSITORY / "tests" / "crds")
-    return kubectl
-
-
 @pytest.mark.parametrize("provider", ["gateway-api", "istio", "kserve"])
 def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, namespace: str, provider: str) -> None:
     manifest = yaml.safe_load((REPOSITORY / "examples" / "full.yaml").read_text())
@@ -46,7 +40,7 @@ def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, na
         again = cluster.json("get", kind, name, "-n", namespace)
         assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     services = cluster.json("get", "inferenceservices", "-n", namespace, "-l", "steward.dev/model=house-prices")
-    assert sorted(item["metadata"]["labels"]["steward.dev/variant"] for item in services["items"]) == [
-        "challenger",
-        "incumbent",
+    assert sorted(item["metadata"]["labels"]["steward.dev/version"] for item in services["items"]) == [
+        "v1",
+        "v2",
     ]

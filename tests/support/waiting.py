@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
+def wait_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
     """Poll `check()` until it returns something truthy; raise TimeoutError with its last value otherwise."""
     deadline = time.monotonic() + timeout
     last = check()

@@ -38,7 +38,7 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     labels = service["metadata"]["labels"]
     assert labels["steward.dev/version"] == "2024-06-01"
-    assert labels["steward.dev/variant"] == "incumbent"
+    assert "steward.dev/variant" not in labels
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     predictor = service["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
@@ -47,7 +47,6 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     assert environment == {
         "STORAGE_URI": V1.bundle,
         "STEWARD_MODEL_VERSION": V1.version,
-        "STEWARD_VARIANT": "incumbent",
         "STEWARD_BUNDLE_DIGEST": V1.digest,
     }
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
@@ -61,7 +60,6 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
 def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:
     plan = plan_online("churn", "ml", "uid-1", _spec(shadow={"percent": 50}), Release(V1, V2, 0, 50))
     _, challenger = plan.inference_services
-    assert challenger["metadata"]["labels"]["steward.dev/variant"] == "shadow"
     (rule,) = plan.routes[0]["spec"]["rules"]
     assert [ref["weight"] for ref in rule["backendRefs"]] == [100, 0]
     assert rule["filters"][0]["requestMirror"]["percent"] == 50
@@ -73,6 +71,5 @@ def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str,
     plan = plan_online("churn", "ml", "uid-1", _spec(traffic={"provider": provider}), Release(V1, V2, 25))
     assert len(plan.routes) == routes
     challenger = plan.inference_services[1]
-    assert challenger["metadata"]["labels"]["steward.dev/variant"] == "challenger"
     if provider == "kserve":
         assert challenger["spec"]["predictor"]["canaryTrafficPercent"] == 25

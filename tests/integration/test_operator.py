@@ -1,0 +1,537 @@
+"""The real operator on a real API server: each example gets its children, a release moves through its stages
+with kubectl steward, traffic waits for readiness, rollbacks switch back at once, Git never sees drift, and
+an operator killed at any point resumes to the same end state."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from steward_harness.controlplane import ControlPlane
+from steward_harness.dataplane import DataPlane
+from steward_harness.kubectl import Kubectl
+from steward_harness.operators import Operator
+from tests.conftest import REPOSITORY
+from tests.support import models
+from tests.support.models import Trained
+from tests.support.waiting import wait_until
+
+CHILD_KINDS = ",".join(
+    [
+        "inferenceservices.serving.kserve.io",
+        "httproutes.gateway.networking.k8s.io",
+        "virtualservices.networking.istio.io",
+        "cronjobs.batch",
+    ]
+)
+KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
+
+
+def example(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((REPOSITORY / "examples" / name).read_text())
+    return manifest
+
+
+def version(manifest: dict[str, Any], number: str, digest: str | None = None) -> dict[str, Any]:
+    """The same manifest releasing another model version, as a Git commit would."""
+    changed = copy.deepcopy(manifest)
+    model = changed["spec"]["model"]
+    model["version"] = number
+    model["bundle"] = model["bundle"].rstrip("/").rsplit("/", 1)[0] + f"/{number}/"
+    model.pop("digest", None)
+    if digest:
+        model["digest"] = digest
+    return changed
+
+
+class Deployment:
+    """One ModelDeployment in its own namespace, driven the way its users drive it: Git (server-side apply
+    under a GitOps field manager) for spec, kubectl steward for commands."""
+
+    def __init__(self, cluster: Kubectl, control_plane: ControlPlane, namespace: str, manifest: dict[str, Any]):
+        self.cluster, self.control_plane, self.namespace = cluster, control_plane, namespace
+        self.manifest = manifest
+        self.name: str = manifest["metadata"]["name"]
+
+    def apply(self, manifest: dict[str, Any] | None = None) -> None:
+        self.manifest = manifest or self.manifest
+        self.cluster.run(
+            "apply",
+            "--server-side",
+            "--field-manager=gitops",
+            "-n",
+            self.namespace,
+            "-f",
+            "-",
+            stdin=json.dumps(self.manifest),
+        )
+
+    def get(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.cluster.json("get", "modeldeployment", self.name, "-n", self.namespace)
+        return body
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.get().get("status", {})
+        return status
+
+    def children(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.cluster.json(
+            "get", CHILD_KINDS, "-n", self.namespace, "-l", f"steward.dev/model={self.name}"
+        )["items"]
+        return items
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [child for child in self.children() if child["kind"] == kind]
+
+    def steward(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command, *rest = args
+        result = subprocess.run(
+            [
+                str(KUBECTL_STEWARD),
+                command,
+                self.name,
+                *rest,
+                "-n",
+                self.namespace,
+                "--kubeconfig",
+                str(self.control_plane.kubeconfig),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        )
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def wait(self, phase: str, **expected: Any) -> dict[str, Any]:
+        """Wait until status is in `phase` with the given weights (incumbent=, challenger=, shadow=)."""
+
+        def arrived() -> dict[str, Any] | None:
+            status = self.status()
+            weights = status.get("weights", {})
+            if status.get("phase") == phase and all(weights.get(k) == v for k, v in expected.items()):
+                return status
+            return None
+
+        return wait_until(arrived, timeout=30)
+
+    def route_weights(self) -> list[int]:
+        (route,) = self.of_kind("HTTPRoute")
+        (rule,) = route["spec"]["rules"]
+        return [backend["weight"] for backend in rule["backendRefs"]]
+
+    def mirror_percent(self) -> int | None:
+        (route,) = self.of_kind("HTTPRoute")
+        (rule,) = route["spec"]["rules"]
+        mirrors = [f["requestMirror"]["percent"] for f in rule.get("filters", []) if f["type"] == "RequestMirror"]
+        return mirrors[0] if mirrors else None
+
+    def services(self) -> list[str]:
+        return sorted(child["metadata"]["name"] for child in self.of_kind("InferenceService"))
+
+    def reasons(self) -> list[str]:
+        events = self.cluster.json(
+            "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={self.name}"
+        )["items"]
+        return [event["reason"] for event in sorted(events, key=lambda event: event["metadata"]["creationTimestamp"])]
+
+    def assert_git_sees_no_drift(self) -> None:
+        """Re-applying the manifest in Git changes nothing: the operator wrote no field Git owns."""
+        before = self.get()["metadata"]["generation"]
+        result = self.cluster.run(
+            "diff",
+            "--server-side",
+            "--field-manager=gitops",
+            "-n",
+            self.namespace,
+            "-f",
+            "-",
+            stdin=json.dumps(self.manifest),
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        self.apply()
+        assert self.get()["metadata"]["generation"] == before
+
+
+@pytest.fixture
+def deploy(cluster: Kubectl, control_plane: ControlPlane, operated_namespace: str) -> Any:
+    def start(manifest: dict[str, Any]) -> Deployment:
+        deployment = Deployment(cluster, control_plane, operated_namespace, manifest)
+        deployment.apply()
+        return deployment
+
+    return start
+
+
+def test_an_online_model_gets_an_inference_service_and_a_route_owned_by_it(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    status = churn.wait("Stable", incumbent=100)
+    uid = churn.get()["metadata"]["uid"]
+    assert churn.services() == ["churn-2024-06-01"]
+    for child in churn.children():
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == (
+            "ModelDeployment",
+            uid,
+            True,
+            True,
+        )
+    assert churn.route_weights() == [100]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["Reconciling"]["status"] == "False"
+    assert conditions["Stalled"]["status"] == "False"
+    assert all(c["observedGeneration"] == 1 for c in conditions.values())
+    assert status["observedGeneration"] == 1
+    assert status["history"][0]["version"] == "2024-06-01"
+    assert {"Deploying", "Ready"} <= set(churn.reasons())
+    # No finalizer: deletion never waits for the operator, and children go with their owner.
+    assert not churn.get()["metadata"].get("finalizers")
+    churn.assert_git_sees_no_drift()
+
+
+def test_a_batch_model_gets_a_cron_job_running_the_batch_command(deploy: Any) -> None:
+    credit = deploy(example("batch.yaml"))
+    credit.wait("Stable")
+    (job,) = credit.of_kind("CronJob")
+    assert job["metadata"]["name"] == "credit-limits-v12"
+    assert job["spec"]["schedule"] == "30 2 * * *"
+    assert job["spec"]["timeZone"] == "Europe/Berlin"
+    assert job["spec"]["suspend"] is False
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["steward-predict"]
+    assert container["args"][:3] == ["batch", "--bundle", "s3://models/credit-limits/v12/"]
+    assert container["envFrom"] == [{"secretRef": {"name": "warehouse-reader"}}]
+    credit.assert_git_sees_no_drift()
+
+
+def test_streaming_is_refused_out_loud_not_ignored(deploy: Any) -> None:
+    fraud = deploy(example("streaming.yaml"))
+
+    def stalled() -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in fraud.status().get("conditions", [])}
+        return conditions.get("Stalled") if conditions.get("Stalled", {}).get("status") == "True" else None
+
+    condition = wait_until(stalled)
+    assert condition["reason"] == "StreamingNotSupported"
+    assert fraud.children() == []
+
+
+def test_a_release_moves_through_every_stage_with_kubectl_steward(deploy: Any) -> None:
+    prices = deploy(example("full.yaml"))
+    prices.wait("Stable")
+    prices.apply(version(prices.manifest, "2024-08-01", "sha256:" + "1" * 64))
+    prices.wait("Validating", incumbent=100, challenger=0, shadow=0)
+    assert prices.services() == ["house-prices-2024-07-15", "house-prices-2024-08-01"]
+    assert prices.route_weights() == [100, 0]
+    assert prices.mirror_percent() is None
+    (challenger,) = [s for s in prices.of_kind("InferenceService") if s["metadata"]["name"].endswith("08-01")]
+    environment = {e["name"]: e["value"] for e in challenger["spec"]["predictor"]["containers"][0]["env"]}
+    assert environment["STEWARD_BUNDLE_DIGEST"] == "sha256:" + "1" * 64
+    prices.assert_git_sees_no_drift()
+
+    prices.steward("promote")
+    prices.wait("Shadowing", shadow=25)
+    assert prices.mirror_percent() == 25
+    assert prices.route_weights() == [100, 0]
+    prices.assert_git_sees_no_drift()
+
+    for weight in (5, 25, 50, 75):
+        result = prices.steward("promote")
+        assert "Canary" in result.stdout
+        prices.wait("Canary", incumbent=100 - weight, challenger=weight, shadow=0)
+        assert prices.route_weights() == [100 - weight, weight]
+        assert prices.mirror_percent() is None
+        prices.assert_git_sees_no_drift()
+
+    shown = prices.steward("status").stdout
+    assert "Canary, step 4 of 4" in shown
+    assert "incumbent 25%, challenger 75%" in shown
+    assert "https://runbooks.example.com/models/house-prices" in shown
+
+    prices.steward("promote")
+    status = prices.wait("Promoted", incumbent=100, challenger=0)
+    assert status["incumbent"]["version"] == "2024-08-01"
+    assert "challenger" not in status
+    wait_until(lambda: prices.services() == ["house-prices-2024-08-01"])
+    assert prices.route_weights() == [100]
+    assert [(h["version"], h["outcome"]) for h in status["history"]] == [
+        ("2024-07-15", "replaced"),
+        ("2024-08-01", "serving"),
+    ]
+    assert {"ReleaseStarted", "Advanced", "TrafficShifted", "Promoted"} <= set(prices.reasons())
+    history = prices.steward("history").stdout
+    assert history.index("2024-08-01") < history.index("2024-07-15")
+    prices.assert_git_sees_no_drift()
+
+
+def test_traffic_waits_until_the_challenger_is_ready(deploy: Any, data_plane: DataPlane) -> None:
+    prices = deploy(example("full.yaml"))
+    prices.wait("Stable")
+    data_plane.held.add("2024-09-01")
+    try:
+        prices.apply(version(prices.manifest, "2024-09-01"))
+        prices.wait("Validating")
+        prices.steward("promote")
+        status = prices.wait("Shadowing", shadow=0)
+        assert prices.mirror_percent() is None
+        ready = {c["type"]: c for c in status["conditions"]}["Reconciling"]
+        assert "waiting for 2024-09-01 to become ready" in ready["message"]
+        refused = prices.steward("promote", "--full", check=False)
+        assert refused.returncode == 1
+        assert "not ready" in refused.stderr
+        assert prices.status()["phase"] == "Shadowing"
+    finally:
+        data_plane.held.discard("2024-09-01")
+    prices.wait("Shadowing", shadow=25)
+    wait_until(lambda: prices.mirror_percent() == 25)
+
+
+def test_abort_rolls_back_and_retry_releases_again(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "2024-07-01"))
+    churn.wait("Validating")
+    churn.steward("promote")
+    churn.wait("Canary", challenger=5)
+
+    churn.steward("abort")
+    status = churn.wait("RolledBack", incumbent=100, challenger=0)
+    assert status["rolledBack"]["version"] == "2024-07-01"
+    stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "RolledBack")
+    wait_until(lambda: churn.services() == ["churn-2024-06-01"])
+    assert churn.route_weights() == [100]
+    churn.assert_git_sees_no_drift()
+
+    refused = churn.steward("promote", check=False)
+    assert refused.returncode == 1
+    assert "no release is in progress" in refused.stderr
+
+    churn.steward("retry")
+    status = churn.wait("Validating")
+    assert status["challenger"]["version"] == "2024-07-01"
+    assert "rolledBack" not in status
+
+
+def test_reapplying_a_recent_version_switches_back_at_once(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    original = copy.deepcopy(churn.manifest)
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "2024-07-01"))
+    churn.wait("Validating")
+    churn.steward("promote", "--full")
+    churn.wait("Promoted")
+
+    churn.apply(original)  # git revert
+    status = churn.wait("RolledBack", incumbent=100, challenger=0)
+    wait_until(lambda: churn.status().get("incumbent", {}).get("version") == "2024-06-01")
+    status = churn.status()
+    assert "challenger" not in status
+    assert [(h["version"], h["outcome"]) for h in status["history"]] == [
+        ("2024-06-01", "replaced"),
+        ("2024-07-01", "rolledBack"),
+        ("2024-06-01", "serving"),
+    ]
+    reasons = churn.reasons()
+    assert reasons.count("ReleaseStarted") == 1  # No new release for the known-good version.
+    assert "RollingBack" in reasons
+    wait_until(lambda: churn.services() == ["churn-2024-06-01"])
+    assert {c["type"]: c["status"] for c in churn.status()["conditions"]}["Ready"] == "True"
+    churn.assert_git_sees_no_drift()
+
+
+def test_kubectl_steward_rollback_switches_to_the_previous_version(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "2024-07-01"))
+    churn.wait("Validating")
+    churn.steward("promote", "--full")
+    churn.wait("Promoted")
+
+    churn.steward("rollback")
+    wait_until(lambda: churn.status().get("incumbent", {}).get("version") == "2024-06-01")
+    status = churn.wait("RolledBack", incumbent=100)
+    assert status["rolledBack"]["version"] == "2024-07-01"
+    # Git still names 2024-07-01: Steward says so rather than release it again behind the user's back.
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Stalled"] == "RolledBack"
+    churn.assert_git_sees_no_drift()
+    assert churn.steward("rollback", "--to", "1999-01-01", check=False).returncode == 1
+
+
+def test_a_spec_change_during_a_release_restarts_it_for_the_new_version(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "2024-07-01"))
+    churn.wait("Validating")
+    churn.steward("promote")
+    churn.wait("Canary", challenger=5)
+    churn.apply(version(churn.manifest, "2024-08-01"))
+    status = churn.wait("Validating", incumbent=100, challenger=0)
+    assert status["challenger"]["version"] == "2024-08-01"
+    wait_until(lambda: churn.services() == ["churn-2024-06-01", "churn-2024-08-01"])
+    assert "ReleaseRestarted" in churn.reasons()
+
+
+@pytest.mark.parametrize("provider", ["istio", "kserve"])
+def test_other_traffic_providers_split_traffic_their_own_way(deploy: Any, provider: str) -> None:
+    manifest = example("online.yaml")
+    manifest["spec"]["rollout"] = {"traffic": {"provider": provider}, "validation": {"enabled": False}}
+    churn = deploy(manifest)
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "2024-07-01"))
+    churn.wait("Canary", challenger=5)
+    if provider == "istio":
+        (service,) = churn.of_kind("VirtualService")
+        weights = [destination["weight"] for destination in service["spec"]["http"][0]["route"]]
+        assert weights == [95, 5]
+        assert churn.of_kind("HTTPRoute") == []
+    else:
+        (challenger,) = [s for s in churn.of_kind("InferenceService") if s["metadata"]["name"].endswith("07-01")]
+        assert challenger["spec"]["predictor"]["canaryTrafficPercent"] == 5
+        assert churn.of_kind("HTTPRoute") == churn.of_kind("VirtualService") == []
+
+
+def test_a_batch_challenger_scores_in_shadow_before_it_takes_over(deploy: Any) -> None:
+    credit = deploy(example("batch.yaml"))
+    credit.wait("Stable")
+    credit.apply(version(credit.manifest, "v13"))
+    credit.wait("Validating")
+    jobs = {job["metadata"]["name"]: job for job in credit.of_kind("CronJob")}
+    assert jobs["credit-limits-v13"]["spec"]["suspend"] is True
+    credit.steward("promote")
+    credit.wait("Shadowing", shadow=100)
+    shadow = next(job for job in credit.of_kind("CronJob") if job["metadata"]["name"] == "credit-limits-v13")
+    assert shadow["spec"]["suspend"] is False
+    arguments = shadow["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arguments[arguments.index("--output") + 1] == "s3://scores/credit-limits.shadow-v13/"
+    credit.steward("promote")
+    credit.wait("Promoted")
+    wait_until(lambda: [job["metadata"]["name"] for job in credit.of_kind("CronJob")] == ["credit-limits-v13"])
+    (job,) = credit.of_kind("CronJob")
+    arguments = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arguments[arguments.index("--output") + 1] == "s3://scores/credit-limits/"
+    credit.assert_git_sees_no_drift()
+
+
+def test_an_operator_killed_at_every_step_resumes_to_the_same_end(deploy: Any, operator: Operator) -> None:
+    prices = deploy(example("full.yaml"))
+    prices.wait("Stable")
+    expected = [
+        ("Validating", {"incumbent": 100, "challenger": 0, "shadow": 0}),
+        ("Shadowing", {"incumbent": 100, "challenger": 0, "shadow": 25}),
+        *[("Canary", {"incumbent": 100 - w, "challenger": w, "shadow": 0}) for w in (5, 25, 50, 75)],
+        ("Promoted", {"incumbent": 100, "challenger": 0, "shadow": 0}),
+    ]
+    shuffle = random.Random(7)  # noqa: S311 -- timing jitter, not secrets
+    try:
+        for index, (phase, weights) in enumerate(expected):
+            killed_before = index % 2 == 0
+            if killed_before:
+                operator.kill()  # The change lands while no operator runs.
+            if index == 0:
+                prices.apply(version(prices.manifest, "2024-08-01"))
+            else:
+                prices.steward("promote", "--no-wait")
+            if not killed_before:
+                # Killed while it works on the change: anywhere from before it reads it to after it wrote.
+                wait_until(lambda: True, timeout=1, interval=shuffle.uniform(0.0, 0.3))
+                operator.kill()
+            operator.start()
+            prices.wait(phase, **weights)
+            _assert_consistent(prices)
+    finally:
+        if operator._process is None:
+            operator.start()
+    wait_until(lambda: prices.services() == ["house-prices-2024-08-01"])
+    assert prices.route_weights() == [100]
+    prices.assert_git_sees_no_drift()
+
+
+def _assert_consistent(deployment: Deployment) -> None:
+    """No duplicate children, and the route carries exactly the split status records."""
+
+    def settled() -> bool:
+        status = deployment.status()
+        live = {status["incumbent"]["version"], *([status["challenger"]["version"]] if "challenger" in status else [])}
+        names = deployment.services()
+        expected = sorted(f"{deployment.name}-{v}" for v in live)
+        return names == expected and len(deployment.of_kind("HTTPRoute")) == 1
+
+    wait_until(settled, timeout=30)
+    status = deployment.status()
+    weights = status["weights"]
+    route = deployment.route_weights()
+    if "challenger" in status:
+        assert route == [weights["incumbent"], weights["challenger"]]
+    else:
+        assert route == [100]
+    assert (deployment.mirror_percent() or 0) == (weights["shadow"] if "challenger" in status else 0)
+
+
+def test_the_predictor_gates_readiness_on_its_bundle(
+    deploy: Any, data_plane: DataPlane, operated_namespace: str, trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    """With real predictors behind the InferenceServices, a challenger whose bundle does not match its pinned
+    digest never becomes ready, so it never receives traffic; a sound one does."""
+    namespace = operated_namespace
+    data_plane.predictor_namespaces.add(namespace)
+    manifest = example("online.yaml")
+    manifest["spec"]["model"] = {"version": "v1", "bundle": str(trained["breast-cancer"].path)}
+    manifest["spec"]["rollout"] = {"validation": {"enabled": False}, "shadow": {"percent": 100}}
+    try:
+        churn = deploy(manifest)
+        churn.wait("Stable")
+        tampered = version(churn.manifest, "v2", "sha256:" + "0" * 64)
+        tampered["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v2").path)
+        churn.apply(tampered)
+        churn.wait("Shadowing", shadow=0)
+        predictor = wait_until(lambda: data_plane.predictor(namespace, "churn-v2"), timeout=60)
+        reason = wait_until(lambda: predictor.ready()[1], timeout=60)
+        assert not predictor.ready()[0]
+        assert "digest" in reason
+        assert churn.status()["weights"]["shadow"] == 0
+
+        sound = version(churn.manifest, "v3")
+        sound["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v3").path)
+        churn.apply(sound)
+        status = churn.wait("Shadowing", shadow=100)
+        assert status["challenger"]["version"] == "v3"
+        served = data_plane.predictor(namespace, "churn-v3")
+        assert served is not None
+        assert served.ready()[0]
+    finally:
+        data_plane.predictor_namespaces.discard(namespace)
+
+
+def test_the_operator_exports_its_metrics(deploy: Any, operator: Operator) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    labels = f'name="{churn.name}",namespace="{churn.namespace}"'
+
+    def scraped() -> str | None:
+        text = operator.metrics()
+        return text if f'{{{labels},phase="Stable"}} 1.0' in text else None
+
+    text = wait_until(scraped)
+    assert 'steward_operator_reconciles_total{result="ok"}' in text
+    assert "steward_operator_reconcile_duration_seconds_bucket" in text
+    assert f'steward_operator_traffic_ratio{{{labels},role="incumbent"}} 1.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
