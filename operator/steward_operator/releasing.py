@@ -417,7 +417,8 @@ def _rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
         wanted = operation.to_version or "an earlier known-good version"
         return f"{wanted} is not in this model's history"
     target = earlier[0]
-    aborted = status.challenger if status.phase in RELEASE_PHASES else None
+    # What must not be released again by itself: the release this aborts, or what was already rolled back.
+    aborted = status.challenger if status.phase in RELEASE_PHASES else status.rolled_back
     return draft.with_status(
         Decision("RollingBack", f"switching back to {target.version}; it takes all traffic once it is ready"),
         rolled_back=aborted,
