@@ -179,13 +179,16 @@ def _follow_spec(draft: _Draft) -> _Draft:
     """spec.model names the version Git wants; start, restart or cancel a release to get there."""
     spec, status = draft.spec, draft.status
     model = spec.model
-    if same_model(status.challenger, model):
-        return draft
-    if _version_reused(spec, status):
-        return draft  # Stalled: a version names one bundle for good.
     switching = status.phase == "RolledBack" and status.challenger is not None
-    if switching and (same_model(status.incumbent, model) or same_model(status.rolled_back, model)):
-        return draft  # A manual switch back is under way; Git still names what it leaves.
+    waiting = (
+        same_model(status.challenger, model)
+        # Stalled: a version names one bundle for good.
+        or _version_reused(spec, status)
+        # A manual switch back is under way; Git still names what it leaves.
+        or (switching and (same_model(status.incumbent, model) or same_model(status.rolled_back, model)))
+    )
+    if waiting:
+        return draft
     if same_model(status.incumbent, model):
         if status.challenger is None:
             return draft.with_status(rolled_back=None) if status.rolled_back else draft
