@@ -84,7 +84,8 @@ def child_name(model: str, version: str) -> str:
 
 
 def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
-    """One InferenceService per live version, and the routes that split traffic between them."""
+    """One InferenceService per live version, and the routes that split traffic between them; with KServe's own
+    canary, one InferenceService whose revisions split it."""
     traffic = provider(spec.rollout.traffic.provider)
     owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
     incumbent = Backend(f"{child_name(name, release.incumbent.version)}-predictor", namespace)
@@ -92,6 +93,12 @@ def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeployment
         Backend(f"{child_name(name, release.challenger.version)}-predictor", namespace) if release.challenger else None
     )
     split = Split(incumbent, challenger, release.challenger_weight, release.shadow_percent)
+    if traffic.one_inference_service:
+        # The newest version's predictor; KServe keeps the one rolled out before it for the rest of the traffic.
+        newest = release.challenger or release.incumbent
+        service = inference_service(owner, spec, newest, traffic.predictor_patch(split))
+        service["metadata"]["name"] = owner.name
+        return Plan(inference_services=[service], routes=traffic.routes(owner, split))
     services = [inference_service(owner, spec, release.incumbent)]
     if release.challenger is not None:
         services.append(inference_service(owner, spec, release.challenger, traffic.predictor_patch(split)))

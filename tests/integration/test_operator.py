@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -401,9 +402,16 @@ def test_other_traffic_providers_split_traffic_their_own_way(deploy: Any, provid
         assert weights == [95, 5]
         assert churn.of_kind("HTTPRoute") == []
     else:
-        (challenger,) = [s for s in churn.of_kind("InferenceService") if s["metadata"]["name"].endswith("07-01")]
-        assert challenger["spec"]["predictor"]["canaryTrafficPercent"] == 5
+        # One InferenceService: KServe splits between its revisions, the challenger's being the newest.
+        (service,) = churn.of_kind("InferenceService")
+        assert service["metadata"]["name"] == "churn"
+        assert service["metadata"]["labels"]["steward.dev/version"] == "2024-07-01"
+        assert service["spec"]["predictor"]["canaryTrafficPercent"] == 5
         assert churn.of_kind("HTTPRoute") == churn.of_kind("VirtualService") == []
+        churn.steward("promote", "--full")
+        churn.wait("Promoted")
+        (service,) = churn.of_kind("InferenceService")
+        assert "canaryTrafficPercent" not in service["spec"]["predictor"]
 
 
 def test_a_batch_challenger_scores_in_shadow_before_it_takes_over(deploy: Any) -> None:
@@ -449,7 +457,7 @@ def test_an_operator_killed_at_every_step_resumes_to_the_same_end(deploy: Any, o
                 prices.steward("promote", "--no-wait")
             if not killed_before:
                 # Killed while it works on the change: anywhere from before it reads it to after it wrote.
-                wait_until(lambda: True, timeout=1, interval=shuffle.uniform(0.0, 0.3))
+                time.sleep(shuffle.uniform(0.0, 0.3))
                 operator.kill()
             operator.start()
             prices.wait(phase, **weights)
@@ -535,3 +543,42 @@ def test_the_operator_exports_its_metrics(deploy: Any, operator: Operator) -> No
     assert promtool, "promtool is missing: apt-get install prometheus"
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_pause_holds_a_new_version_back_until_resume(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    churn.steward("pause")
+    assert churn.status()["paused"] is True
+    churn.apply(version(churn.manifest, "2024-07-01"))
+
+    def held() -> dict[str, Any] | None:
+        status = churn.status()
+        reconciling = {c["type"]: c for c in status.get("conditions", [])}.get("Reconciling", {})
+        return status if reconciling.get("reason") == "Paused" else None
+
+    status = wait_until(held)
+    assert status["phase"] == "Stable"
+    assert "challenger" not in status
+    assert churn.services() == ["churn-2024-06-01"]
+    assert "paused" in churn.steward("status").stdout
+    churn.steward("resume")
+    status = churn.wait("Validating")
+    assert status["challenger"]["version"] == "2024-07-01"
+
+
+def test_deleting_a_model_deployment_leaves_its_children_to_garbage_collection(deploy: Any) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    uid = churn.get()["metadata"]["uid"]
+    children = churn.children()
+    assert {child["kind"] for child in children} == {"InferenceService", "HTTPRoute"}
+    churn.cluster.run("delete", "modeldeployment", churn.name, "-n", churn.namespace, "--wait=true", "--timeout=10s")
+    # Nothing blocked the deletion, and every child names the deleted owner, so the garbage collector (part of
+    # kube-controller-manager, which this control plane does not run) removes them.
+    for child in children:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == uid
+    # The operator does not bring anything back for a deleted ModelDeployment.
+    time.sleep(2)
+    assert {child["metadata"]["uid"] for child in churn.children()} == {child["metadata"]["uid"] for child in children}

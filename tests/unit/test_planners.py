@@ -70,6 +70,21 @@ def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:
 def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str, routes: int) -> None:
     plan = plan_online("churn", "ml", "uid-1", _spec(traffic={"provider": provider}), Release(V1, V2, 25))
     assert len(plan.routes) == routes
-    challenger = plan.inference_services[1]
-    if provider == "kserve":
-        assert challenger["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    if provider != "kserve":
+        assert [s["metadata"]["name"] for s in plan.inference_services] == ["churn-2024-06-01", "churn-2024-07-01"]
+        return
+    # KServe's canary: one InferenceService runs the challenger; KServe sends the rest to the revision before.
+    (service,) = plan.inference_services
+    assert service["metadata"]["name"] == "churn"
+    assert service["metadata"]["labels"]["steward.dev/version"] == V2.version
+    assert service["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    environment = {item["name"]: item["value"] for item in service["spec"]["predictor"]["containers"][0]["env"]}
+    assert environment["STORAGE_URI"] == V2.bundle
+
+
+def test_with_kserve_a_settled_model_runs_its_incumbent_with_all_traffic() -> None:
+    plan = plan_online("churn", "ml", "uid-1", _spec(traffic={"provider": "kserve"}), Release(V1))
+    (service,) = plan.inference_services
+    assert service["metadata"]["name"] == "churn"
+    assert "canaryTrafficPercent" not in service["spec"]["predictor"]
+    assert service["spec"]["predictor"]["containers"][0]["env"][0]["value"] == V1.bundle

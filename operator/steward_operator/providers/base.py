@@ -61,6 +61,9 @@ class TrafficProvider(Protocol):
     """The value of spec.rollout.traffic.provider that selects this provider."""
     supports_shadow: bool
     """Whether this provider can mirror requests to the challenger."""
+    one_inference_service: bool
+    """Whether both versions run as revisions of one InferenceService (KServe's canary) rather than one
+    InferenceService each."""
 
     def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
         """The route objects that put `split` into effect, owned by `owner`; applying them twice changes nothing."""

@@ -10,6 +10,7 @@ from steward_operator.providers.base import Backend, Owner, Split, owned, parent
 class Istio:
     name = "istio"
     supports_shadow = True
+    one_inference_service = False
 
     def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
         destinations = [_destination(split.incumbent, 100 - split.challenger_weight)]

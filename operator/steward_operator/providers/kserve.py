@@ -1,5 +1,6 @@
-"""KServe's own canary: the challenger's InferenceService takes canaryTrafficPercent, KServe routes the rest to
-the revision before it. No route objects, and no shadow: the CRD refuses shadow with this provider."""
+"""KServe's own canary: one InferenceService runs the challenger's predictor with canaryTrafficPercent, and
+KServe routes the rest to the revision rolled out before it, the incumbent's (serverless mode). No route
+objects, and no shadow: the CRD refuses shadow with this provider."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from steward_operator.providers.base import Owner, ShadowNotSupportedError, Spli
 class KServe:
     name = "kserve"
     supports_shadow = False
+    one_inference_service = True
 
     def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
         if split.shadow_percent:
