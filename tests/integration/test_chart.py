@@ -10,14 +10,19 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from steward_harness import helm as helm_builds
+from steward_harness.controlplane import ControlPlane
+from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
+from steward_harness.operators import Operator
 from tests.conftest import REPOSITORY
+from tests.support.waiting import wait_until
 
 CHART = REPOSITORY / "charts" / "steward"
 
@@ -392,14 +397,6 @@ _DENIED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cluster(kubectl: Kubectl) -> Kubectl:
-    """kubectl against a control plane that serves the KServe, Gateway API and Istio kinds the operator owns,
-    so `kubectl auth can-i` resolves them as the operator's client would."""
-    kubectl.install_crds(REPOSITORY / "tests" / "crds")
-    return kubectl
-
-
 def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl, namespace: str) -> None:
     # The ClusterRole and its binding are named after the release and its namespace, so tests never collide.
     result = helm("template", "steward", str(CHART), "--skip-crds", "--skip-tests", "--namespace", namespace)
@@ -441,6 +438,61 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
                         wrong.append(f"{' '.join(arguments[2:])}: {answer.stdout.strip()}")
         assert not wrong, "\n".join(wrong)
     finally:
+        cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
+
+
+def test_the_operator_runs_on_the_charts_rbac_alone(
+    helm: Helm, cluster: Kubectl, control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """The real operator, logged in with a token of the chart's ServiceAccount, serves an online and a batch
+    model and carries out a command: the ClusterRole holds everything the operator does."""
+    result = helm(
+        "template",
+        "steward",
+        str(CHART),
+        "--skip-crds",
+        "--skip-tests",
+        "--namespace",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+    )
+    assert result.returncode == 0, result.stderr
+    manifests = result.stdout
+    plane = DataPlane(control_plane.server, control_plane.ssl_context(), prefix=namespace).start()
+    operator = None
+    try:
+        cluster.run("apply", "-n", namespace, "-f", "-", stdin=manifests)
+        token = cluster.run("create", "token", "steward", "-n", namespace, "--duration=1h").stdout.strip()
+        config = yaml.safe_load(control_plane.kubeconfig.read_text())
+        config["users"] = [{"name": "steward-admin", "user": {"token": token}}]
+        kubeconfig = tmp_path / "operator-kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        operator = Operator(kubeconfig, [namespace]).start()
+        for example in ("online.yaml", "batch.yaml"):
+            cluster.run("apply", "-n", namespace, "-f", str(REPOSITORY / "examples" / example))
+
+        def phase(name: str) -> str | None:
+            found: str | None = cluster.json("get", "md", name, "-n", namespace).get("status", {}).get("phase")
+            return found
+
+        wait_until(lambda: phase("churn") == phase("credit-limits") == "Stable")
+        cluster.run(
+            "patch",
+            "md",
+            "churn",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"model":{"version":"v2","bundle":"s3://models/churn/v2/"}}}',
+        )
+        wait_until(lambda: phase("churn") == "Validating")
+        assert "Forbidden" not in operator.log.read_text()
+    finally:
+        if operator is not None:
+            operator.stop()
+        plane.stop()
         cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
 
 
