@@ -32,6 +32,8 @@ class DataPlane:
     """In these namespaces, start `python -m steward_predictor` on each InferenceService's STORAGE_URI (a
     local path) and report it Ready only once that predictor's model is ready, as KServe's probe would."""
     interval: float = 0.1
+    routes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
+    """HTTPRoutes in `predictor_namespaces`, by (namespace, name), as last seen: what the gateway follows."""
     _running: dict[str, Predictor] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -77,6 +79,12 @@ class DataPlane:
             self._mark_ready(service)
         for key in set(self._running) - alive:
             self._running.pop(key).stop()
+        routes = {}
+        for namespace in list(self.predictor_namespaces):
+            path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes"
+            for route in self._request("GET", path).get("items", []):
+                routes[namespace, route["metadata"]["name"]] = route
+        self.routes = routes
 
     def _serving(self, key: str, service: dict[str, Any]) -> bool:
         predictor = self._running.get(key)

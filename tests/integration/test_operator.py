@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import yaml
 
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
+from steward_harness.gateways import Gateway
 from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
+from steward_harness.predictors import Predictor
 from tests.conftest import REPOSITORY
 from tests.support import models
 from tests.support.models import Trained
@@ -582,3 +585,85 @@ def test_deleting_a_model_deployment_leaves_its_children_to_garbage_collection(d
     # The operator does not bring anything back for a deleted ModelDeployment.
     time.sleep(2)
     assert {child["metadata"]["uid"] for child in churn.children()} == {child["metadata"]["uid"] for child in children}
+
+
+def test_the_gateway_follows_the_routes_the_operator_writes(
+    deploy: Any, data_plane: DataPlane, operated_namespace: str, trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    """Real predictors behind a gateway that honours HTTPRoute weights and mirrors: what the operator writes is
+    what traffic does."""
+    namespace = operated_namespace
+    data_plane.predictor_namespaces.add(namespace)
+    manifest = example("online.yaml")
+    manifest["spec"]["model"] = {"version": "v1", "bundle": str(trained["breast-cancer"].path)}
+    manifest["spec"]["rollout"] = {
+        "validation": {"enabled": False},
+        "shadow": {"percent": 50},
+        "canary": {"steps": [25]},
+    }
+    body = json.dumps({"instances": models.records(trained["breast-cancer"].x_test.iloc[:1])}).encode()
+    churn = deploy(manifest)
+    gateway = Gateway(data_plane, seed=3).start()
+    try:
+        churn.wait("Stable")
+        wait_until(lambda: ("churn" in {name for _, name in data_plane.routes}) or None)
+
+        def send(count: int) -> dict[str, int]:
+            answered: dict[str, int] = {}
+            for _ in range(count):
+                request = urllib.request.Request(  # noqa: S310 -- loopback
+                    f"{gateway.url}/{namespace}/churn/v1/models/churn:predict",
+                    data=body,
+                    method="POST",
+                    headers={"content-type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 -- loopback
+                    backend = response.headers["x-steward-backend"]
+                    answered[backend] = answered.get(backend, 0) + 1
+            return answered
+
+        assert send(20) == {"churn-v1-predictor": 20}
+        second = version(churn.manifest, "v2")
+        second["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v2").path)
+        churn.apply(second)
+        churn.wait("Shadowing", shadow=50)
+        wait_until(
+            lambda: data_plane.routes.get((namespace, "churn"), {}).get("spec", {}).get("rules", [{}])[0].get("filters")
+        )
+        shadowed = data_plane.predictor(namespace, "churn-v2")
+        assert shadowed is not None
+        before = _requests_served(shadowed)
+        assert send(200) == {"churn-v1-predictor": 200}
+        # Mirrored copies are sent off on the side: count them once they stop arriving.
+        counts = [-1, _requests_served(shadowed)]
+        while counts[-1] != counts[-2]:
+            time.sleep(0.5)
+            counts.append(_requests_served(shadowed))
+        mirrored = counts[-1] - before
+        assert 60 <= mirrored <= 140  # 50 % of 200, binomial: mean 100, sd 7
+
+        churn.steward("promote")
+        churn.wait("Canary", challenger=25)
+        wait_until(
+            lambda: (
+                [b["weight"] for b in data_plane.routes[namespace, "churn"]["spec"]["rules"][0]["backendRefs"]]
+                == [75, 25]
+            )
+        )
+        answered = send(400)
+        assert 60 <= answered.get("churn-v2-predictor", 0) <= 140  # 25 % of 400, binomial: mean 100, sd 9
+    finally:
+        gateway.stop()
+        data_plane.predictor_namespaces.discard(namespace)
+
+
+def _requests_served(predictor: Predictor) -> int:
+    status, text = predictor.get("/metrics")
+    assert status == 200
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("steward_predictor_requests_total{")
+        )
+    )
