@@ -68,6 +68,7 @@ async def _reconcile_once(cluster: Cluster, body: dict[str, Any]) -> releasing.S
         await _apply(cluster, plan.routes)
     except _RefusedError as refused:
         step = releasing.stall(deployment.spec, step, observed, *refused.explain())
+        plan = planners.Plan()  # Half applied: prune nothing, so what served keeps serving.
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
