@@ -213,6 +213,8 @@ def build_bundle(
         baselines=baselines_module.compute(x_train, schema, predictions, scores),
         holdout={
             "source": "holdout" if holdout is not None else "training",
+            # Two bundles evaluated on the same rows can be compared exactly: the validation gate checks this.
+            "fingerprint": fingerprint(x_eval, y_eval),
             **evaluate(pipeline, task, x_eval, y_eval),
         },
         golden=_golden(pipeline, task, x_eval, golden_rows),

@@ -20,6 +20,8 @@ from steward_predictor.bundles import Bundle
 from steward_predictor.schemas import Checked, Violation
 
 _BASE = ("model", "version", "variant")
+# The held-out results a release's validation gate can compare (spec.rollout.validation.metric).
+HOLDOUT_METRICS = ("accuracy", "rocAuc", "logLoss", "mae", "rmse", "r2")
 # From a fast in-memory pipeline (~1 ms) to a slow batch request; Prometheus sums them for any quantile.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_FEATURE = "__unknown__"
@@ -135,6 +137,13 @@ class Families:
         self.ready = Gauge(
             "steward_predictor_ready", "1 when the model passed its checks and serves.", _BASE, registry=registry
         )
+        self.holdout = Gauge(
+            "steward_predictor_holdout",
+            "The bundle's held-out results (accuracy, rocAuc, logLoss, mae, rmse, r2); data names the rows they "
+            "were computed on (a prefix of their fingerprint), so two versions on the same data compare exactly.",
+            [*_BASE, "metric", "data"],
+            registry=registry,
+        )
         self.binned = _BinnedFamilies()
         registry.register(self.binned)
 
@@ -156,10 +165,15 @@ class ModelMetrics:
         self._class_bins: np.ndarray | None = None
 
     def attach(self, bundle: Bundle) -> None:
-        """Start counting over the bundle's training bins."""
+        """Publish the bundle's held-out results, and start counting over its training bins."""
         self.families.info.labels(
             **self.base, digest=bundle.digest or "", feature_set_version=bundle.metadata.feature_set_version
         ).set(1)
+        data = str(bundle.holdout.get("fingerprint", "")).removeprefix("sha256:")[:16] or "unknown"
+        for metric in HOLDOUT_METRICS:
+            value = bundle.holdout.get(metric)
+            if isinstance(value, int | float):
+                self.families.holdout.labels(**self.base, metric=metric, data=data).set(value)
         binned = self.families.binned
         with binned.lock:
             for histogram in bundle.baselines.features:

@@ -206,7 +206,14 @@ def test_metrics_are_labelled_bounded_and_pass_promtool(
         "steward_predictor_scores_total",
         "steward_predictor_model_info",
         "steward_predictor_ready",
+        "steward_predictor_holdout",
     }
+    holdout = trained["breast-cancer"].bundle.holdout
+    data = holdout["fingerprint"].removeprefix("sha256:")[:16]
+    for metric in ("accuracy", "rocAuc", "logLoss"):
+        sample = f'steward_predictor_holdout{{data="{data}",metric="{metric}",model="breast-cancer"'
+        (line,) = [line for line in metrics.splitlines() if line.startswith(sample)]
+        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(holdout[metric])
     for line in metrics.splitlines():
         if line.startswith("steward_"):
             for label in ('model="breast-cancer"', 'version="v1"', 'variant="challenger"'):
