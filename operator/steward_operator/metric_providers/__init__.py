@@ -1,0 +1,28 @@
+"""Metric providers: what each model version served in a window of time, read from a metrics system. One module
+per provider; `metric_provider(name, url)` picks one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from steward_operator.metric_providers.base import (
+    ArmCounts,
+    MetricProvider,
+    MetricsUnavailableError,
+    UnknownProviderError,
+)
+from steward_operator.metric_providers.prometheus import Prometheus
+
+_PROVIDERS: dict[str, Callable[[str], MetricProvider]] = {"prometheus": Prometheus}
+
+__all__ = ["ArmCounts", "MetricProvider", "MetricsUnavailableError", "UnknownProviderError", "metric_provider"]
+
+
+def metric_provider(name: str, url: str) -> MetricProvider:
+    """The provider called `name`, reading from the metrics system at `url`."""
+    try:
+        make = _PROVIDERS[name]
+    except KeyError:
+        known = ", ".join(_PROVIDERS)
+        raise UnknownProviderError(f"unknown metric provider {name!r}: expected one of {known}") from None
+    return make(url)

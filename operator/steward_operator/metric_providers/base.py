@@ -1,0 +1,72 @@
+"""The one small interface every metric provider implements: what one version served in a window of time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class UnknownProviderError(ValueError):
+    """A metric provider was asked for by a name this operator does not have."""
+
+
+class MetricsUnavailableError(RuntimeError):
+    """The metrics could not be read: the provider is down, timed out, refused the query or answered something
+    unreadable. This is "no data", never "zero": a release waits for data; it neither promotes nor rolls back."""
+
+
+@dataclass(frozen=True)
+class ArmCounts:
+    """What one model version (an arm: the incumbent or the challenger) served in a window, summed over its
+    pods. Counts are exact at scrape resolution: an event belongs to the window holding the first scrape that
+    saw it, so the counts of adjacent windows add up to those of the window they make together."""
+
+    requests: int = 0
+    """Requests answered, whatever their status code."""
+    errors: int = 0
+    """Requests answered with a 5xx status code."""
+    timed: int = 0
+    """Requests whose latency was recorded (the latency histogram's count)."""
+    slow: int = 0
+    """Requests, among the timed ones, slower than `slow_after`; 0 when no threshold was asked for."""
+    slow_after: float | None = None
+    """The latency threshold actually applied, in seconds: the one asked for, rounded up to a bucket boundary."""
+    predictions: dict[str, int] = field(default_factory=dict)
+    """Predictions per bin: the predicted class, or the training bin of a predicted value."""
+    scores: dict[str, int] = field(default_factory=dict)
+    """Binary classifiers: positive-class probabilities per training bin."""
+    targets: int = 0
+    """Scrape targets (pods) that reported this version inside the window."""
+    series: int = 0
+    """Counter series the counts were summed from."""
+    resets: int = 0
+    """Counter resets seen (a pod's process restarted), counted once per pod and restart."""
+    gaps: int = 0
+    """Scrapes missed inside the window, counted once per pod and missed scrape: counts stay exact across a
+    gap, but what a pod served after its last scrape before a restart is lost."""
+    newest: datetime | None = None
+    """When the newest scrape that reported this version began; None when no pod reported it at all."""
+
+
+class MetricProvider(Protocol):
+    name: str
+    """The name that selects this provider in `metric_provider(name, url)`."""
+
+    async def window(
+        self,
+        model: str,
+        version: str,
+        start: datetime,
+        end: datetime,
+        slow_after: float | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> ArmCounts:
+        """What `version` of `model` served between `start` and `end` (aware datetimes), with requests slower than
+        `slow_after` seconds counted; only pods in `namespace` when given. Raises MetricsUnavailableError."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the provider answers queries now; never raises."""
+        ...

@@ -1,0 +1,355 @@
+"""Prometheus as a metric provider: exact counts per model version, from the raw samples of the predictors'
+counters rather than from `increase()`, which extrapolates to the window's edges.
+
+One query per window reads every sample of the version's counters in [start - lookback, end]. Each series'
+growth is the sum of its steps between consecutive samples, and a step belongs to the window when its later
+sample is after `start`; so the last sample at or before `start` (found in the lookback) is the baseline, and
+the counts of adjacent windows add up exactly, which lets a caller keep running totals by asking only for what
+is new. A window ending now sees what was scraped up to now: ask a scrape interval after `end` to see it all.
+Then, per series:
+
+- a drop, or a change of the series' `*_created` timestamp, is a restart: the counter counted from 0 again,
+  and the step is the new value (what the pod served between its last scrape and its restart is lost);
+- a series whose first sample is inside the range counts from 0 when it is known to have been 0 before:
+  its `*_created` timestamp lies in the range, or its pod was scraped earlier in the range without it (every
+  pod serving a version exports `steward_predictor_ready` from the start, so its samples show the pod's
+  scrapes). Otherwise, e.g. a new pod that exports no `*_created` series and took traffic before its first
+  scrape, counting starts at its first sample;
+- a scrape gap (the pod, or Prometheus itself, was down) only means fewer samples, and a longer step: nothing
+  is interpolated, and the first scrape after the gap catches up.
+
+Series are summed over pods (and variants) to give one version's counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import aiohttp
+
+from steward_operator.metric_providers.base import ArmCounts, MetricsUnavailableError
+
+REQUESTS = "steward_predictor_requests"
+LATENCY = "steward_predictor_request_duration_seconds"
+PREDICTIONS = "steward_predictor_predictions"
+SCORES = "steward_predictor_scores"
+READY = "steward_predictor_ready"
+# Every series a window needs, read in one query so that all of them describe the same moment.
+NAMES = (
+    "steward_predictor_(requests_(total|created)|request_duration_seconds_(bucket|created)"
+    "|predictions_(total|created)|scores_(total|created)|ready)"
+)
+DEFAULT_TIMEOUT = 5.0
+# Prometheus' own default lookback: a baseline sample is looked for this far before a window's start.
+DEFAULT_LOOKBACK = timedelta(minutes=5)
+# A spacing between a pod's scrapes longer than this many times its shortest one means scrapes were missed.
+_GAP_FACTOR = 1.5
+
+Sample = tuple[float, float]
+"""One raw sample: (unix seconds, value)."""
+_Target = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Series:
+    """The raw samples of one time series, in time order; `labels` leaves out the metric name."""
+
+    name: str
+    labels: Mapping[str, str]
+    samples: tuple[Sample, ...]
+
+    @property
+    def target(self) -> _Target:
+        """The scrape target (pod) it came from: Prometheus labels every series with its job and instance."""
+        return self.labels.get("job", ""), self.labels.get("instance", "")
+
+
+@dataclass(frozen=True)
+class Increase:
+    """How much one counter grew inside a window, and the restarts seen: each as (after, at), the samples (or
+    known zero) between which the counter restarted."""
+
+    value: float
+    resets: tuple[tuple[float, float], ...] = ()
+
+
+class Prometheus:
+    """Reads the predictors' series over Prometheus' HTTP API (/api/v1/query)."""
+
+    name = "prometheus"
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, lookback: timedelta = DEFAULT_LOOKBACK) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.lookback = lookback
+
+    async def window(
+        self,
+        model: str,
+        version: str,
+        start: datetime,
+        end: datetime,
+        slow_after: float | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> ArmCounts:
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError(f"a window needs aware datetimes, not {start!r} .. {end!r}")
+        if end < start:
+            raise ValueError(f"a window ends after it starts, not {start.isoformat()} .. {end.isoformat()}")
+        if slow_after is not None and not slow_after >= 0:
+            raise ValueError(f"slow_after is a latency in seconds, not {slow_after!r}")
+        # Whole milliseconds, rounded down, so no sample after `end` is read.
+        until = math.floor(end.timestamp() * 1000) / 1000
+        since = start.timestamp() - self.lookback.total_seconds()
+        span = math.ceil((until - since) * 1000)
+        data = await self._query(f"{selector(model, version, namespace)}[{span}ms]", until)
+        return count(parse_matrix(data), start.timestamp(), since, slow_after)
+
+    async def healthy(self) -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.get(f"{self.url}/-/ready") as response,
+            ):
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _query(self, query: str, at: float) -> Any:
+        form = {"query": query, "time": f"{at:.3f}", "timeout": f"{max(1, round(self.timeout * 1000))}ms"}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.post(f"{self.url}/api/v1/query", data=form) as response,
+            ):
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            reason = f"no answer within {self.timeout:g} s" if isinstance(error, TimeoutError) else repr(error)
+            raise MetricsUnavailableError(f"Prometheus at {self.url}: {reason}") from error
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise MetricsUnavailableError(f"Prometheus at {self.url} answered {status} with {text[:200]!r}") from None
+        if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
+            detail = f"{body.get('errorType')}: {body.get('error')}" if isinstance(body, dict) else text[:200]
+            raise MetricsUnavailableError(f"Prometheus at {self.url} refused {query!r} ({status}, {detail})")
+        return body.get("data")
+
+
+def quote(value: str) -> str:
+    """`value` as a PromQL string literal. Besides backslash and double quote, control characters and U+FFFD
+    (which Prometheus' lexer takes for invalid UTF-8) are written as escapes."""
+    escaped = []
+    for char in value:
+        if char in '\\"':
+            escaped.append("\\" + char)
+        elif char == "\n":
+            escaped.append("\\n")
+        elif ord(char) < 0x20 or char in "\x7f\ufffd":
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
+def selector(model: str, version: str, namespace: str | None = None) -> str:
+    """The series selector for one version of one model (and only its pods in `namespace`, when given)."""
+    matchers = [f'__name__=~"{NAMES}"', f"model={quote(model)}", f"version={quote(version)}"]
+    if namespace is not None:
+        matchers.append(f"namespace={quote(namespace)}")
+    return "{" + ",".join(matchers) + "}"
+
+
+def parse_matrix(data: Any) -> list[Series]:
+    """The series of an instant query's range-vector result; MetricsUnavailableError when it is not one."""
+    try:
+        if data["resultType"] != "matrix":
+            raise MetricsUnavailableError(f"Prometheus answered a {data['resultType']}, not a matrix")
+        found = []
+        for result in data["result"]:
+            labels = {str(key): str(value) for key, value in result["metric"].items()}
+            name = labels.pop("__name__")
+            samples = tuple(sorted((float(moment), float(value)) for moment, value in result["values"]))
+            found.append(Series(name, labels, samples))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise MetricsUnavailableError(f"Prometheus answered something that is not a range vector: {error!r}") from None
+    return found
+
+
+def counter_increase(
+    samples: Sequence[Sample],
+    start: float,
+    *,
+    zero_at: float | None = None,
+    created: Mapping[float, float] | None = None,
+) -> Increase:
+    """How much a counter grew after `start`: the sum of its steps between consecutive samples whose later sample
+    is after `start`. A drop, or a change of its `*_created` timestamp (`created`: sample time -> creation
+    time), is a restart, and the step is the new value. `zero_at`: a moment before the first sample at which
+    the counter is known to have been 0; without it, counting starts at the first sample."""
+    created = created or {}
+    if not samples:
+        return Increase(0.0)
+    points = list(samples)
+    if zero_at is not None and zero_at < points[0][0]:
+        previous, previous_created = (zero_at, 0.0), None
+    else:
+        previous = points.pop(0)
+        previous_created = created.get(previous[0])
+    total, resets = 0.0, []
+    for moment, value in points:
+        born = created.get(moment)
+        restarted = value < previous[1] or (
+            born is not None and previous_created is not None and born != previous_created
+        )
+        if moment > start:
+            total += value if restarted else value - previous[1]
+            if restarted:
+                resets.append((previous[0], moment))
+        previous, previous_created = (moment, value), born
+    return Increase(total, tuple(resets))
+
+
+def zero_point(first: float, since: float, created_at: float | None, scrapes: Sequence[float]) -> float | None:
+    """When a series whose first sample in [since, ...] is at `first` is known to have been 0: its creation time
+    when that is in range, else the latest earlier scrape of its pod (which did not have it), else never."""
+    if created_at is not None and since <= created_at <= first:
+        return created_at
+    earlier = [moment for moment in scrapes if since <= moment < first]
+    return max(earlier, default=None)
+
+
+def missed_scrapes(scrapes: Sequence[float], after: float) -> int:
+    """Scrapes of one pod missed after `after`, judged from the spacing of its scrapes (in time order) against
+    the shortest one, which is its scrape interval."""
+    spacings = [(later, later - earlier) for earlier, later in pairwise(scrapes)]
+    if len(spacings) < 2:
+        return 0
+    interval = min(spacing for _, spacing in spacings)
+    if interval <= 0:
+        return 0
+    return sum(
+        round(spacing / interval) - 1
+        for later, spacing in spacings
+        if later > after and spacing > _GAP_FACTOR * interval
+    )
+
+
+def restarts(resets: Iterable[tuple[float, float]]) -> int:
+    """The fewest restarts of one pod that explain every counter reset seen in it: one process restart resets all
+    of its counters, but each is seen at its own next sample, so resets whose (after, at] spans overlap can be
+    one restart."""
+    found, explained = 0, -math.inf
+    for after, at in sorted(resets, key=lambda span: span[1]):
+        if after >= explained:
+            found, explained = found + 1, at
+    return found
+
+
+def slow_bound(bounds: Iterable[float], slow_after: float) -> float:
+    """The latency histogram bucket boundary used for `slow_after`: the smallest `le` at or above it. A request is
+    then slow when it took longer than that boundary, so a threshold between boundaries is rounded up to the
+    next one, and one above the largest finite boundary counts nothing as slow (+Inf)."""
+    tolerance = 1e-9 * abs(slow_after)
+    return min((bound for bound in bounds if bound >= slow_after - tolerance), default=math.inf)
+
+
+def count(series: Sequence[Series], start: float, since: float, slow_after: float | None) -> ArmCounts:
+    """One version's counts in the window after `start`, from the raw series read over [since, end]."""
+    scrapes: dict[_Target, set[float]] = defaultdict(set)
+    created: dict[tuple[str, frozenset[tuple[str, str]]], dict[float, float]] = {}
+    counters: list[Series] = []
+    for one in series:
+        scrapes[one.target].update(moment for moment, _ in one.samples)
+        if one.name.endswith("_created"):
+            created[(one.name.removesuffix("_created"), _without_le(one.labels))] = dict(one.samples)
+        elif one.name != READY:
+            counters.append(one)
+    ordered = {target: sorted(moments) for target, moments in scrapes.items()}
+
+    tally = _Tally()
+    for one in counters:
+        if not one.samples:
+            continue
+        family = one.name.removesuffix("_total").removesuffix("_bucket")
+        births = created.get((family, _without_le(one.labels)), {})
+        first = one.samples[0][0]
+        zero_at = zero_point(first, since, births.get(first), ordered[one.target])
+        increase = counter_increase(one.samples, start, zero_at=zero_at, created=births)
+        tally.resets[one.target].extend(increase.resets)
+        tally.add(family, one, increase.value)
+
+    timed, slow, applied = tally.latency(slow_after)
+    newest = max((moments[-1] for moments in ordered.values() if moments), default=None)
+    return ArmCounts(
+        requests=round(tally.requests),
+        errors=round(tally.errors),
+        timed=round(timed),
+        slow=round(slow),
+        slow_after=applied,
+        predictions={label: round(value) for label, value in sorted(tally.predictions.items())},
+        scores={label: round(value) for label, value in sorted(tally.scores.items())},
+        targets=sum(1 for moments in ordered.values() if moments and moments[-1] > start),
+        series=len(counters),
+        resets=sum(restarts(seen) for seen in tally.resets.values()),
+        gaps=sum(missed_scrapes(moments, start) for moments in ordered.values()),
+        newest=None if newest is None else datetime.fromtimestamp(newest, UTC),
+    )
+
+
+@dataclass
+class _Tally:
+    """Increases summed over a version's series as they are read."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    predictions: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    scores: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # Per pod and histogram: bucket boundary -> increase.
+    buckets: dict[tuple[_Target, frozenset[tuple[str, str]]], dict[float, float]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    # Per pod: where each of its counters was seen to restart.
+    resets: dict[_Target, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, family: str, one: Series, increase: float) -> None:
+        if family == REQUESTS:
+            self.requests += increase
+            if one.labels.get("code", "").startswith("5"):
+                self.errors += increase
+        elif family == LATENCY:
+            try:
+                bound = float(one.labels["le"])
+            except (KeyError, ValueError):
+                raise MetricsUnavailableError(f"a histogram bucket without a boundary: {one.labels}") from None
+            self.buckets[(one.target, _without_le(one.labels))][bound] = increase
+        elif family == PREDICTIONS:
+            self.predictions[one.labels.get("bin", "")] += increase
+        elif family == SCORES:
+            self.scores[one.labels.get("bin", "")] += increase
+
+    def latency(self, slow_after: float | None) -> tuple[float, float, float | None]:
+        """Timed requests, slow ones, and the boundary applied (the threshold asked for, without buckets)."""
+        timed = slow = 0.0
+        applied: set[float] = set()
+        for histogram in self.buckets.values():
+            everything = histogram.get(math.inf, 0.0)
+            timed += everything
+            if slow_after is not None:
+                bound = slow_bound(histogram, slow_after)
+                applied.add(bound)
+                slow += everything - histogram.get(bound, everything)
+        return timed, slow, max(applied) if applied else slow_after
+
+
+def _without_le(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
+    """A series' identity within its family, shared by a histogram's buckets and its `*_created` series."""
+    return frozenset((key, value) for key, value in labels.items() if key != "le")
