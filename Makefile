@@ -45,10 +45,11 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 test-integration: binaries ## Integration tests against a real kube-apiserver + etcd started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-bench: install binaries ## Benchmarks: online serving and batch scoring (side by side with baselines), operator reconcile latency and memory
+bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks
 	$(BIN)/python bench/online.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/sequential.py
 
 cluster: binaries ## Start the local control plane with the CRDs installed and print a KUBECONFIG line
 	$(BIN)/steward-local cluster
