@@ -1,0 +1,513 @@
+"""The release decision, a pure function: a stage's evidence in, the next move and the rule that fired out.
+
+| # | stage | when | decision |
+|---|---|---|---|
+| 1 | any | the metric provider could not be read (the stage's evidence is None) | pause |
+| 2 | any | the release has run longer than rollout.maxDuration | rollback |
+| 3 | Validating | either version's held-out result not known yet | hold |
+| 3 | Validating | the challenger worse than the incumbent by more than the tolerance | rollback |
+| 3 | Validating | otherwise | advance |
+| 4 | Shadowing, Canary | any guardrail credibly worse, however little evidence there is | rollback |
+| 5 | Shadowing, Canary | minimum duration over, and an arm answered no requests | continue |
+| 6 | Shadowing, Canary | minimum requests or minimum duration not reached | continue |
+| 7 | Shadowing, Canary | not the last stage | advance |
+| 8 | Shadowing, Canary | last stage, error rate credibly not worse than the incumbent's + margin | promote |
+| 8 | Shadowing, Canary | last stage, not yet credibly not worse | continue |
+
+The first row that applies decides. The last stage is the last canary step online, and the shadow stage in batch
+(batch has no canary: its challenger scores the same batches in shadow, then takes over).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from steward_operator import specs
+from steward_operator.metric_providers.base import ArmCounts
+from steward_operator.sequential import (
+    Comparison,
+    compare_distributions,
+    compare_rates,
+    non_inferiority,
+    split_alpha,
+)
+
+Action = Literal["continue", "advance", "promote", "rollback", "pause", "hold"]
+"""What a decision can be: the values of Analysis.decision."""
+Mode = Literal["online", "batch", "streaming"]
+
+DEFAULT_MARGIN = 0.005
+"""Non-inferiority margin on the error rate when the errorRate guardrail allows no increase (or is not configured):
+half a percentage point. A margin of 0 could only be shown by a challenger credibly better than the incumbent, so
+an equally good one would never be promoted."""
+
+HIGHER_IS_BETTER = frozenset({"accuracy", "rocAuc", "r2"})
+"""Held-out metrics where a larger value is better; for logLoss, mae and rmse a smaller one is."""
+CLASSIFIER_METRICS = ("rocAuc", "accuracy", "logLoss")
+"""Held-out metrics of a classifier, in the order validation prefers them when rollout.validation.metric is unset."""
+REGRESSOR_METRICS = ("rmse", "mae", "r2")
+"""Held-out metrics of a regressor, in the order validation prefers them when rollout.validation.metric is unset."""
+
+# Confidence may be 0.5, but a one-sided bound at alpha = 0.5 would sit on the estimate itself.
+_LARGEST_ALPHA = 0.499
+_GATE = "errorRateNonInferiority"
+_WAIT = "an outage neither promotes nor rolls back, so the release waits until they can be read again"
+
+
+# --- what goes in -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the spec asks of a release: the rollout, and the serving mode (only online has a canary)."""
+
+    rollout: specs.Rollout
+    mode: Mode = "online"
+
+    @classmethod
+    def of(cls, spec: specs.ModelDeploymentSpec) -> Policy:
+        """The policy a ModelDeployment's spec sets."""
+        return cls(spec.rollout, spec.serving.mode)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When the release and the current stage began, and the time the decision is taken at."""
+
+    release_started: datetime
+    stage_started: datetime
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Window:
+    """What each version served since the current stage began, over the same window of time."""
+
+    incumbent: ArmCounts
+    challenger: ArmCounts
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One version's held-out results (the predictor's steward_predictor_holdout gauge)."""
+
+    metrics: Mapping[str, float]
+    """Metric name (accuracy, rocAuc, logLoss, mae, rmse, r2) to value."""
+    data: str
+    """Fingerprint of the held-out data the results were measured on."""
+
+
+@dataclass(frozen=True)
+class Holdouts:
+    """Both versions' held-out results, as far as they are known; None for a version not reported yet."""
+
+    incumbent: HeldOut | None = None
+    challenger: HeldOut | None = None
+
+
+# --- what comes out -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision, the rule that fired (one sentence with its numbers), and one Evidence per comparison."""
+
+    decision: Action
+    rule: str
+    evidence: tuple[specs.Evidence, ...] = ()
+
+    def analysis(self, time: datetime, phase: specs.Phase) -> specs.Analysis:
+        """This verdict as status records it."""
+        return specs.Analysis(time=time, phase=phase, decision=self.decision, rule=self.rule, evidence=[*self.evidence])
+
+
+def as_evidence(comparison: Comparison) -> specs.Evidence:
+    """A sequential comparison as status records it: the fields correspond one to one."""
+    return specs.Evidence(
+        metric=comparison.metric,
+        incumbent=comparison.incumbent,
+        challenger=comparison.challenger,
+        lower=comparison.lower,
+        upper=comparison.upper,
+        incumbent_samples=comparison.incumbent_samples,
+        challenger_samples=comparison.challenger_samples,
+        verdict=comparison.verdict,
+    )
+
+
+# --- the decision -------------------------------------------------------------------------------------------
+
+
+def decide(
+    policy: Policy,
+    timing: Timing,
+    *,
+    phase: specs.Phase,
+    step: int | None = None,
+    window: Window | None,
+    holdouts: Holdouts | None,
+) -> Verdict:
+    """The decision for a release at stage `phase` (and canary `step`), from the evidence gathered so far.
+
+    `window` is the live evidence of Shadowing and Canary, `holdouts` that of Validating; each stage reads only
+    its own. None means the metric provider could not be read (MetricsUnavailableError); a result not reported
+    yet is a None inside Holdouts. The first rule that applies decides:
+
+    1. No data: the stage's evidence is None -> pause. An outage neither promotes nor rolls back, not even once
+       the maximum duration has passed: it pauses the release until the metrics can be read again.
+    2. Maximum duration: the release has run longer than rollout.maxDuration -> rollback. Without a verdict by
+       then the incumbent stays (futility).
+    3. Validating, on held-out results: the metric is rollout.validation.metric or, unset, the first of rocAuc,
+       accuracy, logLoss (a classifier) or rmse, mae, r2 (a regressor) that both versions report. accuracy, rocAuc
+       and r2 are better higher; logLoss, mae and rmse lower. Either version's result not known yet -> hold. The
+       challenger worse than the incumbent by more than validation.tolerance x |incumbent's value| -> rollback;
+       otherwise -> advance. The rule says whether both were measured on the same held-out data (equal
+       fingerprints) or across different held-out sets; the verdict is the same either way. With validation
+       disabled -> advance, before any other rule: there is nothing to wait for.
+
+    Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests; slowRequests:
+    requests slower than the threshold the caller applied, among timed requests; predictionShift: total variation
+    between the predictions per bin) is an anytime-valid test at its share of alpha = 1 - rollout.confidence
+    (split equally, Bonferroni), against its own tolerance. After rules 1 and 2:
+
+    4. Any guardrail credibly worse -> rollback, at once: a credibly worse challenger never waits for the stage's
+       minimum evidence.
+    5. No traffic: the stage's minimum duration is over and the challenger or the incumbent answered no request
+       -> continue: silence is not evidence.
+    6. Minimum evidence: fewer challenger requests than the stage's minimum (shadow.minRequests,
+       canary.minRequestsPerStep), or less time in the stage than its minimum (shadow.minDuration,
+       canary.minStepDuration) -> continue.
+    7. Any stage but the last -> advance.
+    8. The last stage (the last canary step; the shadow stage in batch) is the quality gate: the error rate
+       credibly not worse than the incumbent's + margin (non-inferiority at the full alpha; the margin is the
+       errorRate guardrail's tolerance, or DEFAULT_MARGIN when that is 0 or there is no such guardrail)
+       -> promote; otherwise -> continue, until the maximum duration ends the release.
+
+    Raises ValueError for a phase no release decides in, or a canary stage without a valid step.
+    """
+    if phase == "Validating":
+        return _validate(policy, timing, holdouts)
+    stage = _stage(policy, phase, step)
+    if window is None:
+        return Verdict("pause", f"metrics are unavailable: the live counts of {stage.name} could not be read; {_WAIT}")
+    return _watch(policy, stage, timing, window)
+
+
+# --- Validating ---------------------------------------------------------------------------------------------
+
+
+def _validate(policy: Policy, timing: Timing, holdouts: Holdouts | None) -> Verdict:
+    validation = policy.rollout.validation
+    following = _first_live_stage(policy)
+    if not validation.enabled:
+        return Verdict("advance", f"offline validation is disabled (rollout.validation.enabled): on to {following}")
+    if holdouts is None:
+        return Verdict("pause", f"metrics are unavailable: the held-out results could not be read; {_WAIT}")
+    verdict = _compare_holdouts(validation, holdouts, following)
+    overdue = _overdue(policy, timing)
+    if overdue is not None:
+        return Verdict("rollback", overdue, verdict.evidence)
+    return verdict
+
+
+def _compare_holdouts(validation: specs.Validation, holdouts: Holdouts, following: str) -> Verdict:
+    incumbent, challenger = _reported(holdouts.incumbent), _reported(holdouts.challenger)
+    metric = validation.metric or _default_metric(incumbent, challenger)
+    if metric is None:
+        return Verdict("hold", "waiting for held-out results: neither version has reported a held-out metric yet")
+    value_i = None if incumbent is None else incumbent.get(metric)
+    value_c = None if challenger is None else challenger.get(metric)
+    if value_i is None or value_c is None:
+        missing = [arm for arm, value in (("incumbent", value_i), ("challenger", value_c)) if value is None]
+        verb = "have" if len(missing) > 1 else "has"
+        evidence = specs.Evidence(metric=metric, incumbent=value_i, challenger=value_c, verdict="noData")
+        rule = f"waiting for held-out results: the {' and the '.join(missing)} {verb} not reported {metric} yet"
+        return Verdict("hold", rule, (evidence,))
+
+    higher = metric in HIGHER_IS_BETTER
+    allowance = validation.tolerance * abs(value_i)
+    limit = value_i - allowance if higher else value_i + allowance
+    passed = value_c >= limit if higher else value_c <= limit
+    evidence = specs.Evidence(
+        metric=metric, incumbent=value_i, challenger=value_c, verdict="pass" if passed else "fail"
+    )
+    data_i, data_c = (held_out.data if held_out else "" for held_out in (holdouts.incumbent, holdouts.challenger))
+    where = (
+        f"measured on the same held-out data ({data_i})"
+        if data_i and data_i == data_c
+        else f"measured across different held-out sets ({data_i or 'unknown'} and {data_c or 'unknown'})"
+    )
+    bound = f"{'at least' if higher else 'at most'} {_number(limit)} allowed with tolerance {validation.tolerance:.2%}"
+    values = f"the challenger's held-out {metric} {_number(value_c)}"
+    if passed:
+        rule = (
+            f"{values} is not worse than the incumbent's {_number(value_i)} beyond the tolerance ({bound}), {where}:"
+            f" on to {following}"
+        )
+        return Verdict("advance", rule, (evidence,))
+    rule = (
+        f"{values} is worse than the incumbent's {_number(value_i)} beyond the tolerance ({bound}), {where}:"
+        " it never receives traffic"
+    )
+    return Verdict("rollback", rule, (evidence,))
+
+
+def _reported(held_out: HeldOut | None) -> dict[str, float] | None:
+    """The results a version reported; a value that is not a finite number proves nothing, as if not reported."""
+    if held_out is None:
+        return None
+    return {name: value for name, value in held_out.metrics.items() if math.isfinite(value)}
+
+
+def _default_metric(incumbent: Mapping[str, float] | None, challenger: Mapping[str, float] | None) -> str | None:
+    """rocAuc for a classifier, rmse for a regressor, or the next metric of that kind both versions report."""
+    reported = {*(incumbent or {}), *(challenger or {})}
+    if reported & set(CLASSIFIER_METRICS):
+        preferred = CLASSIFIER_METRICS
+    elif reported & set(REGRESSOR_METRICS):
+        preferred = REGRESSOR_METRICS
+    else:
+        return None
+    both = set(incumbent or {}) & set(challenger or {})
+    return next((metric for metric in preferred if metric in both), preferred[0])
+
+
+# --- Shadowing and Canary -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    following: str | None
+    """The stage after this one, in words; None when promotion follows."""
+    min_requests: int
+    min_duration: timedelta
+
+
+@dataclass(frozen=True)
+class _Check:
+    guardrail: specs.Guardrail
+    alpha: float
+    comparison: Comparison
+
+
+def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Verdict:
+    rollout = policy.rollout
+    checks = _guardrails(rollout, window)
+    evidence = tuple(as_evidence(check.comparison) for check in checks)
+    overdue = _overdue(policy, timing)
+    if overdue is not None:
+        return Verdict("rollback", overdue, evidence)
+    failed = [check for check in checks if check.comparison.credibly_worse]
+    if failed:
+        return Verdict("rollback", _breach(stage, failed), evidence)
+
+    elapsed = max(timing.now - timing.stage_started, timedelta(0))
+    challenger = window.challenger.requests
+    silent = [
+        arm
+        for arm, counts in (("challenger", window.challenger), ("incumbent", window.incumbent))
+        if not counts.requests
+    ]
+    if silent and elapsed >= stage.min_duration:
+        rule = (
+            f"no traffic: the {' and the '.join(silent)} answered no requests in {_span(elapsed)} of {stage.name};"
+            " silence is not evidence, so the stage goes on"
+        )
+        return Verdict("continue", rule, evidence)
+    short = []
+    if challenger < stage.min_requests:
+        short.append(f"{challenger:,} of {stage.min_requests:,} challenger requests")
+    if elapsed < stage.min_duration:
+        short.append(f"{_span(elapsed)} of {_span(stage.min_duration)}")
+    if short:
+        return Verdict("continue", f"collecting evidence in {stage.name}: {' and '.join(short)} so far", evidence)
+
+    met = f"{stage.name} has its minimum evidence ({challenger:,} challenger requests in {_span(elapsed)})"
+    if stage.following is not None:
+        return Verdict("advance", f"{met} and no guardrail failed: on to {stage.following}", evidence)
+    return _gate(rollout, met, window, evidence)
+
+
+def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
+    if not rollout.guardrails:
+        return []
+    alphas = split_alpha(_alpha(rollout), [guardrail.name for guardrail in rollout.guardrails])
+    incumbent, challenger = window.incumbent, window.challenger
+    checks = []
+    for guardrail in rollout.guardrails:
+        alpha, tolerance = alphas[guardrail.name], guardrail.tolerance
+        if guardrail.name == "errorRate":
+            comparison = compare_rates(
+                guardrail.name,
+                incumbent.errors,
+                incumbent.requests,
+                challenger.errors,
+                challenger.requests,
+                tolerance=tolerance,
+                alpha=alpha,
+            )
+        elif guardrail.name == "slowRequests":
+            comparison = _slow_requests(incumbent, challenger, tolerance, alpha)
+        else:
+            comparison = _prediction_shift(incumbent, challenger, tolerance, alpha)
+        checks.append(_Check(guardrail, alpha, comparison))
+    return checks
+
+
+def _slow_requests(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:
+    # `slow` is counted among the timed requests, so those are its denominator.
+    if incumbent.slow_after is None or challenger.slow_after is None:
+        # No latency threshold was applied: zero slow requests would be false reassurance.
+        return Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
+    return compare_rates(
+        "slowRequests",
+        incumbent.slow,
+        incumbent.timed,
+        challenger.slow,
+        challenger.timed,
+        tolerance=tolerance,
+        alpha=alpha,
+    )
+
+
+def _prediction_shift(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:
+    bins = sorted({*incumbent.predictions, *challenger.predictions})
+    counts_i = [incumbent.predictions.get(name, 0) for name in bins]
+    counts_c = [challenger.predictions.get(name, 0) for name in bins]
+    # The test needs two bins; an empty one changes no distance and keeps a one-class answer comparable.
+    while len(counts_i) < 2:
+        counts_i.append(0)
+        counts_c.append(0)
+    return compare_distributions("predictionShift", counts_i, counts_c, tolerance=tolerance, alpha=alpha)
+
+
+def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[specs.Evidence, ...]) -> Verdict:
+    """The last stage: promote only once the error rate is credibly not worse than the incumbent's + margin."""
+    tolerance = next((guardrail.tolerance for guardrail in rollout.guardrails if guardrail.name == "errorRate"), 0.0)
+    margin = tolerance or DEFAULT_MARGIN
+    source = "the errorRate guardrail's tolerance" if tolerance else "the default, as errorRate allows no increase"
+    incumbent, challenger = window.incumbent, window.challenger
+    alpha = _alpha(rollout)
+    gate = non_inferiority(
+        _GATE, incumbent.errors, incumbent.requests, challenger.errors, challenger.requests, margin=margin, alpha=alpha
+    )
+    evidence = (*evidence, as_evidence(gate))
+    upper = "no bound" if gate.upper is None else f"at most {_points(gate.upper)}"
+    rates = f"{_rate(gate.challenger)} against {_rate(gate.incumbent)}"
+    if gate.credibly_not_worse:
+        rule = (
+            f"{met}, no guardrail failed, and the challenger's error rate is credibly not worse: {rates}, an"
+            f" increase of {upper}, below the margin of {_points(margin)} ({source}) at alpha {alpha:.3g}: promote"
+        )
+        return Verdict("promote", rule, evidence)
+    rule = (
+        f"{met} and no guardrail failed, but the challenger's error rate is not yet credibly not worse: {rates},"
+        f" an increase of {upper}, not below the margin of {_points(margin)} ({source}) at alpha {alpha:.3g};"
+        " collecting more until rollout.maxDuration"
+    )
+    return Verdict("continue", rule, evidence)
+
+
+def _breach(stage: _Stage, failed: list[_Check]) -> str:
+    first = failed[0]
+    guardrail, comparison = first.guardrail, first.comparison
+    samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,}"
+    at = f"at alpha {first.alpha:.3g}"
+    if guardrail.name == "predictionShift":
+        what = (
+            f"the challenger's predictions are {_number(comparison.challenger)} apart from the incumbent's in total"
+            f" variation over {samples} predictions, at least {_number(comparison.lower)}, above the tolerance of"
+            f" {_number(guardrail.tolerance)} {at}"
+        )
+    else:
+        counted = "requests" if guardrail.name == "errorRate" else "timed requests"
+        what = (
+            f"challenger {_rate(comparison.challenger)} against incumbent {_rate(comparison.incumbent)} over"
+            f" {samples} {counted}, an increase of at least {_points(comparison.lower)}, above the tolerance of"
+            f" {_points(guardrail.tolerance)} {at}"
+        )
+    also = "".join(f"; {check.guardrail.name} failed too" for check in failed[1:])
+    return f"guardrail {guardrail.name} failed in {stage.name}: {what}{also}; roll back"
+
+
+# --- shared pieces ------------------------------------------------------------------------------------------
+
+
+def _stage(policy: Policy, phase: specs.Phase, step: int | None) -> _Stage:
+    """The live stage at `phase` and `step`, as releasing.stages() lays them out."""
+    rollout, online = policy.rollout, policy.mode == "online"
+    if phase == "Shadowing":
+        # Batch shadows even without rollout.shadow; its defaults then set the minimum evidence.
+        shadow = rollout.shadow or specs.Shadow()
+        following = _canary_step(rollout, 0) if online else None
+        return _Stage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration))
+    if phase == "Canary":
+        if not online:
+            raise ValueError(f"{policy.mode} serving has no canary")
+        if step is None or step < 0:
+            raise ValueError(f"a canary stage needs a step index of 0 or more, got {step}")
+        canary = rollout.canary
+        # A step past the end (steps shortened mid-release) is the last step, as the traffic split treats it.
+        index = min(step, len(canary.steps) - 1)
+        following = _canary_step(rollout, index + 1) if index + 1 < len(canary.steps) else None
+        return _Stage(
+            _canary_step(rollout, index),
+            following,
+            canary.min_requests_per_step,
+            specs.as_timedelta(canary.min_step_duration),
+        )
+    raise ValueError(f"no release decides in phase {phase}")
+
+
+def _first_live_stage(policy: Policy) -> str:
+    if policy.rollout.shadow is not None or policy.mode != "online":
+        return "shadow"
+    return _canary_step(policy.rollout, 0)
+
+
+def _canary_step(rollout: specs.Rollout, index: int) -> str:
+    steps = rollout.canary.steps
+    return f"canary step {index + 1} of {len(steps)} ({steps[index]}%)"
+
+
+def _overdue(policy: Policy, timing: Timing) -> str | None:
+    """The rule when the release has run out of time, else None."""
+    longest = policy.rollout.max_duration
+    taken = timing.now - timing.release_started
+    if taken <= specs.as_timedelta(longest):
+        return None
+    return (
+        f"the release has run {_span(taken)}, longer than rollout.maxDuration ({longest}), without a verdict:"
+        " roll back, the incumbent stays"
+    )
+
+
+def _alpha(rollout: specs.Rollout) -> float:
+    # 1 - 0.95 is 0.050000000000000044 in binary: rounding keeps alpha the number the spec means.
+    return min(round(1 - rollout.confidence, 12), _LARGEST_ALPHA)
+
+
+def _span(duration: timedelta) -> str:
+    """A duration as the spec writes one: 1h30m, 15m, 45s."""
+    seconds = max(int(duration.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if value]
+    return "".join(parts) or "0s"
+
+
+def _number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
+
+
+def _rate(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2%}"
+
+
+def _points(value: float | None) -> str:
+    return "none" if value is None else f"{value * 100:.2f} percentage points"
