@@ -86,7 +86,15 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
             draft = step(draft)
         if draft.status == before:
             break
-    return Step(draft.status.model_copy(update={"observed_generation": observed.generation}), draft.decisions)
+    stage = (draft.status.phase, draft.status.canary_step) if draft.status.phase in RELEASE_PHASES else None
+    if stage is None:
+        started = None
+    elif stage == (status.phase, status.canary_step) and status.stage_started is not None:
+        started = status.stage_started
+    else:
+        started = observed.now
+    update = {"observed_generation": observed.generation, "stage_started": started}
+    return Step(draft.status.model_copy(update=update), draft.decisions)
 
 
 def stages(spec: specs.ModelDeploymentSpec) -> list[Stage]:

@@ -705,6 +705,9 @@ class ModelDeploymentStatus(Model):
     spec.model."""
     canary_step: int | None = Field(None, ge=0)
     """Index into rollout.canary.steps of the current step, during the canary phase."""
+    stage_started: datetime | None = None
+    """When the release entered its current stage (Validating, Shadowing, a canary step): the evidence for
+    the stage is counted from here."""
     weights: Weights | None = None
     """The traffic split in force."""
     last_analysis: Analysis | None = None

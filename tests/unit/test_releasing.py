@@ -1199,3 +1199,28 @@ def test_any_sequence_of_events_keeps_the_invariants(example: str, events: list[
         before = world.status
         step = _happen(world, event)
         _check(world, before, step)
+
+
+def _stage(world: World) -> datetime | None:
+    return world.status.stage_started
+
+
+def test_each_stage_records_when_it_began_so_its_evidence_is_counted_from_there() -> None:
+    world = stable("full.yaml")
+    assert _stage(world) is None
+    world.serve("v2")
+    validating_since = world.now
+    assert (world.status.phase, _stage(world)) == ("Validating", validating_since)
+    world.become_ready("v2")
+    assert _stage(world) == validating_since  # Same stage, however many reconciles.
+    world.command("promote")
+    assert (world.status.phase, _stage(world)) == ("Shadowing", world.now)
+    world.command("promote")
+    first_step = world.now
+    assert (world.status.phase, world.status.canary_step, _stage(world)) == ("Canary", 0, first_step)
+    world.wait()
+    assert _stage(world) == first_step
+    world.command("promote")
+    assert (world.status.canary_step, _stage(world)) == (1, world.now)
+    world.command("promoteFull")
+    assert (world.status.phase, _stage(world)) == ("Promoted", None)
