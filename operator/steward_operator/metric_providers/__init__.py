@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from steward_operator.metric_providers.base import (
     ArmCounts,
+    HeldOutResults,
     MetricProvider,
     MetricsUnavailableError,
     UnknownProviderError,
@@ -15,7 +16,14 @@ from steward_operator.metric_providers.prometheus import Prometheus
 
 _PROVIDERS: dict[str, Callable[[str], MetricProvider]] = {"prometheus": Prometheus}
 
-__all__ = ["ArmCounts", "MetricProvider", "MetricsUnavailableError", "UnknownProviderError", "metric_provider"]
+__all__ = [
+    "ArmCounts",
+    "HeldOutResults",
+    "MetricProvider",
+    "MetricsUnavailableError",
+    "UnknownProviderError",
+    "metric_provider",
+]
 
 
 def metric_provider(name: str, url: str) -> MetricProvider:

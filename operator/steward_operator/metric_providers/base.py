@@ -49,6 +49,15 @@ class ArmCounts:
     """When the newest scrape that reported this version began; None when no pod reported it at all."""
 
 
+@dataclass(frozen=True)
+class HeldOutResults:
+    """A version's held-out results as its predictor publishes them, and a name for the rows they were
+    computed on (equal names: the same held-out data)."""
+
+    metrics: dict[str, float]
+    data: str
+
+
 class MetricProvider(Protocol):
     name: str
     """The name that selects this provider in `metric_provider(name, url)`."""
@@ -65,6 +74,12 @@ class MetricProvider(Protocol):
     ) -> ArmCounts:
         """What `version` of `model` served between `start` and `end` (aware datetimes), with requests slower than
         `slow_after` seconds counted; only pods in `namespace` when given. Raises MetricsUnavailableError."""
+        ...
+
+    async def held_out(
+        self, model: str, version: str, at: datetime, *, namespace: str | None = None
+    ) -> HeldOutResults | None:
+        """The version's held-out results as its predictors publish them; None while none has reported."""
         ...
 
     async def healthy(self) -> bool:

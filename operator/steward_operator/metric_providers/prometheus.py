@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from steward_operator.metric_providers.base import ArmCounts, MetricsUnavailableError
+from steward_operator.metric_providers.base import ArmCounts, HeldOutResults, MetricsUnavailableError
 
 REQUESTS = "steward_predictor_requests"
 LATENCY = "steward_predictor_request_duration_seconds"
@@ -112,6 +112,24 @@ class Prometheus:
         span = math.ceil((until - since) * 1000)
         data = await self._query(f"{selector(model, version, namespace)}[{span}ms]", until)
         return count(parse_matrix(data), start.timestamp(), since, slow_after)
+
+    async def held_out(
+        self, model: str, version: str, at: datetime, *, namespace: str | None = None
+    ) -> HeldOutResults | None:
+        matchers = [f"model={quote(model)}", f"version={quote(version)}"]
+        if namespace is not None:
+            matchers.append(f"namespace={quote(namespace)}")
+        data = await self._query("steward_predictor_holdout{" + ",".join(matchers) + "}", at.timestamp())
+        try:
+            samples = [(item["metric"], float(item["value"][1])) for item in data["result"]]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise MetricsUnavailableError(f"Prometheus answered an unreadable vector: {error!r}") from None
+        if not samples:
+            return None
+        # Every pod of a version serves the same bundle, so any pod's figures are the version's.
+        fingerprint = samples[0][0].get("data", "")
+        metrics = {labels["metric"]: value for labels, value in samples if labels.get("data", "") == fingerprint}
+        return HeldOutResults(metrics=metrics, data=fingerprint)
 
     async def healthy(self) -> bool:
         try:
