@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ Format = Literal["csv", "parquet", "sql"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "sql")
 IfExists = Literal["fail", "replace", "append"]
 IF_EXISTS: tuple[IfExists, ...] = ("fail", "replace", "append")
+Prepared = TypeVar("Prepared")
 SUFFIXES: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # A file is staged under this suffix beside its target until it is published by a rename.
 PARTIAL_SUFFIX = ".partial"
@@ -209,21 +210,27 @@ class Transaction:
         columns: Sequence[str],
         *,
         chunk_rows: int,
+        prepare: Callable[[pd.DataFrame], Prepared],
         numbers: Collection[str] = (),
         texts: Collection[str] = (),
-    ) -> Iterator[pd.DataFrame]:
-        """Chunks of at most `chunk_rows` rows with the named columns, at least one (empty) chunk; files are
-        read a chunk ahead in the background, so memory holds two. Columns in `numbers` come out as numbers
-        where the values are numbers, even in text or decimal form; values that are not stay as they were, for
-        validation to name. Columns in `texts` are read from CSV as text, not as whatever the values look like
-        (a postcode stays "01234")."""
+        categories: Collection[str] = (),
+    ) -> Iterator[Prepared]:
+        """Chunks of at most `chunk_rows` rows with the named columns, at least one (empty) chunk, each put
+        through `prepare` (validation, say). Files are read and prepared a chunk ahead in the background, so
+        memory holds two. Columns in `numbers` come out as numbers where the values are numbers, even in text or
+        decimal form; values that are not stay as they were, for validation to name. Columns in `texts` are read
+        from CSV as text, not as whatever the values look like (a postcode stays "01234"). Text columns in
+        `categories` (few distinct values) come out of files as pandas categoricals, decoded once per distinct
+        value instead of once per row."""
         numeric = [name for name in numbers if name in columns]
+        coded = [name for name in categories if name in columns]
         if location.format == "csv":
-            return _read_ahead(self._read_csv(location, columns, chunk_rows, numeric, texts))
+            frames = self._read_csv(location, columns, chunk_rows, numeric, texts=texts, categories=coded)
+            return _read_ahead(frames, prepare)
         if location.format == "parquet":
-            return _read_ahead(self._read_parquet(location, columns, chunk_rows, numeric))
+            return _read_ahead(self._read_parquet(location, columns, chunk_rows, numeric, categories=coded), prepare)
         # The connection may be writing too (input and output in one database): no second thread on it.
-        return self._read_table(location, columns, chunk_rows, numeric)
+        return map(prepare, self._read_table(location, columns, chunk_rows, numeric))
 
     def writer(self, location: Location, if_exists: IfExists) -> Writer:
         """A writer for `location`. With "fail" the target must not exist when the writer publishes; with
@@ -273,7 +280,9 @@ class Transaction:
         columns: Sequence[str],
         chunk_rows: int,
         numbers: Sequence[str],
+        *,
         texts: Collection[str],
+        categories: Sequence[str],
     ) -> Generator[pd.DataFrame, None, None]:
         # Numbers are read as text and converted per chunk: a column whose type was inferred from the first
         # block would fail the whole run at the first stray word, where validation should reject one row.
@@ -292,16 +301,28 @@ class Transaction:
             )
             try:
                 for table in _rechunked(reader, reader.schema, chunk_rows):
-                    yield _csv_frame(table, numbers)
+                    yield _csv_frame(table, numbers, categories)
             finally:
                 reader.close()
 
     def _read_parquet(
-        self, location: Location, columns: Sequence[str], chunk_rows: int, numbers: Sequence[str]
+        self,
+        location: Location,
+        columns: Sequence[str],
+        chunk_rows: int,
+        numbers: Sequence[str],
+        *,
+        categories: Sequence[str],
     ) -> Generator[pd.DataFrame, None, None]:
+        with _file_errors(location):
+            schema = pq.read_schema(location.path)
+            # Text columns come straight from the file's dictionary pages as categoricals.
+            coded = [
+                name for name in categories if schema.get_field_index(name) >= 0 and _is_text(schema.field(name).type)
+            ]
         with (
             _file_errors(location),
-            pq.ParquetFile(location.path, pre_buffer=False, buffer_size=READ_BUFFER) as source,
+            pq.ParquetFile(location.path, pre_buffer=False, buffer_size=READ_BUFFER, read_dictionary=coded) as source,
         ):
             empty = True
             for batch in source.iter_batches(batch_size=chunk_rows, columns=list(columns)):
@@ -571,10 +592,14 @@ def _repetitive(table: pa.Table) -> list[str] | bool:
     nothing."""
     if table.num_rows == 0:
         return True
+    limit = DICTIONARY_SHARE * table.num_rows
+    # A column with more distinct values than that in its first rows has at least as many in all of them: the
+    # few rows settle it for unique columns without hashing the whole chunk.
+    head = table.slice(0, int(limit) + 1)
     return [
         name
-        for name, column in zip(table.column_names, table.columns, strict=True)
-        if pc.count_distinct(column).as_py() <= DICTIONARY_SHARE * table.num_rows
+        for name, column, first in zip(table.column_names, table.columns, head.columns, strict=True)
+        if pc.count_distinct(first).as_py() <= limit and pc.count_distinct(column).as_py() <= limit
     ]
 
 
@@ -596,10 +621,15 @@ def _rechunked(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) 
         yield pa.Table.from_batches(pending, schema=schema)
 
 
-def _csv_frame(table: pa.Table, numbers: Sequence[str]) -> pd.DataFrame:
+def _csv_frame(table: pa.Table, numbers: Sequence[str], categories: Sequence[str] = ()) -> pd.DataFrame:
     """A chunk of CSV text with its numeric columns as numbers: all at once where every value parses, value by
-    value where one does not (that value stays text, for validation to name)."""
+    value where one does not (that value stays text, for validation to name); and its `categories` columns
+    as categoricals."""
     parsed: dict[str, np.ndarray] = {}
+    for name in categories:
+        index = table.schema.get_field_index(name)
+        if _is_text(table.schema.field(index).type):
+            table = table.set_column(index, name, pc.dictionary_encode(table.column(index)))
     for name in numbers:
         index = table.schema.get_field_index(name)
         try:
@@ -612,17 +642,29 @@ def _csv_frame(table: pa.Table, numbers: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def _read_ahead(chunks: Generator[pd.DataFrame, None, None]) -> Iterator[pd.DataFrame]:
-    """The same chunks, the next one read in a background thread while the caller works on this one. Parsing
-    runs mostly outside the GIL, so reading then costs little wall time on a second core."""
+def _read_ahead(
+    chunks: Generator[pd.DataFrame, None, None], prepare: Callable[[pd.DataFrame], Prepared]
+) -> Iterator[Prepared]:
+    """The chunks put through `prepare`, the next one read and prepared in a background thread while the
+    caller works on this one. Parsing runs mostly outside the GIL, so reading then costs little wall time on a
+    second core."""
+
+    def following() -> tuple[Prepared] | None:
+        frame = next(chunks, None)
+        return None if frame is None else (prepare(frame),)
+
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="steward-read") as background:
-            pending = background.submit(next, chunks, None)
-            while (frame := pending.result()) is not None:
-                pending = background.submit(next, chunks, None)
-                yield frame
+            pending = background.submit(following)
+            while (ready := pending.result()) is not None:
+                pending = background.submit(following)
+                yield ready[0]
     finally:
         chunks.close()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _timestamps_as_text(table: pa.Table) -> pa.Table:

@@ -27,6 +27,11 @@ PROBLEMS: tuple[Problem, ...] = (
 _NUMBERS = {int, float, type(None)}
 # Past this many distinct values a text column is treated as free text: no unseen-category check.
 MAX_CATEGORIES = 1000
+# From this many rows on (a batch chunk, not a request), a validated frame is built over the block its numbers
+# were checked in rather than a copy of it: the copy then costs more than pandas' bookkeeping saves.
+BLOCK_ROWS = 10_000
+# pandas warns of a fragmented frame past a hundred blocks: beyond that many other columns, copy after all.
+MAX_INSERTS = 64
 
 
 class _Model(BaseModel):
@@ -284,7 +289,7 @@ class Validator:
     def _check(
         self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series], rows: int, violations: list[Violation]
     ) -> Checked:
-        typed = self._clean_numbers(columns)
+        typed, block = self._clean_numbers(columns)
         for feature in self.schema.features:
             values = columns.get(feature.name)
             if feature.name in typed:
@@ -310,12 +315,17 @@ class Validator:
         keep[list(rejected)] = False
         # In schema order; passing columns= as well would make pandas reindex, at several times the cost.
         ordered = {name: typed[name] if not rejected else typed[name][keep] for name in self._names}
-        frame = frame_of(ordered, len(next(iter(ordered.values()))) if ordered else 0)
+        if block is not None and not rejected and rows >= BLOCK_ROWS and len(ordered) - len(block) < MAX_INSERTS:
+            frame = _frame_over(block, self._numeric_names, ordered)
+        else:
+            frame = frame_of(ordered, len(next(iter(ordered.values()))) if ordered else 0)
         return Checked(frame=frame, columns=ordered, accepted=np.flatnonzero(keep), rejected=rejected, counted=counted)
 
-    def _clean_numbers(self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series]) -> dict[str, np.ndarray]:
-        """The numeric columns with nothing to report, checked together as one block. The others are left to
-        the per-column checks that name each problem."""
+    def _clean_numbers(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The numeric columns with nothing to report, checked together as one block, and that block when it
+        holds every numeric column. The others are left to the per-column checks that name each problem."""
         names: list[str] = []
         parts: list[Any] = []
         for name in self._numeric_names:
@@ -329,7 +339,7 @@ class Validator:
                 names.append(name)
                 parts.append(array)
         if not names:
-            return {}
+            return {}, None
         block = np.array(parts, dtype=float)
         rows = (
             [self._numeric_names.index(name) for name in names]
@@ -342,7 +352,8 @@ class Validator:
             | (np.isnan(block).any(axis=1) & ~self._nullable[rows])
             | ((block < self._minimums[rows]) | (block > self._maximums[rows])).any(axis=1)
         )
-        return {name: block[position] for position, name in enumerate(names) if not flagged[position]}
+        clean = {name: block[position] for position, name in enumerate(names) if not flagged[position]}
+        return clean, block if len(clean) == len(self._numeric_names) else None
 
     def _numeric(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
         array = values.to_numpy() if isinstance(values, pd.Series) else values
@@ -401,6 +412,12 @@ class Validator:
     def _categorical(self, feature: Feature, values: Any, violations: list[Violation]) -> np.ndarray:
         known = self._categories.get(feature.name)
         missing = _missing(feature)
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+            coded = self._coded(feature, values, known, missing)
+            if coded is not None:
+                return coded
+            # Something to report: the values as the row-by-row check has always seen a chunk's column.
+            values = values.to_numpy()
         array = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
         if array.ndim == 1:
             gaps = pd.isna(array)
@@ -437,6 +454,29 @@ class Validator:
                 violations.append(Violation(row, feature.name, "wrongType", f"expected text, got {_describe(value)}"))
         return out
 
+    @staticmethod
+    def _coded(
+        feature: Feature, values: pd.Series, known: frozenset[str] | None, missing: float | None
+    ) -> np.ndarray | None:
+        """A categorical column (a batch chunk read from a dictionary-encoded file) checked by its distinct
+        values rather than row by row; None when there is something to report, for the row-by-row check to
+        name."""
+        categories = values.cat.categories.to_numpy(dtype=object)
+        codes = values.cat.codes.to_numpy()
+        # Code -1 is a gap; shifted by one, the counts say which values occur and whether any gap does.
+        used = np.bincount(codes.astype(np.intp) + 1, minlength=len(categories) + 1)
+        present = categories[used[1:] > 0]
+        if (
+            set(map(type, present)) <= {str}
+            and (known is None or known.issuperset(present))
+            and (feature.nullable or not used[0])
+        ):
+            # The values as the pipeline takes them: text as it was, gaps spelled as in training.
+            spelled = np.append(categories, np.array([missing], dtype=object))
+            result: np.ndarray = spelled[codes]
+            return result
+        return None
+
 
 def frame_of(columns: dict[str, np.ndarray], rows: int) -> pd.DataFrame:
     """A DataFrame over validated columns. pandas' own constructor re-checks lengths and dimensions that
@@ -448,6 +488,18 @@ def frame_of(columns: dict[str, np.ndarray], rows: int) -> pd.DataFrame:
     frame: pd.DataFrame = build(
         list(columns.values()), columns=list(columns), index=pd.RangeIndex(rows), verify_integrity=False
     )
+    return frame
+
+
+def _frame_over(block: np.ndarray, names: list[str], columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A frame whose numeric columns are `block` itself (rows of it, `names` in order): pandas keeps such
+    columns as one 2-D block anyway, so a chunk's numbers are not copied again. The other columns are put in
+    between, in the order of `columns`."""
+    frame = pd.DataFrame(block.T, columns=names, copy=False)
+    numeric = set(names)
+    for position, name in enumerate(columns):
+        if name not in numeric:
+            frame.insert(position, name, columns[name])
     return frame
 
 

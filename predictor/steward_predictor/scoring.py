@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import FrameType
@@ -24,11 +26,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from steward_predictor import datasets, parity
 from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, load_bundle
-from steward_predictor.schemas import FeatureSchema, Validator, Violation
+from steward_predictor.schemas import Checked, FeatureSchema, Validator, Violation
 from steward_predictor.settings import allow_pickle, trusted_types
 
 EXIT_OK = 0
@@ -50,6 +53,15 @@ PROBABILITY_PREFIX = "probability_"
 REASONS = "reasons"
 
 SCORED_AT_TYPE = pa.timestamp("us", tz="UTC")
+# A text column with no rows: what most chunks, having no rejects, carry in each column of the rejects.
+NO_TEXT = pa.array([], type=pa.string())
+
+# glibc's mallopt parameters (malloc.h) and what a batch run sets them to: blocks up to the largest size glibc
+# allows come from the heap rather than from mmap, and up to twice that may stay free on the heap for reuse.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
 
 EXIT_CODES = """\
 exit codes:
@@ -164,28 +176,55 @@ class Scorer:
         clashes = sorted({name for name in self.columns if self.columns.count(name) > 1})
         if clashes:
             raise UsageError(f"--id-column {id_column} would clash with the output column of the same name")
+        self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steward-ids")
+        self._constant_columns: tuple[pa.Array, pa.Array] | None = None
 
-    def score(self, frame: pd.DataFrame, first_row: int = 0, scored_at: datetime | None = None) -> ScoredChunk:
-        """Validate and score `frame`, whose first row is input row `first_row`."""
-        rows = len(frame)
+    def check(self, frame: pd.DataFrame) -> Checked:
+        """Validate `frame`. Rows are numbered within it, so a chunk can be checked before the ones ahead of it
+        are scored."""
         present = [name for name in self.features if name in frame.columns]
-        checked = self.validator.check_columns({name: frame[name].to_numpy() for name in present}, rows)
-        accepted = checked.accepted.astype(np.int64)
+        return self.validator.check_columns({name: _column(frame[name]) for name in present}, len(frame))
+
+    def prepare(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, Checked]:
+        """`frame` checked, with only what scoring it still needs kept: the id column, and the input columns
+        too when rows were rejected, as the rejects carry their values. The rest is let go before the chunk's
+        turn comes."""
+        checked = self.check(frame)
+        if checked.rejected:
+            return frame, checked
+        return frame[[self.id_column] if self.id_column else []], checked
+
+    def score(
+        self,
+        frame: pd.DataFrame,
+        first_row: int = 0,
+        scored_at: datetime | None = None,
+        checked: Checked | None = None,
+    ) -> ScoredChunk:
+        """Validate and score `frame`, whose first row is input row `first_row`. With `checked`, its validation
+        is done already, and `frame` may be what `prepare` kept of it."""
+        rows = len(frame)
+        if checked is None:
+            checked = self.check(frame)
+        accepted = checked.accepted.astype(np.int64, copy=False)
+        row_numbers = pa.array(first_row + accepted, type=pa.int64())
+        # Arrow builds the request ids without the GIL, on another core while the pipeline predicts.
+        request_ids = self._aside.submit(_request_ids, self.run_id, row_numbers)
         if len(accepted):
             prediction, probabilities = self.predict(checked.frame)
         else:
             prediction = np.array([], dtype=object)
             probabilities = np.empty((0, len(self.classes or [])))
         moment = scored_at or datetime.now(UTC)
-        row_numbers = pa.array(first_row + accepted, type=pa.int64())
         columns: list[pa.Array] = [row_numbers]
         if self.id_column:
             columns.append(_copied(frame[self.id_column].to_numpy()[accepted]))
         count = len(accepted)
+        version, digest = self._constants(count)
         columns += [
-            pc.binary_join_element_wise(self.run_id, pc.cast(row_numbers, pa.string()), "-"),
-            pa.repeat(pa.scalar(self.bundle.metadata.model_version, pa.string()), count),
-            pa.repeat(pa.scalar(self.bundle.digest, pa.string()), count),
+            request_ids.result(),
+            version,
+            digest,
             pa.repeat(pa.scalar(moment, SCORED_AT_TYPE), count),
             pa.array(prediction, type=self._prediction_type),
         ]
@@ -197,6 +236,17 @@ class Scorer:
             rows=rows,
             counted=Counter(violation.problem for violation in checked.counted),
         )
+
+    def _constants(self, count: int) -> tuple[pa.Array, pa.Array]:
+        """The model version and bundle digest columns for `count` rows: slices of columns built once for the
+        largest chunk, as every chunk carries the same two values on every row."""
+        if self._constant_columns is None or len(self._constant_columns[0]) < count:
+            self._constant_columns = (
+                pa.repeat(pa.scalar(self.bundle.metadata.model_version, pa.string()), count),
+                pa.repeat(pa.scalar(self.bundle.digest, pa.string()), count),
+            )
+        version, digest = self._constant_columns
+        return version.slice(0, count), digest.slice(0, count)
 
     def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and, for classifiers, class probabilities, for rows already validated and typed."""
@@ -213,6 +263,10 @@ class Scorer:
         if self.id_column:
             columns.append(_copied(frame[self.id_column].to_numpy()[positions]))
         for name in self._reject_features:
+            if not rejected:
+                # Most chunks: no rows, and no need to look at the input.
+                columns.append(NO_TEXT)
+                continue
             values = frame[name].to_numpy()[positions] if name in frame.columns else [None] * len(positions)
             columns.append(pa.array([_as_text(value) for value in values], type=pa.string()))
         # Violations number rows within the chunk; the rejects speak of rows in the input.
@@ -364,16 +418,23 @@ def score_batch(
         settings.input,
         wanted,
         chunk_rows=settings.chunk_rows,
+        # Validation needs no row numbers: files have it done where the chunk is read, a chunk ahead.
+        prepare=scorer.prepare,
         numbers=[feature.name for feature in schema.features if feature.kind == "numeric"],
         texts=[
             *(feature.name for feature in schema.features if feature.kind == "categorical"),
             *([settings.id_column] if settings.id_column else []),
         ],
+        categories=[
+            feature.name
+            for feature in schema.features
+            if feature.categories is not None and feature.name != settings.id_column
+        ],
     )
     bar = Progress(stream, transaction.count(settings.input))
     try:
-        for frame in chunks:
-            chunk = scorer.score(frame, summary.rows_read)
+        for frame, checked in chunks:
+            chunk = scorer.score(frame, summary.rows_read, checked=checked)
             output.write(chunk.scores)
             rejects.write(chunk.rejects)
             summary.add(chunk)
@@ -490,7 +551,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "batch":
         _prefer_jemalloc()
-        return _batch(args)
+        _keep_freed_memory()
+        # Chunks are read and written on other threads while the main one scores: a BLAS thread pool would
+        # only spin on their cores between one chunk's small matrix products and the next. The golden examples
+        # are replayed with the same single thread as the rows are scored.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return _batch(args)
     return EXIT_USAGE
 
 
@@ -502,6 +568,21 @@ def _prefer_jemalloc() -> None:
         return
     with contextlib.suppress(NotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+def _keep_freed_memory() -> None:
+    """Each chunk allocates and frees the same few tens of megabytes of arrays in the pipeline. By default
+    glibc gives blocks that large back to the kernel when they are freed, and the next chunk takes them back a
+    page at a time, each one zeroed; kept on the heap, they are reused as they are. Free memory beyond
+    TRIM_THRESHOLD still goes back. Other C libraries are left as they are."""
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        mallopt = ctypes.CDLL(None).mallopt if libc.startswith("glibc") else None
+    except (ValueError, OSError, AttributeError):
+        return
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -589,6 +670,19 @@ def _prediction_type(classes: list[Any] | None) -> pa.DataType:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pa.string()
     return kind
+
+
+def _request_ids(run_id: str, rows: pa.Array) -> pa.Array:
+    """<run id>-<row> for each row number: the prefix put in front of each number's digits, which costs Arrow
+    less than joining each number with the run id."""
+    ids: pa.Array = pc.binary_replace_slice(pc.cast(rows, pa.string()), start=0, stop=0, replacement=f"{run_id}-")
+    return ids
+
+
+def _column(values: pd.Series) -> pd.Series | np.ndarray:
+    """A chunk's column for validation: categoricals as they are, checked once per distinct value; anything else
+    as an array."""
+    return values if isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
 
 
 def _copied(values: np.ndarray) -> pa.Array:

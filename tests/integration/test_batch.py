@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import threadpoolctl  # type: ignore[import-untyped]
 
 from steward_predictor import bundles, scoring
 from tests.support import models
@@ -208,6 +209,47 @@ def test_an_input_with_no_rows_gives_outputs_with_no_rows(
     assert run.code == scoring.EXIT_OK, run.stderr
     assert len(place.read("scores")) == 0
     assert len(place.read(place.rejects("scores"))) == 0
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_text_stored_as_a_categorical_scores_as_plain_text(
+    capsys: pytest.CaptureFixture[str], trained: Trained, tmp_path: Path, kind: str
+) -> None:
+    place = Place(kind, tmp_path)
+    rows = _with_problems(trained.x_test)
+    place.write(rows, "plain")
+    place.write(rows.astype({"size_band": "category"}), "coded")
+    runs = [
+        _steward_predict(
+            capsys,
+            *("--bundle", trained.path, "--id-column", "patient", "--run-id", "nightly", "--chunk-rows", "20"),
+            *place.args("input", name),
+            *place.args("output", f"scores-{name}"),
+        )
+        for name in ("plain", "coded")
+    ]
+    assert [run.code for run in runs] == [scoring.EXIT_OK, scoring.EXIT_OK]
+    plain, coded = (place.read(f"scores-{name}").drop(columns=["scored_at"]) for name in ("plain", "coded"))
+    pd.testing.assert_frame_equal(coded, plain)
+    pd.testing.assert_frame_equal(place.read("scores-coded.rejects"), place.read("scores-plain.rejects"))
+
+
+def test_rows_are_scored_with_one_blas_thread(
+    capsys: pytest.CaptureFixture[str], trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = Place("parquet", tmp_path)
+    place.write(_with_problems(trained.x_test), "rows")
+    threads: list[int] = []
+    predict = bundles.Bundle.predict
+
+    def counting(bundle: bundles.Bundle, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        threads.extend(pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas")
+        return predict(bundle, frame)
+
+    monkeypatch.setattr(bundles.Bundle, "predict", counting)
+    assert _batch(capsys, trained, place).code == scoring.EXIT_OK
+    assert threads
+    assert set(threads) == {1}
 
 
 # Failing safely

@@ -140,3 +140,74 @@ def test_validated_frames_equal_what_pandas_would_build(schema: FeatureSchema) -
     built = frame_of(columns, 2)
     pd.testing.assert_frame_equal(built, pd.DataFrame(columns))
     pd.testing.assert_frame_equal(frame_of({}, 0), pd.DataFrame({}, index=pd.RangeIndex(0)), check_column_type=False)
+
+
+# Batch chunks read from files
+
+
+def _as_read(columns: dict[str, Any]) -> dict[str, Any]:
+    """The same columns as a file reader hands them over: text as categoricals."""
+    return {
+        name: pd.Series(values, dtype="category")
+        if isinstance(values, np.ndarray) and values.dtype == object
+        else values
+        for name, values in columns.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("plan", "region"),
+    [
+        (["pro", "basic", None], ["north", "east", "west"]),
+        (["pro", "enterprise", None], ["north", "east", "west"]),
+        (["pro", "basic", "pro"], ["north", None, "west"]),
+        (["pro", 7, "basic"], ["north", "east", "west"]),
+    ],
+    ids=["clean", "unseen", "missing", "not-text"],
+)
+def test_categorical_text_is_checked_as_the_same_text_would_be(
+    schema: FeatureSchema, plan: list[Any], region: list[Any]
+) -> None:
+    columns = {
+        "age": np.array([30.0, 31.0, 32.0]),
+        "visits": np.array([1, 2, 3]),
+        "plan": np.array(plan, dtype=object),
+        "region": np.array(region, dtype=object),
+    }
+    validator = Validator(schema)
+    plain, coded = validator.check_columns(columns, 3), validator.check_columns(_as_read(columns), 3)
+    pd.testing.assert_frame_equal(coded.frame, plain.frame)
+    assert [str(problem) for problem in coded.problems] == [str(problem) for problem in plain.problems]
+    assert [str(problem) for problem in coded.counted] == [str(problem) for problem in plain.counted]
+
+
+def test_categories_no_row_uses_are_not_reported(schema: FeatureSchema) -> None:
+    plan = pd.Series(pd.Categorical(["pro", "basic"], categories=["basic", "enterprise", "pro"]))
+    columns: dict[str, list[Any] | pd.Series] = {
+        "age": [30.0, 31.0],
+        "visits": [1, 2],
+        "plan": plan,
+        "region": ["north", "east"],
+    }
+    checked = Validator(schema).check_columns(columns, 2)
+    assert not checked.rejected
+    assert not checked.counted
+    assert checked.frame["plan"].tolist() == ["pro", "basic"]
+
+
+def test_a_chunk_sized_frame_equals_what_pandas_would_build() -> None:
+    rows = 20_000
+    rng = np.random.default_rng(0)
+    training = pd.DataFrame(
+        {
+            "age": rng.uniform(18, 90, rows),
+            "plan": rng.choice(["basic", "pro"], rows).astype(object),
+            "visits": rng.integers(0, 10, rows),
+        }
+    )
+    checked = Validator(infer_schema(training)).check_columns(
+        _as_read({str(name): column.to_numpy() for name, column in training.items()}), rows
+    )
+    assert not checked.rejected
+    pd.testing.assert_frame_equal(checked.frame, pd.DataFrame(checked.columns))
+    pd.testing.assert_frame_equal(checked.frame, training.astype({"visits": float}))

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from steward_predictor import datasets, scoring
@@ -120,6 +123,59 @@ def test_a_file_named_without_a_suffix_gets_rejects_beside_it() -> None:
     assert (location.uri, location.format) == ("/out/scores.rejects", "csv")
 
 
+def _read(location: datasets.Location, columns: list[str], **options: Any) -> list[pd.DataFrame]:
+    with datasets.Transaction() as transaction:
+        return list(transaction.read(location, columns, chunk_rows=2, prepare=lambda frame: frame, **options))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_text_named_as_categories_comes_out_of_files_as_categoricals(tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame({"plan": ["pro", None, "basic"], "age": [30.5, 41.0, 52.5], "code": [1, 2, 3]})
+    path = tmp_path / f"rows{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    chunks = _read(
+        datasets.locate(str(path)),
+        ["plan", "age", "code"],
+        numbers=["age"],
+        texts=["plan"],
+        categories=["plan", "code"],
+    )
+    assert [len(chunk) for chunk in chunks] == [2, 1]
+    read = pd.concat(chunks, ignore_index=True)
+    assert all(isinstance(chunk["plan"].dtype, pd.CategoricalDtype) for chunk in chunks)
+    assert read["plan"].astype(object).where(read["plan"].notna(), None).tolist() == ["pro", None, "basic"]
+    assert read["age"].tolist() == [30.5, 41.0, 52.5]
+    # Only text becomes a categorical: a column of numbers stays numbers, for validation to judge.
+    assert read["code"].dtype == np.int64
+
+
+def test_parquet_dictionaries_go_to_columns_with_few_distinct_values(tmp_path: Path) -> None:
+    rows = 100
+    table = pa.table(
+        {
+            "unique": pa.array(range(rows)),
+            "constant": pa.array(["v1"] * rows),
+            "few": pa.array([row % 3 for row in range(rows)]),
+            "unique_first": pa.array([*range(20), *([0] * (rows - 20))]),
+        }
+    )
+    location = datasets.Location(uri=str(tmp_path / "scores.parquet"), format="parquet")
+    with datasets.Transaction() as transaction:
+        writer = transaction.writer(location, "fail")
+        writer.write(table)
+        writer.publish()
+    written = pq.ParquetFile(location.path).metadata.row_group(0)
+    dictionary = {
+        written.column(index).path_in_schema: "RLE_DICTIONARY" in written.column(index).encodings
+        for index in range(written.num_columns)
+    }
+    # At most a tenth as many distinct values as rows: 3 and 1 are; 100 and 21 are not.
+    assert dictionary == {"unique": False, "constant": True, "few": True, "unique_first": False}
+
+
 # Scoring a chunk
 
 
@@ -213,6 +269,29 @@ def test_a_chunk_of_nothing_but_rejects_has_typed_empty_scores(breast_cancer: Tr
 def test_an_id_column_may_not_clash_with_an_output_column(breast_cancer: Trained) -> None:
     with pytest.raises(scoring.UsageError, match="clash"):
         scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="prediction")
+
+
+def test_a_chunk_checked_ahead_scores_as_one_checked_in_place(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    frame = _with_problems(breast_cancer.x_test)
+    moment = datetime(2025, 3, 1, tzinfo=UTC)
+    ahead = scorer.score(frame, first_row=40, scored_at=moment, checked=scorer.check(frame))
+    in_place = scorer.score(frame, first_row=40, scored_at=moment)
+    assert ahead.scores.equals(in_place.scores)
+    assert ahead.rejects.equals(in_place.rejects)
+    assert ahead.counted == in_place.counted
+
+
+def test_chunks_of_any_size_carry_the_model_on_every_row(breast_cancer: Trained) -> None:
+    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    frame = breast_cancer.x_test.reset_index(drop=True)
+    first = 0
+    for size in (50, 120, 7, 120, 0):
+        scores = scorer.score(frame.iloc[:size].reset_index(drop=True), first_row=first).scores
+        assert scores.column("model_version").to_pylist() == ["v1"] * size
+        assert scores.column("bundle_digest").to_pylist() == [breast_cancer.bundle.digest] * size
+        assert scores.column("request_id").to_pylist() == [f"{RUN_ID}-{first + row}" for row in range(size)]
+        first += size
 
 
 # What a run reports
