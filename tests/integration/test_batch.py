@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import threadpoolctl  # type: ignore[import-untyped]
+import threadpoolctl
 
 from steward_predictor import bundles, scoring
 from tests.support import models
