@@ -8,12 +8,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt
+from steward_harness.servers import Server, free_ports, halt, http_get
 
 STARTUP_TIMEOUT = 60.0
 
@@ -72,7 +70,7 @@ class Operator(Server):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise OperatorError(f"the operator exited with {self._process.returncode}:\n{self.tail()}")
-            if _answers(f"http://127.0.0.1:{self.health_port}/healthz"):
+            if http_get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1)[0] == 200:
                 return self
             time.sleep(0.1)
         raise OperatorError(f"the operator was not healthy within {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
@@ -87,17 +85,10 @@ class Operator(Server):
         self._process = None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310 -- loopback http
-            text: str = response.read().decode()
-            return text
+        status, text = http_get(self.metrics_url)
+        if status != 200:
+            raise OperatorError(f"{self.metrics_url} answered {status}")
+        return text
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 -- loopback http
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False

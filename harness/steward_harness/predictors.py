@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt
+from steward_harness.servers import Server, free_ports, halt, http_get
 
 STARTUP_TIMEOUT = 60.0
 
@@ -80,13 +80,7 @@ class Predictor(Server):
         return status == 200, body
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:  # noqa: S310 - loopback only
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, ""
+        return http_get(f"{self.url}{path}")
 
     def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
         request = urllib.request.Request(  # noqa: S310 - loopback only

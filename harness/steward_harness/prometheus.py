@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from steward_harness.servers import Server, free_ports, halt
+from steward_harness.servers import Server, free_ports, halt, http_get
 
 STARTUP_TIMEOUT = 60.0
 # Debian's package (`apt-get install prometheus`) puts it here; PATH is searched first.
@@ -188,10 +188,4 @@ class Prometheus(Server):
         os.replace(partial, self.directory / "targets.json")
 
     def _get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:  # noqa: S310 - loopback only
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, ""
+        return http_get(f"{self.url}{path}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
@@ -60,3 +62,14 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of a GET on one of the harness's own loopback servers; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 -- loopback http only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, ""

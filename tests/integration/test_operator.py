@@ -69,8 +69,12 @@ class Deployment:
 
     def apply(self, manifest: dict[str, Any] | None = None) -> None:
         self.manifest = manifest or self.manifest
-        self.cluster.run(
-            "apply",
+        self._as_git("apply")
+
+    def _as_git(self, verb: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """kubectl VERB --server-side of the manifest, as the GitOps tool that owns spec."""
+        return self.cluster.run(
+            verb,
             "--server-side",
             "--field-manager=gitops",
             "-n",
@@ -78,6 +82,7 @@ class Deployment:
             "-f",
             "-",
             stdin=json.dumps(self.manifest),
+            check=check,
         )
 
     def get(self) -> dict[str, Any]:
@@ -155,17 +160,7 @@ class Deployment:
     def assert_git_sees_no_drift(self) -> None:
         """Re-applying the manifest in Git changes nothing: the operator wrote no field Git owns."""
         before = self.get()["metadata"]["generation"]
-        result = self.cluster.run(
-            "diff",
-            "--server-side",
-            "--field-manager=gitops",
-            "-n",
-            self.namespace,
-            "-f",
-            "-",
-            stdin=json.dumps(self.manifest),
-            check=False,
-        )
+        result = self._as_git("diff", check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         self.apply()
         assert self.get()["metadata"]["generation"] == before
