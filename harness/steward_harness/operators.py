@@ -28,6 +28,8 @@ class Operator(Server):
     kubeconfig: Path
     namespaces: list[str] = field(default_factory=list)
     """Namespaces (or globs) to serve; all when empty."""
+    prometheus: str = ""
+    """The Prometheus the operator reads release evidence from; empty: releases move only on commands."""
     env: dict[str, str] = field(default_factory=dict)
     log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="steward-operator-", suffix=".log")[1]))
     metrics_port: int = 0
@@ -50,6 +52,7 @@ class Operator(Server):
             "KUBECONFIG": str(self.kubeconfig),
             "STEWARD_METRICS_PORT": str(self.metrics_port),
             "STEWARD_HEALTH_PORT": str(self.health_port),
+            "STEWARD_PROMETHEUS_URL": self.prometheus,
             **self.env,
         }
         with self.log.open("ab") as log:

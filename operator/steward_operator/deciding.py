@@ -170,7 +170,8 @@ def decide(
        disabled -> advance, before any other rule: there is nothing to wait for.
 
     Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests; slowRequests:
-    requests slower than the threshold the caller applied, among timed requests; predictionShift: total variation
+    requests slower than the threshold the caller applied or else the incumbent's p95 latency in the same window,
+    among timed requests; predictionShift: total variation
     between the predictions per bin) is an anytime-valid test at its share of alpha = 1 - rollout.confidence
     (split equally, Bonferroni), against its own tolerance. After rules 1 and 2:
 
@@ -361,18 +362,28 @@ def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
 
 def _slow_requests(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:
     # `slow` is counted among the timed requests, so those are its denominator.
-    if incumbent.slow_after is None or challenger.slow_after is None:
-        # No latency threshold was applied: zero slow requests would be false reassurance.
-        return Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
+    if incumbent.slow_after is not None and challenger.slow_after is not None:
+        slow_i, slow_c = incumbent.slow, challenger.slow
+    else:
+        threshold = slow_threshold(incumbent)
+        if threshold is None or threshold not in challenger.latency:
+            # No latency threshold can be applied: zero slow requests would be false reassurance.
+            return Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
+        slow_i = incumbent.timed - incumbent.latency[threshold]
+        slow_c = challenger.timed - challenger.latency[threshold]
     return compare_rates(
-        "slowRequests",
-        incumbent.slow,
-        incumbent.timed,
-        challenger.slow,
-        challenger.timed,
-        tolerance=tolerance,
-        alpha=alpha,
+        "slowRequests", slow_i, incumbent.timed, slow_c, challenger.timed, tolerance=tolerance, alpha=alpha
     )
+
+
+def slow_threshold(incumbent: ArmCounts, quantile: float = 0.95) -> float | None:
+    """The incumbent's p95 latency as a bucket boundary: the smallest boundary at or under which at least 95 % of
+    its timed requests finished. None without timed requests, or when that is only the +Inf bucket."""
+    if not incumbent.timed:
+        return None
+    needed = quantile * incumbent.timed
+    found = min((bound for bound, count in incumbent.latency.items() if count >= needed), default=None)
+    return found if found is not None and math.isfinite(found) else None
 
 
 def _prediction_shift(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:

@@ -13,13 +13,16 @@ import prometheus_client
 
 from steward_operator import metrics, reconciling, specs
 from steward_operator.kubernetes import MODEL_DEPLOYMENT, ApiError, Cluster
-from steward_operator.settings import METRICS_PORT, RESYNC_SECONDS
+from steward_operator.metric_providers import MetricProvider, metric_provider
+from steward_operator.settings import METRICS_PORT, PROMETHEUS_URL, RESYNC_SECONDS
 
 MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
 INFERENCE_SERVICES = ("serving.kserve.io", "v1beta1", "inferenceservices")
 STATE_PREFIX = specs.GROUP
 
 _cluster: Cluster | None = None
+# Where release evidence is read; None: releases move only on commands.
+_evidence_source: MetricProvider | None = None
 # One reconcile at a time per ModelDeployment, whichever handler asked for it.
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _tasks: set[asyncio.Task[None]] = set()
@@ -27,7 +30,7 @@ _tasks: set[asyncio.Task[None]] = set()
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-    global _cluster  # noqa: PLW0603 -- one client for the operator's lifetime
+    global _cluster, _evidence_source  # noqa: PLW0603 -- one client of each for the operator's lifetime
     # Keep kopf's own bookkeeping in annotations: status belongs to Steward and the CRD prunes unknown fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STATE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -39,6 +42,11 @@ async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf
     settings.scanning.disabled = not any(_globbed(pattern) for pattern in memo.get("namespaces", []))
     settings.watching.server_timeout = 300
     _cluster = Cluster.connect()
+    if PROMETHEUS_URL:
+        _evidence_source = metric_provider("prometheus", PROMETHEUS_URL)
+        logger.info("releases are decided on evidence from Prometheus at %s", PROMETHEUS_URL)
+    else:
+        logger.warning("no Prometheus URL is set (STEWARD_PROMETHEUS_URL): releases move only on commands")
     _tasks.add(asyncio.create_task(_resync(_cluster, list(memo.get("namespaces", []))), name="resync"))
     prometheus_client.start_http_server(METRICS_PORT)
     logger.info("serving metrics on :%d/metrics", METRICS_PORT)
@@ -91,7 +99,7 @@ async def _reconcile(namespace: str | None, name: str | None) -> None:
     if _cluster is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
-        await reconciling.reconcile(_cluster, namespace, name)
+        await reconciling.reconcile(_cluster, namespace, name, _evidence_source)
 
 
 async def _resync(cluster: Cluster, namespaces: list[str]) -> None:

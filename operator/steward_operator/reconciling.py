@@ -1,5 +1,6 @@
-"""Reconciling one ModelDeployment, top to bottom: observe its children, take the next release step, apply
-what that step plans, record status, prune what is no longer planned, and tell what was decided."""
+"""Reconciling one ModelDeployment, top to bottom: observe its children and the current stage's evidence, take
+the next release step, apply what that step plans, record status, prune what is no longer planned, and tell
+what was decided."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from steward_operator import metrics, planners, releasing, specs
+from steward_operator import deciding, metrics, planners, releasing, specs
 from steward_operator.kubernetes import (
     CHILD_KINDS,
     MODEL_DEPLOYMENT,
@@ -17,21 +18,25 @@ from steward_operator.kubernetes import (
     ConflictError,
     NotFoundError,
 )
+from steward_operator.metric_providers import HeldOutResults, MetricProvider, MetricsUnavailableError
 
 CONFLICT_RETRIES = 5
 
 
-async def reconcile(cluster: Cluster, namespace: str, name: str) -> releasing.Step | None:
-    """Bring one ModelDeployment's children and status to where its spec and status say they should be.
-    A concurrent write to it (a command from kubectl steward, a spec change) means starting over from a
-    fresh read, a few times, waiting longer each time."""
+async def reconcile(
+    cluster: Cluster, namespace: str, name: str, evidence_source: MetricProvider | None = None
+) -> releasing.Step | None:
+    """Bring one ModelDeployment's children and status to where its spec and status say they should be; with an
+    `evidence_source`, releases move on the decision engine's verdicts as well as on commands. A concurrent
+    write to it (a command from kubectl steward, a spec change) means starting over from a fresh read, a few
+    times, waiting longer each time."""
     started = time.perf_counter()
     for attempt in range(CONFLICT_RETRIES):
         body = await cluster.get(MODEL_DEPLOYMENT, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         try:
-            step = await _reconcile_once(cluster, body)
+            step = await _reconcile_once(cluster, body, evidence_source)
         except ConflictError:
             metrics.RECONCILES.labels("conflict").inc()
             await asyncio.sleep(0.05 * 2**attempt)
@@ -45,12 +50,16 @@ async def reconcile(cluster: Cluster, namespace: str, name: str) -> releasing.St
     raise ConflictError(409, "Conflict", f"{namespace}/{name} kept changing while it was reconciled")
 
 
-async def _reconcile_once(cluster: Cluster, body: dict[str, Any]) -> releasing.Step:
+async def _reconcile_once(
+    cluster: Cluster, body: dict[str, Any], evidence_source: MetricProvider | None
+) -> releasing.Step:
     deployment = specs.ModelDeployment.model_validate(body)
     metadata = body["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     children = await _observe(cluster, namespace, name, uid)
-    observed = releasing.Observed(metadata.get("generation", 0), datetime.now(UTC), _ready(children))
+    now = datetime.now(UTC)
+    evidence = None if evidence_source is None else await gather(evidence_source, deployment, namespace, now)
+    observed = releasing.Observed(metadata.get("generation", 0), now, _ready(children), evidence)
 
     step = releasing.advance(deployment.spec, deployment.status, observed)
     plan = planners.Plan()
@@ -60,7 +69,7 @@ async def _reconcile_once(cluster: Cluster, body: dict[str, Any]) -> releasing.S
         ready = observed.ready | _ready(applied)
         if ready != observed.ready:
             # What was just applied may be ready at once (a CronJob is); take the step that allows now.
-            observed = releasing.Observed(observed.generation, observed.now, ready)
+            observed = releasing.Observed(observed.generation, observed.now, ready, observed.evidence)
             again = releasing.advance(deployment.spec, step.status, observed)
             step = releasing.Step(again.status, (*step.decisions, *again.decisions))
             plan = _plan(deployment, namespace, name, uid, step)
@@ -87,6 +96,46 @@ def _plan(
     if step.status.incumbent is None:
         return planners.Plan()
     return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))
+
+
+async def gather(
+    source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
+) -> releasing.Evidence | None:
+    """The evidence the decision engine needs for the current stage of a release, read from `source`: both
+    versions' held-out results while Validating, and what each served since the stage began in Shadowing and
+    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a batch shadow
+    (its runs are not scraped, so a person promotes it). A provider that cannot be read gives evidence with
+    neither part: the release pauses until it can."""
+    spec, status = deployment.spec, deployment.status
+    incumbent, challenger = status.incumbent, status.challenger
+    if incumbent is None or challenger is None or status.paused or status.phase not in releasing.RELEASE_PHASES:
+        return None
+    if status.weights != releasing.target_weights(spec, status):
+        return None
+    stage = releasing.Stage(status.phase or "Validating", status.canary_step)
+    if stage.phase != "Validating" and spec.serving.mode != "online":
+        return None
+    name = deployment.metadata["name"]
+    try:
+        if stage.phase == "Validating":
+            held_i, held_c = await asyncio.gather(
+                source.held_out(name, incumbent.version, now, namespace=namespace),
+                source.held_out(name, challenger.version, now, namespace=namespace),
+            )
+            holdouts = deciding.Holdouts(_held_out(held_i), _held_out(held_c))
+            return releasing.Evidence(challenger.version, stage, holdouts=holdouts)
+        since = status.stage_started or now
+        counts_i, counts_c = await asyncio.gather(
+            source.window(name, incumbent.version, since, now, namespace=namespace),
+            source.window(name, challenger.version, since, now, namespace=namespace),
+        )
+        return releasing.Evidence(challenger.version, stage, window=deciding.Window(counts_i, counts_c))
+    except MetricsUnavailableError:
+        return releasing.Evidence(challenger.version, stage)
+
+
+def _held_out(found: HeldOutResults | None) -> deciding.HeldOut | None:
+    return None if found is None else deciding.HeldOut(found.metrics, found.data)
 
 
 async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:

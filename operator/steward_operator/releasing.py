@@ -1,8 +1,9 @@
 """The release machinery, as a pure function: from a ModelDeployment's spec, its status and what is observed,
 the next status and the decisions taken on the way.
 
-A release walks through stages (Validating, Shadowing, the canary steps) to Promoted; a manual command or,
-later, an automatic decision moves it. Every write the operator makes follows from the status this returns,
+A release walks through stages (Validating, Shadowing, the canary steps) to Promoted; the decision engine's
+verdict on each stage's evidence moves it on automatically (or back), and a manual command can at any time.
+Every write the operator makes follows from the status this returns,
 so an operator that restarts at any point recomputes the same next step from what status recorded.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Literal
 
-from steward_operator import specs
+from steward_operator import deciding, specs
 
 RELEASE_PHASES = frozenset({"Validating", "Shadowing", "Canary"})
 ALL_TO_INCUMBENT = specs.Weights(incumbent=100, challenger=0, shadow=0)
@@ -26,6 +28,23 @@ class Observed:
     now: datetime
     ready: frozenset[str] = frozenset()
     """Versions whose serving children are ready (an InferenceService Ready, a CronJob in place)."""
+    evidence: Evidence | None = None
+    """What the metrics showed of the current stage; None when none was gathered (no metric provider is
+    configured, or the stage is not one the engine decides): then only commands move the release."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the metrics showed of one stage of one release, read just before this step. Both None: the metric
+    provider could not be read."""
+
+    version: str
+    """The challenger it was gathered for."""
+    stage: Stage
+    window: deciding.Window | None = None
+    """Live counts since the stage began (Shadowing, Canary)."""
+    holdouts: deciding.Holdouts | None = None
+    """Both versions' held-out results (Validating)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,7 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
         _carry_out_operation,
         _finish_switch,
         _follow_spec,
+        _judge,
         _move_traffic,
         _settle,
         _conditions,
@@ -86,10 +106,12 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
             draft = step(draft)
         if draft.status == before:
             break
+    # A stage's evidence counts from when its traffic split took effect.
     stage = (draft.status.phase, draft.status.canary_step) if draft.status.phase in RELEASE_PHASES else None
+    unchanged = stage == (status.phase, status.canary_step) and draft.status.weights == status.weights
     if stage is None:
         started = None
-    elif stage == (status.phase, status.canary_step) and status.stage_started is not None:
+    elif unchanged and status.stage_started is not None:
         started = status.stage_started
     else:
         started = observed.now
@@ -239,6 +261,59 @@ def _release(draft: _Draft) -> _Draft:
     )
 
 
+def _judge(draft: _Draft) -> _Draft:
+    """The decision engine's verdict on the current stage's evidence, carried out: advance, promote or roll back;
+    or just recorded (continue, hold, and pause while the metrics cannot be read)."""
+    verdict = _verdict(draft)
+    if verdict is None:
+        return draft
+    status, now = draft.status, draft.observed.now
+    phase = status.phase or "Validating"
+    judged = draft.with_status(last_analysis=verdict.analysis(now, phase))
+    if verdict.decision in {"advance", "promote"}:
+        moved = _next_stage(judged, full=False)
+        if isinstance(moved, str):
+            return judged  # Not ready to take all traffic: the same verdict comes again once it is.
+        return _retold(moved, len(judged.decisions), verdict.rule)
+    if verdict.decision == "rollback" and status.challenger is not None:
+        rolled = _roll_back(judged, "rolledBack")
+        return rolled.with_status(
+            Decision("RolledBack", f"{status.challenger.version} rolled back: {verdict.rule}", warning=True)
+        )
+    before = status.last_analysis
+    if verdict.decision == "pause" and (before is None or before.decision != "pause" or before.phase != phase):
+        return judged.with_status(Decision("AnalysisPaused", verdict.rule, warning=True))
+    return judged
+
+
+def _verdict(draft: _Draft) -> deciding.Verdict | None:
+    """The verdict on the evidence observed, if it is this stage's: gathered for this challenger and stage, once
+    traffic follows the stage, and not while paused."""
+    spec, status, evidence, now = draft.spec, draft.status, draft.observed.evidence, draft.observed.now
+    challenger = status.challenger
+    if evidence is None or status.paused or challenger is None or status.phase not in RELEASE_PHASES:
+        return None
+    here = Stage(status.phase or "Validating", status.canary_step)
+    if (evidence.version, evidence.stage) != (challenger.version, here):
+        return None
+    if status.weights != target_weights(spec, status):
+        return None
+    return deciding.decide(
+        deciding.Policy.of(spec),
+        deciding.Timing(challenger.since or now, status.stage_started or now, now),
+        phase=here.phase,
+        step=here.step,
+        window=evidence.window,
+        holdouts=evidence.holdouts,
+    )
+
+
+def _retold(draft: _Draft, since: int, why: str) -> _Draft:
+    """`draft` with the decisions made after the first `since` told together with the rule that made them."""
+    told = tuple(replace(decision, message=f"{decision.message}: {why}") for decision in draft.decisions[since:])
+    return replace(draft, decisions=(*draft.decisions[:since], *told))
+
+
 def _move_traffic(draft: _Draft) -> _Draft:
     """Traffic follows the stage, but never reaches a challenger that is not ready."""
     target = target_weights(draft.spec, draft.status)
@@ -293,8 +368,13 @@ def _conditions(draft: _Draft) -> _Draft:
     elif status.challenger is not None:
         stage = Stage(status.phase or "Validating", status.canary_step)
         message = f"releasing {status.challenger.version}: {_describe(spec, stage)}"
+        analysis = status.last_analysis
         if status.weights != target_weights(spec, status):
             message += f"; waiting for {status.challenger.version} to become ready before traffic moves"
+        elif status.paused:
+            message += "; paused: it waits for `kubectl steward resume` or a command"
+        elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:
+            message += f"; automatic decisions wait: {analysis.rule}"
         found = _three(False, True, False, status.phase or "Releasing", message)
     elif same_model(status.rolled_back, spec.model):
         incumbent = status.incumbent.version if status.incumbent else "the incumbent"
@@ -351,13 +431,20 @@ def _with_conditions(draft: _Draft, found: list[tuple[str, bool, str, str]]) -> 
 
 
 def _promote(draft: _Draft, operation: specs.Operation) -> _Draft | str:
-    status = draft.status
-    if status.challenger is None or status.phase not in RELEASE_PHASES:
+    if draft.status.challenger is None or draft.status.phase not in RELEASE_PHASES:
         return "no release is in progress"
+    return _next_stage(draft, full=operation.action == "promoteFull")
+
+
+def _next_stage(draft: _Draft, *, full: bool) -> _Draft | str:
+    """The release moved to its next stage (its last, Promoted, when `full`), or why it cannot be."""
+    status = draft.status
+    if status.challenger is None:
+        raise ValueError("only a release has a next stage")
     path = stages(draft.spec)
     here = Stage(status.phase or "Validating", status.canary_step)
     following = path[path.index(here) + 1] if here in path else path[-1]
-    if operation.action == "promoteFull":
+    if full:
         following = path[-1]
     if following.phase != "Promoted":
         return draft.with_status(
@@ -378,13 +465,9 @@ def _abort(draft: _Draft, operation: specs.Operation) -> _Draft | str:
         return "no release is in progress"
     if status.phase == "RolledBack":
         return "a switch back to a known-good version is under way"
-    return draft.with_status(
-        Decision("RolledBack", f"release of {status.challenger.version} aborted; the incumbent keeps all traffic"),
-        phase="RolledBack",
-        rolled_back=status.challenger.model_copy(update={"since": draft.observed.now}),
-        challenger=None,
-        canary_step=None,
-        weights=ALL_TO_INCUMBENT,
+    aborted = _roll_back(draft, "aborted")
+    return aborted.with_status(
+        Decision("RolledBack", f"release of {status.challenger.version} aborted; the incumbent keeps all traffic")
     )
 
 
@@ -394,6 +477,8 @@ def _retry(draft: _Draft, operation: specs.Operation) -> _Draft | str:
         first = stages(draft.spec)[0]
         return draft.with_status(
             Decision("ReleaseRestarted", f"releasing {status.challenger.version} again from the start"),
+            challenger=status.challenger.model_copy(update={"since": draft.observed.now}),
+            last_analysis=None,
             weights=ALL_TO_INCUMBENT,
             **_stage_fields(first),
         )
@@ -441,6 +526,31 @@ def _rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------
+
+
+def _roll_back(draft: _Draft, outcome: Literal["rolledBack", "aborted"]) -> _Draft:
+    """The release ends without the challenger; the incumbent keeps all traffic, and the history records the
+    challenger's time in the release."""
+    status, now = draft.status, draft.observed.now
+    challenger = status.challenger
+    if challenger is None:
+        raise ValueError("only a release can be rolled back")
+    entry = specs.HistoryEntry(
+        version=challenger.version,
+        bundle=challenger.bundle,
+        digest=challenger.digest,
+        started=challenger.since or now,
+        ended=now,
+        outcome=outcome,
+    )
+    return draft.with_status(
+        phase="RolledBack",
+        rolled_back=challenger.model_copy(update={"since": now}),
+        challenger=None,
+        canary_step=None,
+        weights=ALL_TO_INCUMBENT,
+        history=[*status.history, entry][-100:],
+    )
 
 
 def _take_over(draft: _Draft, outcome: str) -> _Draft:

@@ -17,4 +17,5 @@ HEALTH_PORT = int(os.environ.get("STEWARD_HEALTH_PORT", "8081"))
 RESYNC_SECONDS = float(os.environ.get("STEWARD_RESYNC_SECONDS", "60"))
 """How often every ModelDeployment is reconciled even when nothing about it changed."""
 PROMETHEUS_URL = os.environ.get("STEWARD_PROMETHEUS_URL", "http://prometheus-operated.monitoring.svc:9090")
-"""Base URL of the Prometheus HTTP API that scrapes the predictors, read for every release decision."""
+"""Base URL of the Prometheus HTTP API that scrapes the predictors, read for every release decision. Empty: no
+automatic decisions; releases move only on `kubectl steward` commands."""

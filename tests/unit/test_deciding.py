@@ -3,6 +3,7 @@ looks at A/A releases showing that checking after every scrape does not roll goo
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from steward_operator.deciding import (
     Window,
     as_evidence,
     decide,
+    slow_threshold,
 )
 from steward_operator.metric_providers.base import ArmCounts
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
@@ -423,6 +425,26 @@ class TestGuardrails:
         assert slow.verdict == "noData"
         assert (slow.incumbent_samples, slow.challenger_samples) == (10_000, 10_000)
         assert verdict.decision == "advance"
+
+    def test_without_a_threshold_slow_means_slower_than_the_incumbents_p95(self) -> None:
+        def timed(under_10ms: int, under_25ms: int) -> ArmCounts:
+            latency = {0.005: 0, 0.01: under_10ms, 0.025: under_25ms, math.inf: 10_000}
+            return ArmCounts(requests=10_000, timed=10_000, latency=latency)
+
+        assert slow_threshold(timed(9_500, 9_990)) == 0.01
+        assert slow_threshold(timed(9_499, 9_990)) == 0.025
+        assert slow_threshold(timed(9_000, 9_400)) is None  # Only +Inf holds 95 %: no threshold to apply.
+        assert slow_threshold(ArmCounts()) is None
+
+        slower = live(Window(timed(9_500, 9_990), timed(8_000, 9_000)))
+        slow = evidence_of(slower, "slowRequests")
+        assert (slow.incumbent, slow.challenger) == (0.05, 0.2)
+        assert slower.decision == "rollback"
+        assert slower.rule.startswith("guardrail slowRequests failed")
+        assert live(Window(timed(9_500, 9_990), timed(9_480, 9_990))).decision == "advance"
+
+        unbucketed = live(Window(timed(9_500, 9_990), ArmCounts(requests=10_000, timed=10_000)))
+        assert evidence_of(unbucketed, "slowRequests").verdict == "noData"
 
     def test_without_guardrails_only_the_stage_minimum_counts(self) -> None:
         policy = Policy(rollout(guardrails=[]))

@@ -189,6 +189,7 @@ def test_a_version_sums_its_pods_and_counts_errors_slowness_and_predictions() ->
         timed=(12 - 6) + 5,
         slow=((12 - 6) - (4 - 2)) + (5 - 1),
         slow_after=0.25,
+        latency={0.25: (4 - 2) + 1, math.inf: (12 - 6) + 5},
         predictions={"no": 2, "yes": 4 + 1},
         scores={},
         targets=2,

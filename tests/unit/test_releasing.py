@@ -4,7 +4,7 @@ checked to be a fixed point of `advance` for an unchanged world."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -13,11 +13,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steward_operator import specs
+from steward_operator import deciding, specs
+from steward_operator.metric_providers.base import ArmCounts
 from steward_operator.releasing import (
     ALL_TO_INCUMBENT,
     RELEASE_PHASES,
     Decision,
+    Evidence,
     Observed,
     Stage,
     Step,
@@ -78,6 +80,8 @@ class World:
     status: specs.ModelDeploymentStatus = field(default_factory=specs.ModelDeploymentStatus)
     now: datetime = T0
     generation: int = 1
+    evidence: Evidence | None = None
+    """What the metrics show of the current stage, as the operator would read it before each reconcile."""
     spec: specs.ModelDeploymentSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +89,7 @@ class World:
 
     @property
     def observed(self) -> Observed:
-        return Observed(self.generation, self.now, frozenset(self.ready))
+        return Observed(self.generation, self.now, frozenset(self.ready), self.evidence)
 
     def reconcile(self) -> Step:
         step = advance(self.spec, self.status, self.observed)
@@ -590,7 +594,9 @@ def test_abort_rolls_back_and_stalls_while_spec_names_the_aborted_version() -> N
     assert status.rolled_back == specs.ServedVersion(version="v2", bundle="s3://models/online/v2/", since=world.now)
     assert status.incumbent is not None
     assert status.incumbent.version == "v1"
-    assert [entry.version for entry in status.history] == ["v1"]
+    # The history keeps the release that ended without a takeover, with its outcome.
+    assert [(entry.version, entry.outcome) for entry in status.history] == [("v1", "serving"), ("v2", "aborted")]
+    assert status.history[-1].ended == world.now
     assert step.decisions == (Decision("RolledBack", "release of v2 aborted; the incumbent keeps all traffic"),)
     assert status.operation is not None
     assert status.operation.result == "release of v2 aborted; the incumbent keeps all traffic"
@@ -1085,6 +1091,145 @@ def test_a_new_bundle_under_the_challengers_version_stalls_the_release_where_it_
     assert _condition(step.status, "Stalled").message == VERSION_REUSED.replace("v1", "v2")
 
 
+# --- automatic decisions ------------------------------------------------------------------------------------
+
+
+def _counts(requests: int, errors: int = 0) -> ArmCounts:
+    return ArmCounts(requests=requests, errors=errors, timed=requests, predictions={"yes": requests})
+
+
+def _live(world: World, incumbent: ArmCounts, challenger: ArmCounts) -> Evidence:
+    """The window the operator would read for the world's current stage."""
+    status = world.status
+    assert status.challenger is not None
+    stage = Stage(status.phase or "Validating", status.canary_step)
+    return Evidence(status.challenger.version, stage, window=deciding.Window(incumbent, challenger))
+
+
+def _held_out(world: World, incumbent: float, challenger: float) -> Evidence:
+    status = world.status
+    assert status.challenger is not None
+    holdouts = deciding.Holdouts(
+        deciding.HeldOut({"rmse": incumbent}, "d1"), deciding.HeldOut({"rmse": challenger}, "d1")
+    )
+    return Evidence(status.challenger.version, Stage("Validating"), holdouts=holdouts)
+
+
+def releasing_automatically() -> World:
+    """full.yaml releasing v2 (ready): Validating, with no evidence read yet."""
+    world = stable("full.yaml")
+    world.serve("v2")
+    world.become_ready("v2")
+    assert world.status.phase == "Validating"
+    return world
+
+
+def test_evidence_walks_a_release_through_every_stage_to_promoted() -> None:
+    world = releasing_automatically()
+    world.evidence = _held_out(world, 50.0, 49.0)
+    step = world.wait()
+    assert (step.status.phase, step.status.weights) == ("Shadowing", _weights(100, 0, 25))
+    assert _reasons(step) == ["Advanced", "TrafficShifted"]
+    assert "not worse than the incumbent's 50" in step.decisions[0].message
+    assert step.status.last_analysis is not None
+    assert (step.status.last_analysis.phase, step.status.last_analysis.decision) == ("Validating", "advance")
+
+    walked = []
+    while world.status.phase != "Promoted":
+        # Evidence is read from when the stage's split took effect, so each stage collects its own.
+        assert world.status.stage_started == world.now
+        world.evidence = _live(world, _counts(40_000, 40), _counts(40_000, 40))
+        step = world.wait(timedelta(hours=1))
+        walked.append((step.status.phase, step.status.canary_step))
+        assert step.status.operation is None
+    assert walked == [("Canary", 0), ("Canary", 1), ("Canary", 2), ("Canary", 3), ("Promoted", None)]
+    assert step.decisions[0].reason == "Promoted"
+    assert "credibly not worse" in step.decisions[0].message
+    assert [(entry.version, entry.outcome) for entry in world.status.history] == [("v1", "replaced"), ("v2", "serving")]
+
+
+def test_too_little_evidence_is_recorded_and_the_stage_goes_on() -> None:
+    world = releasing_automatically()
+    world.command("promote")
+    world.evidence = _live(world, _counts(500), _counts(100))
+    step = world.wait()
+    assert step.decisions == ()
+    assert step.status.phase == "Shadowing"
+    analysis = step.status.last_analysis
+    assert analysis is not None
+    assert (analysis.decision, analysis.phase) == ("continue", "Shadowing")
+    assert analysis.rule.startswith("collecting evidence in shadow: 100 of 2,000 challenger requests")
+    assert [evidence.metric for evidence in analysis.evidence] == ["errorRate", "slowRequests", "predictionShift"]
+
+
+def test_a_credibly_worse_challenger_is_rolled_back_and_stays_so() -> None:
+    world = releasing_automatically()
+    world.command("promote")
+    world.command("promote")
+    assert world.status.phase == "Canary"
+    world.evidence = _live(world, _counts(20_000, 20), _counts(1_000, 100))
+    step = world.wait()
+    status = step.status
+    assert (status.phase, status.challenger, status.weights) == ("RolledBack", None, ALL_TO_INCUMBENT)
+    (decision,) = step.decisions
+    assert (decision.reason, decision.warning) == ("RolledBack", True)
+    assert decision.message.startswith("v2 rolled back: guardrail errorRate failed in canary step 1 of 4")
+    assert status.rolled_back is not None
+    assert status.rolled_back.version == "v2"
+    assert [(entry.version, entry.outcome) for entry in status.history] == [("v1", "serving"), ("v2", "rolledBack")]
+    assert _holding(status) == {"Stalled": "RolledBack"}
+    world.evidence = None
+    assert world.wait(timedelta(days=30)).status.challenger is None
+
+
+def test_a_worse_held_out_result_rolls_back_before_any_traffic() -> None:
+    world = releasing_automatically()
+    world.evidence = _held_out(world, 50.0, 60.0)
+    step = world.wait()
+    assert step.status.phase == "RolledBack"
+    assert step.decisions[0].message.endswith("it never receives traffic")
+
+
+def test_a_metrics_outage_pauses_the_release_and_says_so_once() -> None:
+    world = releasing_automatically()
+    world.command("promote")
+    world.evidence = Evidence("v2", Stage("Shadowing"))  # Neither part: the provider could not be read.
+    step = world.wait()
+    assert step.status.phase == "Shadowing"
+    (decision,) = step.decisions
+    assert (decision.reason, decision.warning) == ("AnalysisPaused", True)
+    assert decision.message.startswith("metrics are unavailable")
+    assert "automatic decisions wait: metrics are unavailable" in _condition(step.status, "Reconciling").message
+    # Past the maximum duration, too: an outage neither promotes nor rolls back.
+    step = world.wait(timedelta(days=2))
+    assert (step.status.phase, step.decisions) == ("Shadowing", ())
+    # Metrics back: the verdict is taken on them (here, past the maximum duration, the incumbent stays).
+    world.evidence = _live(world, _counts(40_000), _counts(40_000))
+    assert world.wait().status.phase == "RolledBack"
+
+
+@pytest.mark.parametrize("case", ["another stage", "another challenger", "paused", "traffic not moved"])
+def test_evidence_that_is_not_this_stages_decides_nothing(case: str) -> None:
+    world = releasing_automatically()
+    world.command("promote")
+    world.evidence = _live(world, _counts(40_000, 40), _counts(40_000, 4_000))  # Credibly worse.
+    if case == "another stage":
+        world.evidence = replace(world.evidence, stage=Stage("Canary", 0))
+    elif case == "another challenger":
+        world.evidence = replace(world.evidence, version="v3")
+    elif case == "paused":
+        world.command("pause")
+    else:
+        world.ready = {"v1"}
+        world.command("retry")
+        world.command("promote")
+        world.evidence = _live(world, _counts(40_000, 40), _counts(40_000, 4_000))
+        assert world.status.weights == ALL_TO_INCUMBENT
+    step = world.wait(timedelta(hours=1))
+    assert step.status.phase == "Shadowing"
+    assert step.decisions == ()
+
+
 # --- properties over any sequence of events ------------------------------------------------------------------
 
 VERSIONS = ("v1", "v2", "v3")
@@ -1123,7 +1268,14 @@ class Wait:
     duration: timedelta
 
 
-Event = SpecChange | Command | Readiness | Wait
+@dataclass(frozen=True)
+class Reading:
+    """The metrics as read for the current stage: alike, the challenger much worse, or unreadable."""
+
+    kind: Literal["alike", "worse", "outage"]
+
+
+Event = SpecChange | Command | Readiness | Wait | Reading
 EVENTS = st.one_of(
     st.builds(SpecChange, st.sampled_from(VERSIONS)),
     st.builds(Command, st.sampled_from(ACTIONS), st.sampled_from((None, *VERSIONS, "v9"))),
@@ -1131,6 +1283,7 @@ EVENTS = st.one_of(
     # Mostly everything is ready, so releases get somewhere; sometimes any version is not.
     st.builds(Readiness, st.just(frozenset(VERSIONS)) | st.frozensets(st.sampled_from(VERSIONS))),
     st.builds(Wait, st.sampled_from((timedelta(minutes=5), WEEK + timedelta(hours=1)))),
+    st.builds(Reading, st.sampled_from(("alike", "worse", "outage"))),
 )
 
 
@@ -1147,7 +1300,24 @@ def _happen(world: World, event: Event) -> Step:
             world.ready = set(ready)
         case Wait(duration):
             world.now += duration
+        case Reading(kind):
+            world.evidence = _reading(world, kind)
     return world.reconcile()
+
+
+def _reading(world: World, kind: str) -> Evidence | None:
+    status = world.status
+    if status.challenger is None or status.phase not in RELEASE_PHASES:
+        return None
+    stage = Stage(status.phase or "Validating", status.canary_step)
+    if kind == "outage":
+        return Evidence(status.challenger.version, stage)
+    if stage.phase == "Validating":
+        score = 1.0 if kind == "alike" else 2.0
+        holdouts = deciding.Holdouts(deciding.HeldOut({"rmse": 1.0}, "d"), deciding.HeldOut({"rmse": score}, "d"))
+        return Evidence(status.challenger.version, stage, holdouts=holdouts)
+    errors = 40 if kind == "alike" else 4_000
+    return _live(world, _counts(40_000, 40), _counts(40_000, errors))
 
 
 def _check(world: World, before: specs.ModelDeploymentStatus, step: Step) -> None:
@@ -1164,14 +1334,14 @@ def _check(world: World, before: specs.ModelDeploymentStatus, step: Step) -> Non
     assert (status.phase in RELEASE_PHASES) == (challenger is not None and status.phase != "RolledBack")
     assert (status.canary_step is not None) == (status.phase == "Canary")
     serving = [entry for entry in status.history if entry.outcome == "serving"]
-    assert serving == [status.history[-1]]
+    assert len(serving) == 1
+    assert all(entry.ended is not None for entry in status.history if entry is not serving[0])
     assert status.incumbent is not None
     assert (serving[0].version, serving[0].bundle, serving[0].ended) == (
         status.incumbent.version,
         status.incumbent.bundle,
         None,
     )
-    assert all(entry.ended is not None for entry in status.history[:-1])
     assert status.observed_generation == world.generation
     assert sorted(condition.type for condition in status.conditions) == ["Ready", "Reconciling", "Stalled"]
     assert [condition.status for condition in status.conditions].count("True") == 1

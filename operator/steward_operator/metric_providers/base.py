@@ -32,6 +32,9 @@ class ArmCounts:
     """Requests, among the timed ones, slower than `slow_after`; 0 when no threshold was asked for."""
     slow_after: float | None = None
     """The latency threshold actually applied, in seconds: the one asked for, rounded up to a bucket boundary."""
+    latency: dict[float, int] = field(default_factory=dict)
+    """Timed requests no slower than each latency bucket boundary (seconds; the last is inf), summed over pods:
+    what a threshold chosen afterwards, such as the incumbent's p95, is applied with."""
     predictions: dict[str, int] = field(default_factory=dict)
     """Predictions per bin: the predicted class, or the training bin of a predicted value."""
     scores: dict[str, int] = field(default_factory=dict)

@@ -306,6 +306,10 @@ def count(series: Sequence[Series], start: float, since: float, slow_after: floa
         tally.add(family, one, increase.value)
 
     timed, slow, applied = tally.latency(slow_after)
+    buckets: dict[float, float] = defaultdict(float)
+    for histogram in tally.buckets.values():
+        for bound, grown in histogram.items():
+            buckets[bound] += grown
     newest = max((moments[-1] for moments in ordered.values() if moments), default=None)
     return ArmCounts(
         requests=round(tally.requests),
@@ -313,6 +317,7 @@ def count(series: Sequence[Series], start: float, since: float, slow_after: floa
         timed=round(timed),
         slow=round(slow),
         slow_after=applied,
+        latency={bound: round(value) for bound, value in sorted(buckets.items())},
         predictions={label: round(value) for label, value in sorted(tally.predictions.items())},
         scores={label: round(value) for label, value in sorted(tally.scores.items())},
         targets=sum(1 for moments in ordered.values() if moments and moments[-1] > start),
