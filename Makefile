@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install binaries lint format crds test test-unit test-integration bench cluster clean
+.PHONY: help install binaries lint format crds test test-unit test-integration bench cluster demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,6 +51,9 @@ bench: install binaries ## Benchmarks: serving and batch scoring against baselin
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/sequential.py
+
+demo: binaries ## Play a release story on the local setup: v2 promoted on evidence, a bad v3 rolled back; writes build/demo/timeline.{md,png}
+	$(BIN)/steward-local demo $(DEMO_ARGS)
 
 cluster: binaries ## Start the local control plane with the CRDs installed and print a KUBECONFIG line
 	$(BIN)/steward-local cluster

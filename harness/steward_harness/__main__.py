@@ -1,4 +1,4 @@
-"""steward-local: build the control-plane binaries, or run a local control plane for manual use."""
+"""steward-local: build the control-plane binaries, run a local control plane for manual use, or play the demo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from steward_harness import binaries
+from steward_harness import binaries, demo
 from steward_harness.controlplane import ControlPlane, ControlPlaneError
 from steward_harness.kubectl import Kubectl, KubectlError
 
@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster.add_argument("--dir", type=Path, help="keep state and logs here (default: a new temporary directory)")
     cluster.add_argument("--no-crds", action="store_true", help="do not install the CRDs from crds/")
+    story = commands.add_parser(
+        "demo",
+        help="play a release story end to end: v2 promoted on evidence, a bad v3 rolled back automatically",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(story)
     args = parser.parse_args(argv)
 
     try:
@@ -35,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             apiserver, etcd = binaries.ensure_binaries()
             print(f"kube-apiserver: {apiserver}\netcd:           {etcd}")
             return 0
+        if args.command == "demo":
+            return demo.run(args)
         return _cluster(args.dir, install_crds=not args.no_crds)
     except (binaries.BuildError, ControlPlaneError, KubectlError) as error:
         print(f"steward-local: {error}", file=sys.stderr)

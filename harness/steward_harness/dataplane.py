@@ -7,6 +7,7 @@ import contextlib
 import json
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -14,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from steward_harness.predictors import Predictor
+from steward_harness.prometheus import Prometheus
 
 INFERENCE_SERVICES = "/apis/serving.kserve.io/v1beta1"
+GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -31,10 +34,15 @@ class DataPlane:
     predictor_namespaces: set[str] = field(default_factory=set)
     """In these namespaces, start `python -m steward_predictor` on each InferenceService's STORAGE_URI (a
     local path) and report it Ready only once that predictor's model is ready, as KServe's probe would."""
+    prometheus: Prometheus | None = None
+    """When given, scrapes every predictor started here, labelled with its namespace and pod as Kubernetes
+    service discovery would label it."""
     interval: float = 0.1
     routes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     """HTTPRoutes in `predictor_namespaces`, by (namespace, name), as last seen: what the gateway follows."""
     _running: dict[str, Predictor] = field(default_factory=dict, init=False)
+    _leaving: dict[str, float] = field(default_factory=dict, init=False)
+    """Predictors whose InferenceService is gone, and when their grace period ends (monotonic seconds)."""
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
 
@@ -47,9 +55,8 @@ class DataPlane:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for predictor in self._running.values():
-            predictor.stop()
-        self._running.clear()
+        for key in list(self._running):
+            self._retire(key)
 
     def predictor(self, namespace: str, name: str) -> Predictor | None:
         """The process serving an InferenceService in one of `predictor_namespaces`."""
@@ -63,6 +70,13 @@ class DataPlane:
             self._stop.wait(self.interval)
 
     def _sweep(self) -> None:
+        # Routes first: traffic leaves a version before its predictor is retired below.
+        routes = {}
+        for namespace in list(self.predictor_namespaces):
+            path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes"
+            for route in self._request("GET", path).get("items", []):
+                routes[namespace, route["metadata"]["name"]] = route
+        self.routes = routes
         services = self._request("GET", f"{INFERENCE_SERVICES}/inferenceservices").get("items", [])
         alive = set()
         for service in services:
@@ -77,14 +91,15 @@ class DataPlane:
             if metadata["namespace"] in self.predictor_namespaces and not self._serving(key, service):
                 continue
             self._mark_ready(service)
+        # A deleted InferenceService's predictor drains for a grace period, as a terminating pod does, so requests
+        # the gateway routed just before the route changed are still answered.
+        now = time.monotonic()
+        for key in alive:
+            self._leaving.pop(key, None)
         for key in set(self._running) - alive:
-            self._running.pop(key).stop()
-        routes = {}
-        for namespace in list(self.predictor_namespaces):
-            path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes"
-            for route in self._request("GET", path).get("items", []):
-                routes[namespace, route["metadata"]["name"]] = route
-        self.routes = routes
+            if now >= self._leaving.setdefault(key, now + GRACE_SECONDS):
+                self._leaving.pop(key)
+                self._retire(key)
 
     def _serving(self, key: str, service: dict[str, Any]) -> bool:
         predictor = self._running.get(key)
@@ -94,8 +109,17 @@ class DataPlane:
             name = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--model_name="))
             predictor = Predictor(bundle=environment.pop("STORAGE_URI"), name=name, env=environment)
             self._running[key] = predictor.start()
+            if self.prometheus is not None:
+                namespace, pod = key.split("/")[:2]
+                self.prometheus.add_target(_address(predictor), namespace=namespace, pod=f"{pod}-predictor")
         ready, _ = predictor.ready()
         return ready
+
+    def _retire(self, key: str) -> None:
+        predictor = self._running.pop(key)
+        if self.prometheus is not None:
+            self.prometheus.remove_target(_address(predictor))
+        predictor.stop()
 
     def _mark_ready(self, service: dict[str, Any]) -> None:
         metadata = service["metadata"]
@@ -126,6 +150,10 @@ class DataPlane:
         with urllib.request.urlopen(request, context=self.context, timeout=10) as response:  # noqa: S310
             result: dict[str, Any] = json.loads(response.read() or b"{}")
             return result
+
+
+def _address(predictor: Predictor) -> str:
+    return predictor.url.removeprefix("http://")
 
 
 def _ready(service: dict[str, Any]) -> bool:

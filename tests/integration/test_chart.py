@@ -195,6 +195,7 @@ def test_lint_accepts_values_other_than_the_defaults(helm: Helm) -> None:
         (("--set", "watchNamespaces={Team_A}"), "at '/watchNamespaces/0'"),
         (("--set", "resources.limits.memory=lots"), "at '/resources/limits/memory'"),
         (("--set", "serviceAccount.create=maybe"), "at '/serviceAccount/create'"),
+        (("--set", "prometheus.url=prometheus:9090"), "at '/prometheus/url'"),
     ],
     ids=lambda value: value[-1] if isinstance(value, tuple) else None,
 )
@@ -255,6 +256,7 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
         "STEWARD_PREDICTOR_IMAGE": "ghcr.io/steward-dev/predictor:0.1.0",
         "STEWARD_NAMESPACES": "",
         "STEWARD_RESYNC_SECONDS": "60",
+        "STEWARD_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
         "STEWARD_METRICS_PORT": "9090",
         "STEWARD_HEALTH_PORT": "8081",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -263,9 +265,10 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
         _documents(
             helm,
             "--set",
-            "watchNamespaces={team-a,team-b},resyncSeconds=15,predictorImage.tag=2.0.0",
+            "watchNamespaces={team-a,team-b},resyncSeconds=15,predictorImage.tag=2.0.0,prometheus.url=",
         )["Deployment"]
     )
+    assert environment["STEWARD_PROMETHEUS_URL"] == ""  # Commands only.
     assert environment["STEWARD_NAMESPACES"] == "team-a,team-b"
     assert environment["STEWARD_RESYNC_SECONDS"] == "15"
     assert environment["STEWARD_PREDICTOR_IMAGE"] == "ghcr.io/steward-dev/predictor:2.0.0"
