@@ -1,0 +1,128 @@
+"""What evidence the reconcile loop reads for a release, and when it reads none: against a provider that records
+what it was asked (the reading itself is the Prometheus provider's, tested against a real server)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+
+from steward_operator import specs
+from steward_operator.metric_providers import ArmCounts, HeldOutResults, MetricsUnavailableError
+from steward_operator.reconciling import gather
+from steward_operator.releasing import Stage
+from tests.conftest import REPOSITORY
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+STARTED = NOW - timedelta(minutes=7)
+
+
+@dataclass
+class Recording:
+    """A metric provider that answers from fixed counts and remembers every question."""
+
+    down: bool = False
+    asked: list[tuple[Any, ...]] = field(default_factory=list)
+    name: str = "recording"
+
+    async def window(
+        self,
+        model: str,
+        version: str,
+        start: datetime,
+        end: datetime,
+        slow_after: float | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> ArmCounts:
+        self._ask("window", model, version, start, end, namespace)
+        return ArmCounts(requests=100 if version == "v1" else 10)
+
+    async def held_out(
+        self, model: str, version: str, at: datetime, *, namespace: str | None = None
+    ) -> HeldOutResults | None:
+        self._ask("held_out", model, version, at, namespace)
+        return None if version == "v2" else HeldOutResults({"rmse": 3.0}, "abc")
+
+    async def healthy(self) -> bool:
+        return not self.down
+
+    def _ask(self, *question: Any) -> None:
+        self.asked.append(question)
+        if self.down:
+            raise MetricsUnavailableError("Prometheus at http://prometheus:9090: no answer within 5 s")
+
+
+def _deployment(example: str = "full.yaml", **status: Any) -> specs.ModelDeployment:
+    manifest = yaml.safe_load((REPOSITORY / "examples" / example).read_text())
+    manifest["metadata"]["namespace"] = "ml"
+    manifest["spec"]["model"]["version"] = "v2"
+    base = {
+        "phase": "Canary",
+        "canaryStep": 1,
+        "stageStarted": STARTED.isoformat(),
+        "incumbent": {"version": "v1", "bundle": "s3://models/v1/"},
+        "challenger": {"version": "v2", "bundle": "s3://models/v2/", "since": STARTED.isoformat()},
+        "weights": {"incumbent": 75, "challenger": 25, "shadow": 0},
+    }
+    manifest["status"] = {**base, **status}
+    return specs.ModelDeployment.model_validate(manifest)
+
+
+def _gather(deployment: specs.ModelDeployment, provider: Recording) -> Any:
+    return asyncio.run(gather(provider, deployment, "ml", NOW))
+
+
+def test_a_canary_reads_both_versions_since_its_split_took_effect() -> None:
+    provider = Recording()
+    evidence = _gather(_deployment(), provider)
+    assert (evidence.version, evidence.stage) == ("v2", Stage("Canary", 1))
+    assert (evidence.window.incumbent.requests, evidence.window.challenger.requests) == (100, 10)
+    assert evidence.holdouts is None
+    name = _deployment().metadata["name"]
+    assert sorted(provider.asked) == [
+        ("window", name, "v1", STARTED, NOW, "ml"),
+        ("window", name, "v2", STARTED, NOW, "ml"),
+    ]
+
+
+def test_validation_reads_held_out_results_and_a_version_not_reported_is_none() -> None:
+    weights = {"incumbent": 100, "challenger": 0, "shadow": 0}
+    evidence = _gather(_deployment(phase="Validating", canaryStep=None, weights=weights), Recording())
+    assert evidence.stage == Stage("Validating")
+    assert evidence.window is None
+    assert evidence.holdouts.incumbent.metrics == {"rmse": 3.0}
+    assert evidence.holdouts.challenger is None
+
+
+def test_an_unreadable_provider_is_evidence_with_nothing_in_it() -> None:
+    evidence = _gather(_deployment(), Recording(down=True))
+    assert (evidence.version, evidence.stage, evidence.window, evidence.holdouts) == (
+        "v2",
+        Stage("Canary", 1),
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("example", "status"),
+    [
+        ("full.yaml", {"phase": "Stable", "challenger": None, "canaryStep": None}),
+        ("full.yaml", {"paused": True}),
+        # The challenger is not ready yet: the split the stage asks for has not taken effect.
+        ("full.yaml", {"weights": {"incumbent": 100, "challenger": 0, "shadow": 0}}),
+        ("full.yaml", {"phase": "RolledBack", "canaryStep": None}),
+        # A batch challenger's shadow runs are not scraped.
+        ("batch.yaml", {"phase": "Shadowing", "canaryStep": None, "weights": {"incumbent": 100, "shadow": 100}}),
+    ],
+    ids=["no release", "paused", "traffic not moved", "switching back", "batch shadow"],
+)
+def test_nothing_is_read_when_no_stage_is_being_judged(example: str, status: dict[str, Any]) -> None:
+    provider = Recording()
+    assert _gather(_deployment(example, **status), provider) is None
+    assert provider.asked == []
