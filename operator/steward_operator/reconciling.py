@@ -115,7 +115,7 @@ async def gather(
     stage = releasing.Stage(status.phase or "Validating", status.canary_step)
     if stage.phase != "Validating" and spec.serving.mode != "online":
         return None
-    name = deployment.metadata["name"]
+    name, since = deployment.metadata["name"], status.stage_started
     try:
         if stage.phase == "Validating":
             held_i, held_c = await asyncio.gather(
@@ -123,15 +123,14 @@ async def gather(
                 source.held_out(name, challenger.version, now, namespace=namespace),
             )
             holdouts = deciding.Holdouts(_held_out(held_i), _held_out(held_c))
-            return releasing.Evidence(challenger.version, stage, holdouts=holdouts)
-        since = status.stage_started or now
+            return releasing.Evidence(challenger.version, stage, since, holdouts=holdouts)
         counts_i, counts_c = await asyncio.gather(
-            source.window(name, incumbent.version, since, now, namespace=namespace),
-            source.window(name, challenger.version, since, now, namespace=namespace),
+            source.window(name, incumbent.version, since or now, now, namespace=namespace),
+            source.window(name, challenger.version, since or now, now, namespace=namespace),
         )
-        return releasing.Evidence(challenger.version, stage, window=deciding.Window(counts_i, counts_c))
+        return releasing.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
     except MetricsUnavailableError:
-        return releasing.Evidence(challenger.version, stage)
+        return releasing.Evidence(challenger.version, stage, since)
 
 
 def _held_out(found: HeldOutResults | None) -> deciding.HeldOut | None:

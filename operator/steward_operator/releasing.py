@@ -41,6 +41,9 @@ class Evidence:
     version: str
     """The challenger it was gathered for."""
     stage: Stage
+    since: datetime | None
+    """The stage_started it was counted from: evidence from before the current split took effect is not this
+    stage's."""
     window: deciding.Window | None = None
     """Live counts since the stage began (Shadowing, Canary)."""
     holdouts: deciding.Holdouts | None = None
@@ -103,20 +106,23 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
     for _ in range(4):
         before = draft.status
         for step in steps:
-            draft = step(draft)
+            draft = _restamped(draft, step(draft))
         if draft.status == before:
             break
-    # A stage's evidence counts from when its traffic split took effect.
-    stage = (draft.status.phase, draft.status.canary_step) if draft.status.phase in RELEASE_PHASES else None
-    unchanged = stage == (status.phase, status.canary_step) and draft.status.weights == status.weights
-    if stage is None:
+    return Step(draft.status.model_copy(update={"observed_generation": observed.generation}), draft.decisions)
+
+
+def _restamped(before: _Draft, after: _Draft) -> _Draft:
+    """`after`, with stage_started set to now when a step changed the stage or its traffic split: a stage's
+    evidence counts from when its split took effect."""
+    old, new = before.status, after.status
+    if new.phase not in RELEASE_PHASES:
         started = None
-    elif unchanged and status.stage_started is not None:
-        started = status.stage_started
+    elif (new.phase, new.canary_step, new.weights) != (old.phase, old.canary_step, old.weights):
+        started = after.observed.now
     else:
-        started = observed.now
-    update = {"observed_generation": observed.generation, "stage_started": started}
-    return Step(draft.status.model_copy(update=update), draft.decisions)
+        started = new.stage_started or after.observed.now
+    return after if started == new.stage_started else after.with_status(stage_started=started)
 
 
 def stages(spec: specs.ModelDeploymentSpec) -> list[Stage]:
@@ -294,7 +300,7 @@ def _verdict(draft: _Draft) -> deciding.Verdict | None:
     if evidence is None or status.paused or challenger is None or status.phase not in RELEASE_PHASES:
         return None
     here = Stage(status.phase or "Validating", status.canary_step)
-    if (evidence.version, evidence.stage) != (challenger.version, here):
+    if (evidence.version, evidence.stage, evidence.since) != (challenger.version, here, status.stage_started):
         return None
     if status.weights != target_weights(spec, status):
         return None

@@ -80,7 +80,7 @@ def _gather(deployment: specs.ModelDeployment, provider: Recording) -> Any:
 def test_a_canary_reads_both_versions_since_its_split_took_effect() -> None:
     provider = Recording()
     evidence = _gather(_deployment(), provider)
-    assert (evidence.version, evidence.stage) == ("v2", Stage("Canary", 1))
+    assert (evidence.version, evidence.stage, evidence.since) == ("v2", Stage("Canary", 1), STARTED)
     assert (evidence.window.incumbent.requests, evidence.window.challenger.requests) == (100, 10)
     assert evidence.holdouts is None
     name = _deployment().metadata["name"]

@@ -1103,7 +1103,8 @@ def _live(world: World, incumbent: ArmCounts, challenger: ArmCounts) -> Evidence
     status = world.status
     assert status.challenger is not None
     stage = Stage(status.phase or "Validating", status.canary_step)
-    return Evidence(status.challenger.version, stage, window=deciding.Window(incumbent, challenger))
+    window = deciding.Window(incumbent, challenger)
+    return Evidence(status.challenger.version, stage, status.stage_started, window=window)
 
 
 def _held_out(world: World, incumbent: float, challenger: float) -> Evidence:
@@ -1112,7 +1113,7 @@ def _held_out(world: World, incumbent: float, challenger: float) -> Evidence:
     holdouts = deciding.Holdouts(
         deciding.HeldOut({"rmse": incumbent}, "d1"), deciding.HeldOut({"rmse": challenger}, "d1")
     )
-    return Evidence(status.challenger.version, Stage("Validating"), holdouts=holdouts)
+    return Evidence(status.challenger.version, Stage("Validating"), status.stage_started, holdouts=holdouts)
 
 
 def releasing_automatically() -> World:
@@ -1193,7 +1194,8 @@ def test_a_worse_held_out_result_rolls_back_before_any_traffic() -> None:
 def test_a_metrics_outage_pauses_the_release_and_says_so_once() -> None:
     world = releasing_automatically()
     world.command("promote")
-    world.evidence = Evidence("v2", Stage("Shadowing"))  # Neither part: the provider could not be read.
+    # Neither part: the provider could not be read.
+    world.evidence = Evidence("v2", Stage("Shadowing"), world.status.stage_started)
     step = world.wait()
     assert step.status.phase == "Shadowing"
     (decision,) = step.decisions
@@ -1208,7 +1210,9 @@ def test_a_metrics_outage_pauses_the_release_and_says_so_once() -> None:
     assert world.wait().status.phase == "RolledBack"
 
 
-@pytest.mark.parametrize("case", ["another stage", "another challenger", "paused", "traffic not moved"])
+@pytest.mark.parametrize(
+    "case", ["another stage", "another challenger", "an earlier split", "paused", "traffic not moved"]
+)
 def test_evidence_that_is_not_this_stages_decides_nothing(case: str) -> None:
     world = releasing_automatically()
     world.command("promote")
@@ -1217,6 +1221,8 @@ def test_evidence_that_is_not_this_stages_decides_nothing(case: str) -> None:
         world.evidence = replace(world.evidence, stage=Stage("Canary", 0))
     elif case == "another challenger":
         world.evidence = replace(world.evidence, version="v3")
+    elif case == "an earlier split":
+        world.evidence = replace(world.evidence, since=world.now - timedelta(hours=1))
     elif case == "paused":
         world.command("pause")
     else:
@@ -1228,6 +1234,18 @@ def test_evidence_that_is_not_this_stages_decides_nothing(case: str) -> None:
     step = world.wait(timedelta(hours=1))
     assert step.status.phase == "Shadowing"
     assert step.decisions == ()
+
+
+def test_evidence_read_before_the_split_took_effect_is_not_judged() -> None:
+    world = stable("batch.yaml")
+    world.serve("v2")
+    world.command("promote")  # Shadowing, but v2 is not ready: no shadow runs yet.
+    assert world.status.weights == ALL_TO_INCUMBENT
+    world.evidence = _live(world, _counts(40_000), _counts(40_000))
+    step = world.become_ready("v2")  # The split takes effect in this very step; the reading predates it.
+    assert step.status.weights == _weights(100, 0, 100)
+    assert step.status.stage_started == world.now
+    assert step.status.last_analysis is None
 
 
 # --- properties over any sequence of events ------------------------------------------------------------------
@@ -1311,11 +1329,11 @@ def _reading(world: World, kind: str) -> Evidence | None:
         return None
     stage = Stage(status.phase or "Validating", status.canary_step)
     if kind == "outage":
-        return Evidence(status.challenger.version, stage)
+        return Evidence(status.challenger.version, stage, status.stage_started)
     if stage.phase == "Validating":
         score = 1.0 if kind == "alike" else 2.0
         holdouts = deciding.Holdouts(deciding.HeldOut({"rmse": 1.0}, "d"), deciding.HeldOut({"rmse": score}, "d"))
-        return Evidence(status.challenger.version, stage, holdouts=holdouts)
+        return Evidence(status.challenger.version, stage, status.stage_started, holdouts=holdouts)
     errors = 40 if kind == "alike" else 4_000
     return _live(world, _counts(40_000, 40), _counts(40_000, errors))
 
