@@ -523,3 +523,21 @@ def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kub
     assert "kubectl apply -n NAMESPACE -f examples/online.yaml" in notes
     assert "kubectl steward status NAME" in notes
     assert f"http://steward.{namespace}.svc:9090/metrics" in notes
+    assert "evidence read from Prometheus at http://prometheus-operated.monitoring.svc:9090" in notes
+
+
+def test_the_install_notes_say_when_releases_wait_for_commands(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+    result = helm(
+        "install",
+        "steward",
+        str(CHART),
+        "--dry-run=server",
+        "--skip-crds",
+        f"--kubeconfig={kubectl.kubeconfig}",
+        "--namespace",
+        namespace,
+        "--set",
+        "prometheus.url=",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "releases move only on `kubectl steward` commands" in result.stdout.split("NOTES:", 1)[1]
