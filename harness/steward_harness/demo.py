@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import random
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -232,7 +234,6 @@ class Story:
     """The demo's world, and the timeline it records as it goes."""
 
     plane: ControlPlane
-    data_plane: DataPlane
     prometheus: Prometheus
     kubectl: Kubectl
     gateway: Gateway
@@ -243,10 +244,14 @@ class Story:
     def elapsed(self) -> float:
         return time.time() - self.begun
 
+    @functools.cached_property
+    def _context(self) -> ssl.SSLContext:
+        return self.plane.ssl_context()
+
     def status(self) -> dict[str, Any]:
         path = f"{MODEL_DEPLOYMENTS}/namespaces/{NAMESPACE}/modeldeployments/{NAME}"
         request = urllib.request.Request(self.plane.server + path)  # noqa: S310 -- the local API server
-        with urllib.request.urlopen(request, context=self.plane.ssl_context(), timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, context=self._context, timeout=10) as response:  # noqa: S310
             body: dict[str, Any] = json.loads(response.read())
             return body
 
@@ -347,7 +352,7 @@ def _bring_up(stack: contextlib.ExitStack, work: Path) -> Story:
     )
     gateway = stack.enter_context(Gateway(data_plane, seed=1))
     print(f"operator, data plane, gateway and Prometheus ({prometheus.url}) up; logs in {work}", flush=True)
-    return Story(plane, data_plane, prometheus, kubectl, gateway)
+    return Story(plane, prometheus, kubectl, gateway)
 
 
 def _tell(story: Story, models: Models, rate: float, timeout: float) -> Traffic:
