@@ -122,6 +122,10 @@ def canary(evidenced: Evidenced, tmp_path: Path) -> Iterator[Release]:
     finally:
         traffic.stop()
         evidenced.data_plane.predictor_namespaces.discard(namespace)
+        # Without a garbage collector here the InferenceServices would outlive the namespace, and with them
+        # their predictor processes; the operator is told to serve nothing more first.
+        kubectl.run("delete", "modeldeployment", NAME, "-n", namespace)
+        kubectl.run("delete", "inferenceservices", "--all", "-n", namespace, "--wait=false")
         kubectl.run("delete", "namespace", namespace, "--wait=false")
 
 
