@@ -26,7 +26,7 @@ binaries: install ## Build kube-apiserver, etcd and helm into ~/.cache/steward (
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator/steward_operator predictor/steward_predictor harness/steward_harness tests bench
+	$(BIN)/mypy operator/steward_operator predictor/steward_predictor monitor/steward_monitor harness/steward_harness tests bench
 	$(BIN)/lint-imports
 
 format: install ## Apply ruff's fixes and formatting
@@ -46,11 +46,12 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 test-integration: binaries ## Integration tests against a real kube-apiserver + etcd started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks
+bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion
 	$(BIN)/python bench/online.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/sequential.py
+	$(BIN)/python bench/monitor.py
 
 demo: binaries ## Play a release story on the local setup: v2 promoted on evidence, a bad v3 rolled back; writes build/demo/timeline.{md,png}
 	$(BIN)/steward-local demo $(DEMO_ARGS)

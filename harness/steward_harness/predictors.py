@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt, http_get
+from steward_harness.servers import Server, free_ports, halt, http_get, http_post
 
 STARTUP_TIMEOUT = 60.0
 
@@ -83,17 +80,7 @@ class Predictor(Server):
         return http_get(f"{self.url}{path}")
 
     def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-        request = urllib.request.Request(  # noqa: S310 - loopback only
-            f"{self.url}{path}",
-            data=body if isinstance(body, bytes) else json.dumps(body).encode(),
-            headers={"content-type": "application/json", **(headers or {})},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback only
-                return response.status, dict(response.headers.items()), response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers.items()), error.read().decode()
+        return http_post(f"{self.url}{path}", body, headers)
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

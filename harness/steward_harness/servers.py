@@ -3,6 +3,7 @@ server's logs when the block it guards fails."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -73,3 +74,19 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return error.code, error.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, ""
+
+
+def http_post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    """Status, headers and body of a POST to one of the harness's own loopback servers; `body` is sent as is when
+    it is bytes, else as JSON."""
+    request = urllib.request.Request(  # noqa: S310 -- loopback http only
+        url,
+        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 -- loopback http only
+            return response.status, dict(response.headers.items()), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers.items()), error.read().decode()

@@ -56,11 +56,16 @@ def _rendered(helm: Helm, namespace: str) -> str:
     return result.stdout
 
 
-def _documents(helm: Helm, *args: str) -> dict[str, dict[str, Any]]:
-    """`helm template` with `args` (values, --show-only ...), as {kind: object}; the chart has one of each kind."""
+def _documents(helm: Helm, *args: str, component: str = "operator") -> dict[str, dict[str, Any]]:
+    """`helm template` with `args` (values, --show-only ...), as {kind: object} for one component (operator or
+    monitor); each has one object of each kind."""
     result = helm("template", "steward", str(CHART), "--skip-crds", "--namespace", "steward-system", *args)
     assert result.returncode == 0, result.stderr
-    documents = [document for document in yaml.safe_load_all(result.stdout) if document]
+    documents = [
+        document
+        for document in yaml.safe_load_all(result.stdout)
+        if document and document["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
     kinds = [document["kind"] for document in documents]
     assert len(kinds) == len(set(kinds)), kinds
     return {document["kind"]: document for document in documents}
@@ -196,6 +201,8 @@ def test_lint_accepts_values_other_than_the_defaults(helm: Helm) -> None:
         (("--set", "resources.limits.memory=lots"), "at '/resources/limits/memory'"),
         (("--set", "serviceAccount.create=maybe"), "at '/serviceAccount/create'"),
         (("--set", "prometheus.url=prometheus:9090"), "at '/prometheus/url'"),
+        (("--set", "monitor.tokenSecret=Monitor_Token"), "at '/monitor/tokenSecret'"),
+        (("--set", "monitor.retentionDays=0"), "at '/monitor/retentionDays'"),
     ],
     ids=lambda value: value[-1] if isinstance(value, tuple) else None,
 )
@@ -279,10 +286,14 @@ def test_the_service_exposes_the_metrics_port_inside_the_cluster(helm: Helm) -> 
     service = documents["Service"]
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
-    # The Service selects the operator's pod and nothing else (not the `helm test` pod).
+    # The Service selects the operator's pod and nothing else (not the `helm test` pod, not the monitor's).
     pod_labels = documents["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert not service["spec"]["selector"].items() <= documents["Pod"]["metadata"]["labels"].items()
+    others = [
+        _documents(helm, component="test")["Pod"]["metadata"]["labels"],
+        _documents(helm, component="monitor")["Deployment"]["spec"]["template"]["metadata"]["labels"],
+    ]
+    assert not any(service["spec"]["selector"].items() <= labels.items() for labels in others)
 
 
 def test_extra_pod_labels_never_replace_the_ones_the_selector_needs(helm: Helm) -> None:
@@ -304,7 +315,7 @@ def test_an_existing_service_account_can_be_named(helm: Helm) -> None:
 
 
 def _test_pod(helm: Helm) -> dict[str, Any]:
-    return _documents(helm, "--show-only", "templates/tests/test-metrics.yaml")["Pod"]
+    return _documents(helm, "--show-only", "templates/tests/test-metrics.yaml", component="test")["Pod"]
 
 
 def test_helm_test_checks_the_metrics_from_the_operator_image(helm: Helm) -> None:
@@ -499,6 +510,57 @@ def test_the_operator_runs_on_the_charts_rbac_alone(
         cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
 
 
+# --- the monitor ---------------------------------------------------------------------------------------------------
+
+
+def test_the_monitor_keeps_its_sqlite_store_on_a_volume_and_needs_no_api_access(helm: Helm) -> None:
+    documents = _documents(helm, component="monitor")
+    assert set(documents) == {"Deployment", "Service", "PersistentVolumeClaim"}
+    deployment = documents["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "monitor"
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/steward-dev/monitor:0.1.0"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    environment = {variable["name"]: variable.get("value") for variable in container["env"]}
+    assert environment["STEWARD_MONITOR_STORE"] == "sqlite:////data/steward-monitor.db"
+    assert environment["STEWARD_MONITOR_RETENTION_DAYS"] == "180"
+    assert "STEWARD_MONITOR_TOKEN_FILE" not in environment  # No token: outcomes are refused.
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp", "/data"}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "steward-monitor"
+    claim = documents["PersistentVolumeClaim"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert pod["securityContext"]["fsGroup"] == 10001  # The volume is writable by the monitor's user.
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    assert documents["Service"]["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_the_monitor_stores_in_postgresql_and_takes_its_token_from_secrets(helm: Helm) -> None:
+    documents = _documents(
+        helm, "--set", "monitor.storeUrlSecret.name=monitor-db,monitor.tokenSecret=monitor-token", component="monitor"
+    )
+    assert set(documents) == {"Deployment", "Service"}  # No claim: the data is in PostgreSQL.
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    environment = {variable["name"]: variable for variable in container["env"]}
+    assert environment["STEWARD_MONITOR_STORE"]["valueFrom"] == {"secretKeyRef": {"name": "monitor-db", "key": "url"}}
+    assert environment["STEWARD_MONITOR_TOKEN_FILE"]["value"] == "/var/run/steward/token"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["token"]["secret"] == {"secretName": "monitor-token", "items": [{"key": "token", "path": "token"}]}
+    assert "data" not in volumes
+
+
+def test_the_monitor_can_be_left_out(helm: Helm) -> None:
+    result = helm("template", "steward", str(CHART), "--skip-crds", "--set", "monitor.enabled=false")
+    assert result.returncode == 0, result.stderr
+    assert "component: monitor" not in result.stdout
+
+
 # --- NOTES.txt --------------------------------------------------------------------------------------------------------
 
 
@@ -524,6 +586,9 @@ def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kub
     assert "kubectl steward status NAME" in notes
     assert f"http://steward.{namespace}.svc:9090/metrics" in notes
     assert "evidence read from Prometheus at http://prometheus-operated.monitoring.svc:9090" in notes
+    assert f"http://steward-monitor.{namespace}.svc:8080" in notes
+    assert "refused until monitor.tokenSecret names a Secret with the bearer token" in notes
+    assert "SQLite on PersistentVolumeClaim steward-monitor (kept on uninstall)" in notes
 
 
 def test_the_install_notes_say_when_releases_wait_for_commands(helm: Helm, kubectl: Kubectl, namespace: str) -> None:

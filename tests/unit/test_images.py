@@ -56,3 +56,30 @@ def test_operator_image_runs_as_the_user_the_chart_expects_on_a_slim_base() -> N
     pyproject = (REPOSITORY / "pyproject.toml").read_text()
     assert re.search(r'^steward-operator = "steward_operator\.__main__:main"$', pyproject, flags=re.MULTILINE)
     _assert_copied_paths_exist(dockerfile)
+
+
+def test_monitor_image_runs_as_the_user_the_chart_expects_with_its_store_on_a_volume() -> None:
+    dockerfile = (REPOSITORY / "monitor" / "Dockerfile").read_text()
+    final = _final_stage(dockerfile)
+    _assert_runs_as_non_root(final)
+    assert "useradd --uid 10001" in final
+    assert re.search(r"^USER 10001$", final, flags=re.MULTILINE)
+    assert "'.[monitor]'" in dockerfile
+    assert "'model-steward[monitor]'" in final
+    assert "STEWARD_MONITOR_STORE=sqlite:////data/steward-monitor.db" in final
+    assert re.search(r"^EXPOSE 8080$", final, flags=re.MULTILINE)
+    assert final.rstrip().endswith('ENTRYPOINT ["steward-monitor"]')
+    pyproject = (REPOSITORY / "pyproject.toml").read_text()
+    assert re.search(r'^steward-monitor = "steward_monitor\.__main__:main"$', pyproject, flags=re.MULTILINE)
+    _assert_copied_paths_exist(dockerfile)
+
+
+def test_every_image_copies_every_package_the_wheel_holds() -> None:
+    """The wheel is built from pyproject.toml, which names every package folder: a missing one fails the build."""
+    pyproject = (REPOSITORY / "pyproject.toml").read_text()
+    folders = re.search(r"^where = \[(.+)\]$", pyproject, flags=re.MULTILINE)
+    assert folders
+    for part in ("operator", "predictor", "monitor"):
+        dockerfile = (REPOSITORY / part / "Dockerfile").read_text()
+        for folder in re.findall(r'"([^"]+)"', folders[1]):
+            assert f"COPY {folder}/ {folder}/" in dockerfile, (part, folder)

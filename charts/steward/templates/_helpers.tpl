@@ -91,3 +91,26 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The monitor's objects: the release's full name with a -monitor suffix. */}}
+{{- define "steward.monitorName" -}}
+{{- printf "%s-monitor" (include "steward.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Labels that select the monitor's pods. */}}
+{{- define "steward.monitorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "steward.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: monitor
+{{- end }}
+
+{{/* Labels on the monitor and everything that serves it. */}}
+{{- define "steward.monitorLabels" -}}
+{{ include "steward.commonLabels" . }}
+app.kubernetes.io/component: monitor
+{{- end }}
+
+{{/* repository:tag of the monitor image. */}}
+{{- define "steward.monitorImage" -}}
+{{- printf "%s:%s" .Values.monitor.image.repository (default .Chart.AppVersion .Values.monitor.image.tag) }}
+{{- end }}

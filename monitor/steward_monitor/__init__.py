@@ -1,0 +1,1 @@
+"""Steward's monitor: stores prediction events and late-arriving outcomes, keyed by request id."""

@@ -1,0 +1,123 @@
+"""The monitor's durable store: prediction events and outcomes keyed by request id, in SQLite (embedded, the
+default) or PostgreSQL (production), through SQLAlchemy. Writes are idempotent: an event sent again is
+recognised by its key and not stored twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from steward_monitor.records import Outcome, Prediction
+
+METADATA = sa.MetaData()
+PREDICTIONS = sa.Table(
+    "steward_predictions",
+    METADATA,
+    sa.Column("namespace", sa.String(256), primary_key=True),
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("version", sa.String(256), primary_key=True),
+    sa.Column("request_id", sa.String(256), primary_key=True),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("variant", sa.String(16), nullable=False),
+    sa.Column("prediction", sa.Text, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("features", sa.Text),
+)
+OUTCOMES = sa.Table(
+    "steward_outcomes",
+    METADATA,
+    sa.Column("namespace", sa.String(256), primary_key=True),
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("request_id", sa.String(256), primary_key=True),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("label", sa.Text, nullable=False),
+)
+
+
+Key = tuple[str, ...]
+
+
+class Store:
+    """One database. `write` stores a batch in one transaction, so a batch is there whole or not at all."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name not in {"sqlite", "postgresql"}:
+            raise ValueError(f"the monitor stores in SQLite or PostgreSQL, not {self.engine.dialect.name} ({url})")
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        METADATA.create_all(self.engine)
+
+    def write(self, predictions: Sequence[Prediction], outcomes: Sequence[Outcome]) -> tuple[set[Key], set[Key]]:
+        """Store both kinds in one transaction; returns the keys of the records that were new (the others were
+        stored already: sent again)."""
+        with self.engine.begin() as connection:
+            return (
+                self._insert(connection, PREDICTIONS, [_prediction_row(record) for record in predictions]),
+                self._insert(connection, OUTCOMES, [_outcome_row(record) for record in outcomes]),
+            )
+
+    def count(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            return {
+                "predictions": connection.scalar(sa.select(sa.func.count()).select_from(PREDICTIONS)) or 0,
+                "outcomes": connection.scalar(sa.select(sa.func.count()).select_from(OUTCOMES)) or 0,
+            }
+
+    def purge(self, before: datetime) -> int:
+        """Delete what is older than `before` (the retention setting); returns how many records went."""
+        with self.engine.begin() as connection:
+            gone = connection.execute(sa.delete(PREDICTIONS).where(PREDICTIONS.c.time < before)).rowcount
+            gone += connection.execute(sa.delete(OUTCOMES).where(OUTCOMES.c.time < before)).rowcount
+        return int(gone)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert(self, connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> set[Key]:
+        if not rows:
+            return set()
+        keys = [column.name for column in table.primary_key.columns]
+        unique = list({tuple(row[key] for key in keys): row for row in rows}.values())
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        # RETURNING names the rows actually inserted: a driver's rowcount for many rows is not to be trusted.
+        statement = dialect.insert(table).on_conflict_do_nothing(index_elements=keys).returning(*table.primary_key)
+        return {tuple(row) for row in connection.execute(statement, unique)}
+
+
+def _prediction_row(record: Prediction) -> dict[str, Any]:
+    return {
+        "namespace": record.namespace,
+        "model": record.model,
+        "version": record.version,
+        "request_id": record.request_id,
+        "time": record.time,
+        "variant": record.variant,
+        "prediction": json.dumps(record.prediction),
+        "score": record.score,
+        "features": None if record.features is None else json.dumps(record.features, default=str),
+    }
+
+
+def _outcome_row(record: Outcome) -> dict[str, Any]:
+    return {
+        "namespace": record.namespace,
+        "model": record.model,
+        "request_id": record.request_id,
+        "time": record.time,
+        "label": json.dumps(record.label),
+    }
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    # Write-ahead logging: readers never block the writer, and a commit is one fsync of the log.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
