@@ -27,6 +27,8 @@ class Monitor(Server):
 
     store: str
     token: str | None = "outcome-token"  # noqa: S105 -- a loopback test token
+    args: list[str] = field(default_factory=list)
+    """More flags for steward-monitor."""
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-monitor-")))
     port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -41,7 +43,7 @@ class Monitor(Server):
 
     def start(self) -> Monitor:
         self.port = self.port or free_ports(1)[0]
-        arguments = [f"--store={self.store}", f"--port={self.port}"]
+        arguments = [f"--store={self.store}", f"--port={self.port}", *self.args]
         if self.token is not None:
             token_file = self.directory / "token"
             token_file.write_text(self.token)

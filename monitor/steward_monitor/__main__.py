@@ -40,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.RETENTION_DAYS,
         help="delete records older than this, hourly (default %(default)g)",
     )
+    parser.add_argument(
+        "--quality-window-days",
+        type=float,
+        default=settings.QUALITY_WINDOW_DAYS,
+        help="the quality gauges cover predictions of this many days (default %(default)g)",
+    )
+    parser.add_argument(
+        "--quality-interval",
+        type=float,
+        default=settings.QUALITY_INTERVAL_SECONDS,
+        help="seconds between recomputations of the quality gauges (default %(default)g)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -50,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"steward-monitor: {error}", file=sys.stderr)
         return 2
-    app = application(store, token)
     retention = timedelta(days=args.retention_days)
+    app = application(
+        store, token, quality_window=timedelta(days=args.quality_window_days), quality_interval=args.quality_interval
+    )
 
     async def purging(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_purge_forever(store, retention))

@@ -174,16 +174,24 @@ def _time(fields: Mapping[str, Any], where: str, received: datetime) -> datetime
     value = fields.get("time")
     if value is None:
         return received
+    try:
+        return moment(value)
+    except RecordError as error:
+        raise RecordError(f"{where}.time: {error}") from None
+
+
+def moment(value: Any) -> datetime:
+    """An RFC 3339 time (or an aware datetime), in UTC."""
     if isinstance(value, datetime):
-        moment = value
+        found = value
     else:
         try:
-            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            found = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
-            raise RecordError(f"{where}.time: expected an RFC 3339 time, got {value!r}") from None
-    if moment.tzinfo is None:
-        raise RecordError(f"{where}.time: give a time zone (2026-11-25T10:00:00Z), got {value!r}")
-    return moment.astimezone(UTC)
+            raise RecordError(f"expected an RFC 3339 time, got {value!r}") from None
+    if found.tzinfo is None:
+        raise RecordError(f"give a time zone (2026-11-25T10:00:00Z), got {value!r}")
+    return found.astimezone(UTC)
 
 
 def _number(value: Any) -> bool:

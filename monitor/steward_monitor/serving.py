@@ -12,14 +12,16 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from steward_monitor import records
+from steward_monitor.quality import Quality, assess
 from steward_monitor.records import Outcome, Prediction, RecordError
 from steward_monitor.stores import Store
 
@@ -62,6 +64,42 @@ class Metrics:
             buckets=(1, 10, 100, 1_000, 10_000, 100_000),
             registry=self.registry,
         )
+        version = ["namespace", "model", "version"]
+        self.quality = prometheus_client.Gauge(
+            "steward_monitor_quality",
+            "Quality of a model version on its predictions with known outcomes (accuracy, logLoss, rocAuc, mae, rmse).",
+            [*version, "metric"],
+            registry=self.registry,
+        )
+        self.predictions = prometheus_client.Gauge(
+            "steward_monitor_predictions", "Predictions stored in the quality window.", version, registry=self.registry
+        )
+        self.labelled = prometheus_client.Gauge(
+            "steward_monitor_labelled_predictions",
+            "Predictions in the quality window whose outcome has arrived.",
+            version,
+            registry=self.registry,
+        )
+        self.label_delay = prometheus_client.Gauge(
+            "steward_monitor_label_delay_seconds",
+            "Time from prediction to outcome, over the labelled predictions in the quality window.",
+            [*version, "quantile"],
+            registry=self.registry,
+        )
+
+    def show(self, assessed: dict[tuple[str, str, str], Quality]) -> None:
+        """Replace the quality gauges with `assessed`, so a version that is gone leaves no stale series."""
+        for gauge in (self.quality, self.predictions, self.labelled, self.label_delay):
+            gauge.clear()
+        for (namespace, model, version), quality in assessed.items():
+            labels = (namespace, model, version)
+            self.predictions.labels(*labels).set(quality.predictions)
+            self.labelled.labels(*labels).set(quality.labelled)
+            for metric, value in quality.metrics.items():
+                self.quality.labels(*labels, metric).set(value)
+            for quantile, delay in (("0.5", quality.delay_p50), ("0.9", quality.delay_p90)):
+                if delay is not None:
+                    self.label_delay.labels(*labels, quantile).set(delay)
 
 
 @dataclass
@@ -140,61 +178,122 @@ class Ingestor:
         return results
 
 
-def application(store: Store, token: str | None, metrics: Metrics | None = None) -> web.Application:
+def assess_all(store: Store, since: datetime) -> dict[tuple[str, str, str], Quality]:
+    """The quality of every version of every model with predictions since `since`."""
+    return {
+        (namespace, model, version): assess(rows)
+        for namespace, model in store.models(since)
+        for version, rows in store.scored(namespace, model, since).items()
+    }
+
+
+@dataclass
+class Service:
+    """What the routes share: the store, its ingestor, the metrics and the outcome token."""
+
+    store: Store
+    token: str | None
+    metrics: Metrics = field(default_factory=Metrics)
+    ingestor: Ingestor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ingestor = Ingestor(self.store, self.metrics)
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+def application(
+    store: Store, token: str | None, *, quality_window: timedelta, quality_interval: float = 60.0
+) -> web.Application:
     """The monitor's routes. Without a `token`, outcomes are refused (503): labels change quality figures, so
-    only holders of the token may send them."""
-    metrics = metrics or Metrics()
-    ingestor = Ingestor(store, metrics)
+    only holders of the token may send them. Quality gauges cover predictions of the last `quality_window`,
+    recomputed every `quality_interval` seconds."""
+    service = Service(store, token)
     app = web.Application(client_max_size=MAX_BODY)
+    app[SERVICE] = service
 
-    async def started(_: web.Application) -> None:
-        ingestor.start()
+    async def running(_: web.Application) -> AsyncIterator[None]:
+        service.ingestor.start()
+        refresh = asyncio.create_task(_refresh_quality(service, quality_window, quality_interval), name="quality")
+        yield
+        refresh.cancel()
+        await service.ingestor.stop()
 
-    async def stopped(_: web.Application) -> None:
-        await ingestor.stop()
-
-    app.on_startup.append(started)
-    app.on_cleanup.append(stopped)
-
-    async def post_predictions(request: web.Request) -> web.Response:
-        body = await _json(request)
-        try:
-            received = records.predictions(body, datetime.now(UTC))
-        except RecordError as error:
-            metrics.events.labels("prediction", "rejected").inc()
-            raise _bad(str(error)) from None
-        written, _ = await ingestor.write(received, [])
-        return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
-
-    async def post_outcomes(request: web.Request) -> web.Response:
-        _authorize(request, token)
-        now = datetime.now(UTC)
-        namespace, model = request.query.get("namespace", ""), request.query.get("model")
-        kind = request.content_type
-        try:
-            if kind in UPLOAD_TYPES:
-                received = records.outcome_table(
-                    await request.read(), UPLOAD_TYPES[kind], now, namespace=namespace, model=model
-                )
-            else:
-                received = records.outcomes(await _json(request), now, namespace=namespace, model=model)
-        except RecordError as error:
-            metrics.events.labels("outcome", "rejected").inc()
-            raise _bad(str(error)) from None
-        _, written = await ingestor.write([], received)
-        return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
-
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def exposition(_: web.Request) -> web.Response:
-        return web.Response(body=prometheus_client.generate_latest(metrics.registry), content_type="text/plain")
-
-    app.router.add_post("/v1/predictions", post_predictions)
-    app.router.add_post("/v1/outcomes", post_outcomes)
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/metrics", exposition)
+    app.cleanup_ctx.append(running)
+    app.router.add_post("/v1/predictions", _post_predictions)
+    app.router.add_post("/v1/outcomes", _post_outcomes)
+    app.router.add_get("/v1/quality", _get_quality)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/metrics", _exposition)
     return app
+
+
+async def _refresh_quality(service: Service, window: timedelta, interval: float) -> None:
+    while True:
+        try:
+            assessed = await asyncio.to_thread(assess_all, service.store, datetime.now(UTC) - window)
+            service.metrics.show(assessed)
+        except Exception:  # The next round tries again; the API keeps serving.
+            logger.exception("computing quality failed")
+        await asyncio.sleep(interval)
+
+
+async def _post_predictions(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = await _json(request)
+    try:
+        received = records.predictions(body, datetime.now(UTC))
+    except RecordError as error:
+        service.metrics.events.labels("prediction", "rejected").inc()
+        raise _bad(str(error)) from None
+    written, _ = await service.ingestor.write(received, [])
+    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+
+
+async def _post_outcomes(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _authorize(request, service.token)
+    now = datetime.now(UTC)
+    namespace, model = request.query.get("namespace", ""), request.query.get("model")
+    kind = request.content_type
+    try:
+        if kind in UPLOAD_TYPES:
+            data = await request.read()
+            received = records.outcome_table(data, UPLOAD_TYPES[kind], now, namespace=namespace, model=model)
+        else:
+            received = records.outcomes(await _json(request), now, namespace=namespace, model=model)
+    except RecordError as error:
+        service.metrics.events.labels("outcome", "rejected").inc()
+        raise _bad(str(error)) from None
+    _, written = await service.ingestor.write([], received)
+    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+
+
+async def _get_quality(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    model = request.query.get("model")
+    if not model:
+        raise _bad("give the model: /v1/quality?model=NAME[&namespace=NS][&since=RFC 3339 time]")
+    namespace = request.query.get("namespace", "")
+    since = None
+    if "since" in request.query:
+        try:
+            since = records.moment(request.query["since"])
+        except RecordError as error:
+            raise _bad(f"since: {error}") from None
+    scored = await asyncio.to_thread(service.store.scored, namespace, model, since)
+    versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
+    return web.json_response({"namespace": namespace, "model": model, "versions": versions})
+
+
+async def _health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _exposition(request: web.Request) -> web.Response:
+    registry = request.app[SERVICE].metrics.registry
+    return web.Response(body=prometheus_client.generate_latest(registry), content_type="text/plain")
 
 
 async def _json(request: web.Request) -> Any:
@@ -224,6 +323,17 @@ def _authorize(request: web.Request, token: str | None) -> None:
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="steward-monitor"'},
         )
+
+
+def _quality_json(quality: Quality) -> dict[str, Any]:
+    return {
+        "kind": quality.kind,
+        "predictions": quality.predictions,
+        "labelled": quality.labelled,
+        "coverage": quality.coverage,
+        "labelDelaySeconds": {"p50": quality.delay_p50, "p90": quality.delay_p90},
+        "metrics": quality.metrics,
+    }
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

@@ -12,3 +12,7 @@ TOKEN_FILE = os.environ.get("STEWARD_MONITOR_TOKEN_FILE", "")
 """File holding the bearer token outcome senders must present (a mounted Secret); empty: outcomes refused."""
 RETENTION_DAYS = float(os.environ.get("STEWARD_MONITOR_RETENTION_DAYS", "180"))
 """Predictions and outcomes older than this many days are deleted, hourly."""
+QUALITY_WINDOW_DAYS = float(os.environ.get("STEWARD_MONITOR_QUALITY_WINDOW_DAYS", "30"))
+"""The quality gauges cover the predictions of this many days (and the outcomes that have arrived for them)."""
+QUALITY_INTERVAL_SECONDS = float(os.environ.get("STEWARD_MONITOR_QUALITY_INTERVAL_SECONDS", "60"))
+"""How often the quality gauges are recomputed."""

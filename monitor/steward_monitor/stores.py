@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from steward_monitor.quality import Scored
 from steward_monitor.records import Outcome, Prediction
 
 METADATA = sa.MetaData()
@@ -70,6 +71,42 @@ class Store:
                 "outcomes": connection.scalar(sa.select(sa.func.count()).select_from(OUTCOMES)) or 0,
             }
 
+    def scored(self, namespace: str, model: str, since: datetime | None = None) -> dict[str, list[Scored]]:
+        """Each version's predictions of one model (made at or after `since`), with their outcomes where known."""
+        joined = sa.and_(
+            PREDICTIONS.c.namespace == OUTCOMES.c.namespace,
+            PREDICTIONS.c.model == OUTCOMES.c.model,
+            PREDICTIONS.c.request_id == OUTCOMES.c.request_id,
+        )
+        query = (
+            sa.select(
+                PREDICTIONS.c.version,
+                PREDICTIONS.c.prediction,
+                PREDICTIONS.c.score,
+                PREDICTIONS.c.time,
+                OUTCOMES.c.label,
+                OUTCOMES.c.time.label("labelled"),
+            )
+            .select_from(PREDICTIONS.outerjoin(OUTCOMES, joined))
+            .where(PREDICTIONS.c.namespace == namespace, PREDICTIONS.c.model == model)
+        )
+        if since is not None:
+            query = query.where(PREDICTIONS.c.time >= since)
+        found: dict[str, list[Scored]] = {}
+        with self.engine.connect() as connection:
+            for version, prediction, score, made, label, labelled in connection.execute(query):
+                delay = None if labelled is None else (_aware(labelled) - _aware(made)).total_seconds()
+                found.setdefault(version, []).append(
+                    Scored(json.loads(prediction), score, None if label is None else json.loads(label), delay)
+                )
+        return found
+
+    def models(self, since: datetime) -> list[tuple[str, str]]:
+        """(namespace, model) of every model with predictions at or after `since`."""
+        query = sa.select(PREDICTIONS.c.namespace, PREDICTIONS.c.model).where(PREDICTIONS.c.time >= since).distinct()
+        with self.engine.connect() as connection:
+            return [(namespace, model) for namespace, model in connection.execute(query)]
+
     def purge(self, before: datetime) -> int:
         """Delete what is older than `before` (the retention setting); returns how many records went."""
         with self.engine.begin() as connection:
@@ -113,6 +150,11 @@ def _outcome_row(record: Outcome) -> dict[str, Any]:
         "time": record.time,
         "label": json.dumps(record.label),
     }
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the store writes UTC only.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:

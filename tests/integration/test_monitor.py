@@ -11,16 +11,21 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from steward_harness.monitors import Monitor
+from steward_harness.predictors import Predictor
 from steward_harness.servers import http_get
 from steward_monitor.stores import METADATA, OUTCOMES, PREDICTIONS
+from tests.support import models
+from tests.support.waiting import wait_until
 
 TOKEN = {"Authorization": "Bearer outcome-token"}
 
@@ -238,3 +243,68 @@ def _get(monitor: Monitor, path: str) -> str:
     status, body = http_get(f"{monitor.url}{path}")
     assert status == 200
     return body
+
+
+def test_labels_arriving_months_later_give_each_version_its_quality(tmp_path: Path) -> None:
+    """Two versions' real predictors score the same held-out rows; their answers go to the monitor as if made 120
+    days ago, and the labels arrive 90 days after that (for 80 % of the rows). Each version's quality is then
+    what scikit-learn computes on the labelled rows."""
+    store = f"sqlite:///{tmp_path / 'monitor.db'}"
+    trained = {"v1": models.breast_cancer(tmp_path, "v1", c=0.01), "v2": models.breast_cancer(tmp_path, "v2")}
+    rows = trained["v1"].x_test
+    truth = trained["v1"].y_test.to_numpy()
+    made = datetime.now(UTC) - timedelta(days=120)
+    labelled = int(len(rows) * 0.8)
+    answers: dict[str, tuple[list[int], list[float]]] = {}
+    for version, model in trained.items():
+        with Predictor(str(model.path), name="diagnosis") as predictor:
+            status, _, body = predictor.post("/v1/models/diagnosis:predict", {"instances": models.records(rows)})
+        assert status == 200, body
+        answer = json.loads(body)
+        positive = answer["classes"].index(1)
+        answers[version] = (answer["predictions"], [row[positive] for row in answer["probabilities"]])
+    with Monitor(store, args=["--quality-interval=0.2", "--quality-window-days=365"]) as monitor:
+        for version, (predicted, scores) in answers.items():
+            events = [
+                {
+                    "model": "diagnosis",
+                    "namespace": "clinic",
+                    "version": version,
+                    "requestId": f"row-{index}",
+                    "prediction": predicted[index],
+                    "score": scores[index],
+                    "time": (made + timedelta(minutes=index)).isoformat(),
+                }
+                for index in range(len(rows))
+            ]
+            assert monitor.post("/v1/predictions", events)[0] == 200
+        outcomes = [
+            {
+                "requestId": f"row-{index}",
+                "label": int(truth[index]),
+                "time": (made + timedelta(days=90, minutes=index)).isoformat(),
+            }
+            for index in range(labelled)
+        ]
+        assert monitor.post("/v1/outcomes?model=diagnosis&namespace=clinic", outcomes, TOKEN)[0] == 200
+        quality = json.loads(_get(monitor, "/v1/quality?model=diagnosis&namespace=clinic"))["versions"]
+
+        def gauges() -> str | None:
+            text = _get(monitor, "/metrics")
+            return text if 'steward_monitor_quality{metric="rocAuc"' in text else None
+
+        exposition = wait_until(gauges)
+    for version, (predicted, scores) in answers.items():
+        found = quality[version]
+        assert (found["kind"], found["predictions"], found["labelled"]) == ("classifier", len(rows), labelled)
+        assert found["coverage"] == pytest.approx(0.8, abs=0.01)
+        assert found["labelDelaySeconds"]["p50"] == pytest.approx(90 * 86_400)
+        expected = {
+            "accuracy": accuracy_score(truth[:labelled], predicted[:labelled]),
+            "rocAuc": roc_auc_score(truth[:labelled], scores[:labelled]),
+            "logLoss": log_loss(truth[:labelled], scores[:labelled]),
+        }
+        assert found["metrics"] == pytest.approx(expected, rel=1e-9)
+        gauge = f'steward_monitor_quality{{metric="rocAuc",model="diagnosis",namespace="clinic",version="{version}"}}'
+        assert float(exposition.split(gauge, 1)[1].split()[0]) == pytest.approx(expected["rocAuc"])
+    assert quality["v2"]["metrics"]["logLoss"] < quality["v1"]["metrics"]["logLoss"]
