@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,7 +50,12 @@ class Gateway(Server):
                     self._answer(404, b'{"error": "no such route"}', {})
                     return
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                headers = {"content-type": self.headers.get("content-type", "application/json")}
+                # Like Envoy at the edge: one request id, passed to the backend and to the mirror alike, so the two
+                # answers to the same request can be paired.
+                headers = {
+                    "content-type": self.headers.get("content-type", "application/json"),
+                    "x-request-id": self.headers.get("x-request-id") or uuid.uuid4().hex,
+                }
                 rule = route["spec"]["rules"][0]
                 with lock:
                     backend = _weighted(rule["backendRefs"], chooser)

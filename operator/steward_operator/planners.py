@@ -214,6 +214,10 @@ def inference_service(
     ]
     if live.digest:
         environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
+    if settings.MONITOR_URL:
+        # Every prediction goes to the monitor, filed under this deployment's namespace and name.
+        environment.append({"name": "STEWARD_MONITOR_URL", "value": settings.MONITOR_URL})
+        environment.append({"name": "STEWARD_NAMESPACE", "value": owner.namespace})
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {
         "name": "kserve-container",

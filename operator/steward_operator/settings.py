@@ -19,3 +19,5 @@ RESYNC_SECONDS = float(os.environ.get("STEWARD_RESYNC_SECONDS", "60"))
 PROMETHEUS_URL = os.environ.get("STEWARD_PROMETHEUS_URL", "http://prometheus-operated.monitoring.svc:9090")
 """Base URL of the Prometheus HTTP API that scrapes the predictors, read for every release decision. Empty: no
 automatic decisions; releases move only on `kubectl steward` commands."""
+MONITOR_URL = os.environ.get("STEWARD_MONITOR_URL", "")
+"""Base URL of the monitor the predictors report every prediction to; empty: they report none."""

@@ -15,6 +15,7 @@ from kserve import model_server
 
 from steward_predictor.metrics import Families
 from steward_predictor.model import StewardModel
+from steward_predictor.reporting import Reporter
 from steward_predictor.settings import VARIANTS, Settings
 
 logger = logging.getLogger("steward.predictor")
@@ -50,6 +51,11 @@ def parser() -> argparse.ArgumentParser:
         help="load a pickled pipeline; it can run any code (env STEWARD_ALLOW_PICKLE)",
     )
     extended.add_argument(
+        "--monitor_url",
+        default=defaults.monitor_url,
+        help="report every prediction to the monitor at this base URL (env STEWARD_MONITOR_URL; default: none)",
+    )
+    extended.add_argument(
         "--trust_type",
         action="append",
         default=list(defaults.trusted_types),
@@ -79,10 +85,14 @@ def main() -> None:
         variant=args.variant,
         allow_pickle=args.allow_pickle,
         trusted_types=tuple(args.trust_type),
+        monitor_url=args.monitor_url,
     )
     # The *_created series double every family's size and no Steward query reads them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    model = StewardModel(args.model_name, settings, Families())
+    reporter = None
+    if settings.monitor_url:
+        reporter = Reporter(settings.monitor_url, model=args.model_name, namespace=settings.namespace)
+    model = StewardModel(args.model_name, settings, Families(), reporter)
     model.load()
     # Everything loaded so far (libraries, the pipeline) lives as long as the process: keep the garbage
     # collector from walking it again on every full collection while requests are served.

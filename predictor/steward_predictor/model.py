@@ -17,6 +17,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from steward_predictor import parity
 from steward_predictor.bundles import Bundle, BundleError, load_bundle
 from steward_predictor.metrics import Families, ModelMetrics
+from steward_predictor.reporting import Reporter
 from steward_predictor.schemas import Checked, Validator
 from steward_predictor.settings import Settings
 
@@ -29,10 +30,11 @@ _V2_TYPES = {"i": "INT64", "u": "UINT64", "f": "FP64", "b": "BOOL"}
 class StewardModel(kserve.Model):  # type: ignore[misc]
     """A Steward bundle served over KServe's V1 and V2 (Open Inference) protocols."""
 
-    def __init__(self, name: str, settings: Settings, families: Families) -> None:
+    def __init__(self, name: str, settings: Settings, families: Families, reporter: Reporter | None = None) -> None:
         super().__init__(name, return_response_headers=True)
         self.settings = settings
         self.families = families
+        self.reporter = reporter
         self.reason = "the bundle has not been loaded yet"
         self.loaded: Loaded | None = None
 
@@ -122,6 +124,9 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             raise
         metrics.request(protocol, 200)
         metrics.latency.observe(time.perf_counter() - started)
+        if self.reporter is not None:
+            scores = probabilities[:, 1] if probabilities is not None and probabilities.shape[1] == 2 else None
+            self.reporter.report(bundle.version, self.settings.variant, request_id, predictions, scores)
         if isinstance(payload, InferRequest):
             return _v2_response(self.name, bundle, request_id, predictions, probabilities)
         return _v1_response(bundle, predictions, probabilities)

@@ -34,6 +34,10 @@ class Settings:
     """Load a pickled pipeline. Pickle can run any code: only for bundles from a source you trust."""
     trusted_types: tuple[str, ...] = field(default_factory=trusted_types)
     """Extra types a skops pipeline may contain (a team's own transformers), comma-separated."""
+    monitor_url: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MONITOR_URL") or None)
+    """The monitor every prediction is reported to (its base URL); unset: none are."""
+    namespace: str = field(default_factory=lambda: os.environ.get("STEWARD_NAMESPACE", ""))
+    """The namespace of the ModelDeployment, which the monitor files predictions under."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

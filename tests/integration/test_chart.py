@@ -264,6 +264,7 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
         "STEWARD_NAMESPACES": "",
         "STEWARD_RESYNC_SECONDS": "60",
         "STEWARD_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
+        "STEWARD_MONITOR_URL": "http://steward-monitor.steward-system.svc:8080",
         "STEWARD_METRICS_PORT": "9090",
         "STEWARD_HEALTH_PORT": "8081",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -273,9 +274,12 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
             helm,
             "--set",
             "watchNamespaces={team-a,team-b},resyncSeconds=15,predictorImage.tag=2.0.0,prometheus.url=",
+            "--set",
+            "monitor.enabled=false",
         )["Deployment"]
     )
     assert environment["STEWARD_PROMETHEUS_URL"] == ""  # Commands only.
+    assert environment["STEWARD_MONITOR_URL"] == ""  # No monitor: predictions are not reported.
     assert environment["STEWARD_NAMESPACES"] == "team-a,team-b"
     assert environment["STEWARD_RESYNC_SECONDS"] == "15"
     assert environment["STEWARD_PREDICTOR_IMAGE"] == "ghcr.io/steward-dev/predictor:2.0.0"

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -308,3 +309,67 @@ def test_labels_arriving_months_later_give_each_version_its_quality(tmp_path: Pa
         gauge = f'steward_monitor_quality{{metric="rocAuc",model="diagnosis",namespace="clinic",version="{version}"}}'
         assert float(exposition.split(gauge, 1)[1].split()[0]) == pytest.approx(expected["rocAuc"])
     assert quality["v2"]["metrics"]["logLoss"] < quality["v1"]["metrics"]["logLoss"]
+
+
+def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: Path) -> None:
+    """Two versions' predictors answer the same requests (as a gateway and its mirror would send them, with one
+    request id); each reports its answers to the monitor, which therefore holds them in pairs. While the monitor
+    is down the predictors answer as fast as ever, and what they could not report arrives once it is back."""
+    store = f"sqlite:///{tmp_path / 'monitor.db'}"
+    trained = {version: models.breast_cancer(tmp_path, version) for version in ("v1", "v2")}
+    rows = models.records(trained["v1"].x_test)
+    with Monitor(store) as monitor:
+        environment = {"STEWARD_MONITOR_URL": monitor.url, "STEWARD_NAMESPACE": "clinic"}
+        predictors = {
+            version: Predictor(str(model.path), name="diagnosis", env=environment).start()
+            for version, model in trained.items()
+        }
+        try:
+            for index in range(50):
+                for predictor in predictors.values():
+                    status, _, _ = predictor.post(
+                        "/v1/models/diagnosis:predict", {"instances": [rows[index]]}, {"x-request-id": f"r{index}"}
+                    )
+                    assert status == 200
+            monitor.kill()
+            for index in range(50, 80):
+                began = time.monotonic()
+                status, _, _ = predictors["v1"].post(
+                    "/v1/models/diagnosis:predict", {"instances": [rows[index]]}, {"x-request-id": f"r{index}"}
+                )
+                assert status == 200
+                assert time.monotonic() - began < 1.0  # Serving never waits for the monitor.
+            status, _, _ = predictors["v1"].post(
+                "/v1/models/diagnosis:predict", {"instances": rows[80:83]}, {"x-request-id": "several"}
+            )
+            assert status == 200
+            monitor.start()
+            reported = wait_until(lambda: _events(store) if len(_events(store)) == 50 + 30 + 3 + 50 else None, 60)
+            sent = _get_from(predictors["v1"].url)
+        finally:
+            for predictor in predictors.values():
+                predictor.stop()
+    by_version: dict[str, set[str]] = {}
+    for namespace, model, version, request_id in reported:
+        assert (namespace, model) == ("clinic", "diagnosis")
+        by_version.setdefault(version, set()).add(request_id)
+    assert by_version["v2"] == {f"r{index}" for index in range(50)}
+    assert by_version["v1"] == {f"r{index}" for index in range(80)} | {"several-0", "several-1", "several-2"}
+    assert len(by_version["v1"] & by_version["v2"]) == 50  # The pairs a shadow comparison reads.
+    assert 'steward_predictor_reported_events_total{result="sent"} 83.0' in sent
+
+
+def _events(store: str) -> list[tuple[str, str, str, str]]:
+    engine = sa.create_engine(store)
+    try:
+        with engine.connect() as connection:
+            columns = (PREDICTIONS.c.namespace, PREDICTIONS.c.model, PREDICTIONS.c.version, PREDICTIONS.c.request_id)
+            return [tuple(row) for row in connection.execute(sa.select(*columns))]
+    finally:
+        engine.dispose()
+
+
+def _get_from(url: str) -> str:
+    status, body = http_get(f"{url}/metrics")
+    assert status == 200
+    return body

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from steward_operator import specs
+from steward_operator import settings, specs
 from steward_operator.planners import Live, Release, child_name, plan_online
 from tests.conftest import REPOSITORY
 
@@ -55,6 +55,16 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     assert route["spec"]["rules"][0]["backendRefs"] == [
         {"name": "churn-2024-06-01-predictor", "port": 80, "weight": 100}
     ]
+
+
+def test_with_a_monitor_every_predictor_reports_to_it_under_its_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "MONITOR_URL", "http://steward-monitor.steward-system.svc:8080")
+    plan = plan_online("churn", "ml", "uid-1", _spec(), Release(V1, V2))
+    for service in plan.inference_services:
+        (container,) = service["spec"]["predictor"]["containers"]
+        environment = {item["name"]: item["value"] for item in container["env"]}
+        assert environment["STEWARD_MONITOR_URL"] == "http://steward-monitor.steward-system.svc:8080"
+        assert environment["STEWARD_NAMESPACE"] == "ml"
 
 
 def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:

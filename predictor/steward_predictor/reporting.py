@@ -1,0 +1,140 @@
+"""Reporting every prediction to the monitor, in the background: batched, retried while the monitor is away, and
+never in the way of serving. The queue is bounded: a monitor away long enough to fill it costs the oldest
+events, which are counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from typing import Any
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+logger = logging.getLogger("steward.predictor")
+
+CAPACITY = 100_000
+"""Events held while the monitor cannot be reached."""
+BATCH = 500
+"""Most events in one request to the monitor."""
+INTERVAL = 0.5
+"""Longest an event waits before it is sent, in seconds."""
+MAX_BACKOFF = 30.0
+
+
+class Reporter:
+    """Sends `{"model", "namespace", "version", "variant", "requestId", "prediction", "score"}` events to the
+    monitor's POST /v1/predictions from a thread of its own."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str,
+        namespace: str,
+        capacity: int = CAPACITY,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.endpoint = url.rstrip("/") + "/v1/predictions"
+        self.model, self.namespace = model, namespace
+        self._pending: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.events = Counter(
+            "steward_predictor_reported_events",
+            "Prediction events for the monitor: sent, refused by it (malformed), or dropped when the queue was full "
+            "while it was away.",
+            ["result"],
+            registry=registry,
+        )
+        self._thread = threading.Thread(target=self._send_forever, name="monitor-reporter", daemon=True)
+        self._thread.start()
+
+    def report(
+        self, version: str, variant: str, request_id: str, predictions: np.ndarray, scores: np.ndarray | None
+    ) -> None:
+        """Queue one event per row; a request of several rows gets ids `<request id>-<row>`, as batch scoring does."""
+        several = len(predictions) > 1
+        answers = predictions.tolist()
+        probabilities = scores.tolist() if scores is not None else None
+        events = [
+            {
+                "model": self.model,
+                "namespace": self.namespace,
+                "version": version,
+                "variant": variant,
+                "requestId": f"{request_id}-{row}" if several else request_id,
+                "prediction": prediction,
+                **({"score": probabilities[row]} if probabilities is not None else {}),
+            }
+            for row, prediction in enumerate(answers)
+        ]
+        with self._lock:
+            dropped = max(0, len(self._pending) + len(events) - (self._pending.maxlen or 0))
+            self._pending.extend(events)
+        if dropped:
+            self.events.labels("dropped").inc(dropped)
+        if len(self._pending) >= BATCH:
+            self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (within `timeout`), then stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _send_forever(self) -> None:
+        backoff = INTERVAL
+        while True:
+            self._wake.wait(INTERVAL)
+            self._wake.clear()
+            with self._lock:
+                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            result = self._post(batch)
+            if result != "failed":
+                self.events.labels(result).inc(len(batch))
+                backoff = INTERVAL
+                if len(self._pending) >= BATCH:
+                    self._wake.set()
+                continue
+            with self._lock:
+                # Back at the front, in order; anything beyond the capacity is the oldest, and goes.
+                room = (self._pending.maxlen or 0) - len(self._pending)
+                kept = batch[-room:] if room > 0 else []
+                self._pending.extendleft(reversed(kept))
+            if len(batch) > len(kept):
+                self.events.labels("dropped").inc(len(batch) - len(kept))
+            if self._stop.is_set():
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _post(self, batch: list[dict[str, Any]]) -> str:
+        """sent, refused (sending again would not help) or failed (it may, later)."""
+        request = urllib.request.Request(  # noqa: S310 -- the monitor's URL, from the operator
+            self.endpoint,
+            data=json.dumps(batch).encode(),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+                return "sent"
+        except urllib.error.HTTPError as error:
+            if 400 <= error.code < 500:
+                logger.error("the monitor refused %d prediction events: %s", len(batch), error.read()[:500])
+                return "refused"
+            logger.warning("the monitor answered %d; prediction events wait", error.code)
+        except (urllib.error.URLError, OSError) as error:
+            logger.warning("the monitor at %s cannot be reached (%s); prediction events wait", self.endpoint, error)
+        return "failed"
