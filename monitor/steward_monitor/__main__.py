@@ -13,8 +13,10 @@ from pathlib import Path
 from aiohttp import web
 
 from steward_monitor import settings
+from steward_monitor.drifting import Thresholds
 from steward_monitor.serving import application
 from steward_monitor.stores import Store
+from steward_monitor.watching import DriftWatch
 
 PURGE_INTERVAL_SECONDS = 3600.0
 
@@ -52,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.QUALITY_INTERVAL_SECONDS,
         help="seconds between recomputations of the quality gauges (default %(default)g)",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=settings.PROMETHEUS_URL,
+        help="the Prometheus scraping the predictors, read for drift (default: none, and no drift is computed)",
+    )
+    parser.add_argument(
+        "--drift-window",
+        type=float,
+        default=settings.DRIFT_WINDOW_SECONDS,
+        help="seconds per drift window (default %(default)g)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -63,8 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steward-monitor: {error}", file=sys.stderr)
         return 2
     retention = timedelta(days=args.retention_days)
+    drift = None
+    if args.prometheus_url:
+        drift = DriftWatch(args.prometheus_url, Thresholds(), args.drift_window)
     app = application(
-        store, token, quality_window=timedelta(days=args.quality_window_days), quality_interval=args.quality_interval
+        store,
+        token,
+        quality_window=timedelta(days=args.quality_window_days),
+        quality_interval=args.quality_interval,
+        drift=drift,
     )
 
     async def purging(_: web.Application) -> AsyncIterator[None]:

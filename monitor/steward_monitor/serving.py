@@ -24,11 +24,13 @@ from steward_monitor import records
 from steward_monitor.quality import Quality, assess
 from steward_monitor.records import Outcome, Prediction, RecordError
 from steward_monitor.stores import Store
+from steward_monitor.watching import DriftWatch, PrometheusUnavailableError, VersionDrift
 
 MAX_BODY = 64 * 1024 * 1024
 """Largest request body accepted, uploads included."""
 MAX_BATCH = 20_000
 """Most records committed in one transaction."""
+LEVELS = {"ok": 0, "warn": 1, "alert": 2}
 UPLOAD_TYPES = {"text/csv": "csv", "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,50 @@ class Metrics:
             [*version, "quantile"],
             registry=self.registry,
         )
+
+        feature = [*version, "feature"]
+        self.drift_psi = prometheus_client.Gauge(
+            "steward_monitor_drift_psi",
+            "PSI of a feature (or __prediction__) in the last drift window against its training shares.",
+            feature,
+            registry=self.registry,
+        )
+        self.drift_level = prometheus_client.Gauge(
+            "steward_monitor_drift_level",
+            "Drift of a feature in the last window: 0 ok, 1 warn, 2 alert (PSI over the level and significant "
+            "after Benjamini-Hochberg).",
+            feature,
+            registry=self.registry,
+        )
+        self.drift_alerting = prometheus_client.Gauge(
+            "steward_monitor_drift_alerting",
+            "1 while a feature's drift has reached the alert level in enough of the last windows (persistence).",
+            feature,
+            registry=self.registry,
+        )
+        self.drift_samples = prometheus_client.Gauge(
+            "steward_monitor_drift_window_samples",
+            "Values of a feature counted in the last drift window.",
+            feature,
+            registry=self.registry,
+        )
+        self.drift_up = prometheus_client.Gauge(
+            "steward_monitor_drift_up",
+            "1 when the last drift window could be read from Prometheus, 0 when not (no data is not no drift).",
+            registry=self.registry,
+        )
+
+    def show_drift(self, judged: dict[tuple[str, str, str], VersionDrift]) -> None:
+        """Replace the drift gauges with the latest window."""
+        for gauge in (self.drift_psi, self.drift_level, self.drift_alerting, self.drift_samples):
+            gauge.clear()
+        for version, drift in judged.items():
+            for feature in drift.features:
+                labels = (*version, feature.name)
+                self.drift_psi.labels(*labels).set(feature.psi)
+                self.drift_level.labels(*labels).set(LEVELS[feature.level])
+                self.drift_alerting.labels(*labels).set(feature.name in drift.alerting)
+                self.drift_samples.labels(*labels).set(feature.samples)
 
     def show(self, assessed: dict[tuple[str, str, str], Quality]) -> None:
         """Replace the quality gauges with `assessed`, so a version that is gone leaves no stale series."""
@@ -193,6 +239,7 @@ class Service:
 
     store: Store
     token: str | None
+    drift: DriftWatch | None = None
     metrics: Metrics = field(default_factory=Metrics)
     ingestor: Ingestor = field(init=False)
 
@@ -204,26 +251,35 @@ SERVICE = web.AppKey("service", Service)
 
 
 def application(
-    store: Store, token: str | None, *, quality_window: timedelta, quality_interval: float = 60.0
+    store: Store,
+    token: str | None,
+    *,
+    quality_window: timedelta,
+    quality_interval: float = 60.0,
+    drift: DriftWatch | None = None,
 ) -> web.Application:
     """The monitor's routes. Without a `token`, outcomes are refused (503): labels change quality figures, so
     only holders of the token may send them. Quality gauges cover predictions of the last `quality_window`,
-    recomputed every `quality_interval` seconds."""
-    service = Service(store, token)
+    recomputed every `quality_interval` seconds. With `drift`, live traffic is judged for drift every window."""
+    service = Service(store, token, drift)
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE] = service
 
     async def running(_: web.Application) -> AsyncIterator[None]:
         service.ingestor.start()
-        refresh = asyncio.create_task(_refresh_quality(service, quality_window, quality_interval), name="quality")
+        tasks = [asyncio.create_task(_refresh_quality(service, quality_window, quality_interval), name="quality")]
+        if service.drift is not None:
+            tasks.append(asyncio.create_task(_watch_drift(service, service.drift), name="drift"))
         yield
-        refresh.cancel()
+        for task in tasks:
+            task.cancel()
         await service.ingestor.stop()
 
     app.cleanup_ctx.append(running)
     app.router.add_post("/v1/predictions", _post_predictions)
     app.router.add_post("/v1/outcomes", _post_outcomes)
     app.router.add_get("/v1/quality", _get_quality)
+    app.router.add_get("/v1/drift", _get_drift)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _exposition)
     return app
@@ -237,6 +293,19 @@ async def _refresh_quality(service: Service, window: timedelta, interval: float)
         except Exception:  # The next round tries again; the API keeps serving.
             logger.exception("computing quality failed")
         await asyncio.sleep(interval)
+
+
+async def _watch_drift(service: Service, watch: DriftWatch) -> None:
+    while True:
+        await asyncio.sleep(watch.window_seconds)
+        try:
+            judged = await watch.step()
+        except PrometheusUnavailableError as error:
+            service.metrics.drift_up.set(0)
+            logger.warning("drift window skipped: %s", error)
+            continue
+        service.metrics.drift_up.set(1)
+        service.metrics.show_drift(judged)
 
 
 async def _post_predictions(request: web.Request) -> web.Response:
@@ -284,6 +353,34 @@ async def _get_quality(request: web.Request) -> web.Response:
             raise _bad(f"since: {error}") from None
     scored = await asyncio.to_thread(service.store.scored, namespace, model, since)
     versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
+    return web.json_response({"namespace": namespace, "model": model, "versions": versions})
+
+
+async def _get_drift(request: web.Request) -> web.Response:
+    watch = request.app[SERVICE].drift
+    if watch is None:
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "drift is off: the monitor was started without --prometheus-url"}),
+            content_type="application/json",
+        )
+    namespace, model = request.query.get("namespace", ""), request.query.get("model")
+    versions = {
+        version: {
+            "time": drift.time.isoformat(),
+            "alerting": drift.alerting,
+            "features": {
+                feature.name: {
+                    "psi": feature.psi,
+                    "pValue": feature.p_value,
+                    "samples": feature.samples,
+                    "level": feature.level,
+                }
+                for feature in drift.features
+            },
+        }
+        for (found_namespace, found_model, version), drift in sorted(watch.latest.items())
+        if found_namespace == namespace and (model is None or found_model == model)
+    }
     return web.json_response({"namespace": namespace, "model": model, "versions": versions})
 
 

@@ -16,3 +16,7 @@ QUALITY_WINDOW_DAYS = float(os.environ.get("STEWARD_MONITOR_QUALITY_WINDOW_DAYS"
 """The quality gauges cover the predictions of this many days (and the outcomes that have arrived for them)."""
 QUALITY_INTERVAL_SECONDS = float(os.environ.get("STEWARD_MONITOR_QUALITY_INTERVAL_SECONDS", "60"))
 """How often the quality gauges are recomputed."""
+PROMETHEUS_URL = os.environ.get("STEWARD_MONITOR_PROMETHEUS_URL", "")
+"""The Prometheus that scrapes the predictors, read for drift; empty: no drift is computed."""
+DRIFT_WINDOW_SECONDS = float(os.environ.get("STEWARD_MONITOR_DRIFT_WINDOW_SECONDS", "3600"))
+"""Length of a drift window (spec.monitoring.drift.window's default)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from steward_predictor.baselines import Histogram as Bins
@@ -100,7 +100,24 @@ class _BinnedFamilies(Collector):
                 for binned in binned_list:
                     for label, count in zip(binned.histogram.labels, binned.counts.tolist(), strict=True):
                         family.add_metric([*binned.base, label], count)
-        yield from (values, missing, predictions, scores)
+            # What drift is measured against: each bin's share of the training data (of its present values).
+            trained = GaugeMetricFamily(
+                "steward_predictor_feature_training_share",
+                "Share of the training data's present values in each of the feature's bins.",
+                labels=[*_BASE, "feature", "bin"],
+            )
+            trained_predictions = GaugeMetricFamily(
+                "steward_predictor_prediction_training_share",
+                "Share of the training data's predictions in each bin.",
+                labels=[*_BASE, "bin"],
+            )
+            for binned in self.features:
+                for label, share in zip(binned.histogram.labels, binned.histogram.fractions, strict=True):
+                    trained.add_metric([*binned.base, binned.name, label], share)
+            for binned in self.predictions:
+                for label, share in zip(binned.histogram.labels, binned.histogram.fractions, strict=True):
+                    trained_predictions.add_metric([*binned.base, label], share)
+        yield from (values, missing, predictions, scores, trained, trained_predictions)
 
 
 class Families:

@@ -530,6 +530,8 @@ def test_the_monitor_keeps_its_sqlite_store_on_a_volume_and_needs_no_api_access(
     environment = {variable["name"]: variable.get("value") for variable in container["env"]}
     assert environment["STEWARD_MONITOR_STORE"] == "sqlite:////data/steward-monitor.db"
     assert environment["STEWARD_MONITOR_RETENTION_DAYS"] == "180"
+    assert environment["STEWARD_MONITOR_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
+    assert environment["STEWARD_MONITOR_DRIFT_WINDOW_SECONDS"] == "3600"
     assert "STEWARD_MONITOR_TOKEN_FILE" not in environment  # No token: outcomes are refused.
     assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp", "/data"}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}

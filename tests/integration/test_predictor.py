@@ -207,6 +207,8 @@ def test_metrics_are_labelled_bounded_and_pass_promtool(
         "steward_predictor_model_info",
         "steward_predictor_ready",
         "steward_predictor_holdout",
+        "steward_predictor_feature_training_share",
+        "steward_predictor_prediction_training_share",
     }
     holdout = trained["breast-cancer"].bundle.holdout
     data = holdout["fingerprint"].removeprefix("sha256:")[:16]
@@ -221,6 +223,14 @@ def test_metrics_are_labelled_bounded_and_pass_promtool(
     bins = [line for line in metrics.splitlines() if line.startswith("steward_predictor_feature_values_total")]
     bundle = trained["breast-cancer"].bundle
     assert len(bins) <= sum(len(histogram.labels) for histogram in bundle.baselines.features)
+    # What drift compares against: the training shares, one per bin, summing to 1 per feature.
+    shares: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("steward_predictor_feature_training_share{"):
+            feature = line.split('feature="', 1)[1].split('"', 1)[0]
+            shares[feature] = shares.get(feature, 0.0) + float(line.rsplit(" ", 1)[1])
+    assert set(shares) == {histogram.name for histogram in bundle.baselines.features}
+    assert all(total == pytest.approx(1.0) for total in shares.values())
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: apt-get install prometheus"
     check = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True, check=False)

@@ -1,0 +1,122 @@
+"""Watching live traffic for drift: every window, the predictors' bin counts (through Prometheus) against their
+training shares, per model version, judged by `drifting`, and kept for the persistence rule."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from steward_monitor.drifting import FeatureDrift, Level, Thresholds, persistent, window
+
+logger = logging.getLogger(__name__)
+
+PREDICTION = "__prediction__"
+"""The name predictions go by among the features: drift in what the model answers."""
+Version = tuple[str, str, str]
+"""(namespace, model, version)"""
+
+
+class PrometheusUnavailableError(RuntimeError):
+    """Prometheus could not be read: no data, which is never reported as no drift."""
+
+
+@dataclass(frozen=True)
+class VersionDrift:
+    """One version's features (and predictions) in the latest window, and which of them alert after persistence."""
+
+    features: list[FeatureDrift]
+    alerting: list[str]
+    time: datetime
+
+
+@dataclass
+class DriftWatch:
+    """Reads Prometheus at `url` and keeps the last `thresholds.windows` levels of every feature."""
+
+    url: str
+    thresholds: Thresholds
+    window_seconds: float
+    latest: dict[Version, VersionDrift] = field(default_factory=dict)
+    _history: dict[tuple[Version, str], deque[Level]] = field(default_factory=dict)
+
+    async def step(self) -> dict[Version, VersionDrift]:
+        """Judge the window that just ended; raises PrometheusUnavailableError."""
+        span = f"{max(1, round(self.window_seconds))}s"
+        shares = await self._vector(
+            "steward_predictor_feature_training_share", ("namespace", "model", "version", "feature", "bin")
+        )
+        by_bin = "sum by (namespace, model, version, feature, bin)"
+        counts = await self._vector(
+            f"{by_bin} (increase(steward_predictor_feature_values_total[{span}]))",
+            ("namespace", "model", "version", "feature", "bin"),
+        )
+        for key, value in (
+            await self._vector("steward_predictor_prediction_training_share", ("namespace", "model", "version", "bin"))
+        ).items():
+            shares[(*key[:3], PREDICTION, key[3])] = value
+        for key, value in (
+            await self._vector(
+                f"sum by (namespace, model, version, bin) (increase(steward_predictor_predictions_total[{span}]))",
+                ("namespace", "model", "version", "bin"),
+            )
+        ).items():
+            counts[(*key[:3], PREDICTION, key[3])] = value
+        now = datetime.now(UTC)
+        judged = {}
+        for version, (baselines, observed) in _by_version(shares, counts).items():
+            features = window(baselines, observed, self.thresholds)
+            alerting = []
+            for feature in features:
+                levels = self._history.setdefault((version, feature.name), deque(maxlen=self.thresholds.windows))
+                levels.append(feature.level)
+                if persistent(levels, self.thresholds):
+                    alerting.append(feature.name)
+            judged[version] = VersionDrift(features, alerting, now)
+        for stale in [held for held in self._history if held[0] not in judged]:
+            del self._history[stale]  # A version that is gone keeps no history.
+        self.latest = judged
+        return judged
+
+    async def _vector(self, query: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.post(f"{self.url.rstrip('/')}/api/v1/query", data={"query": query}) as response,
+            ):
+                body: Any = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise PrometheusUnavailableError(f"Prometheus at {self.url}: {error!r}") from error
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise PrometheusUnavailableError(f"Prometheus at {self.url} refused {query!r}: {body}")
+        found = {}
+        for item in body["data"]["result"]:
+            metric = item["metric"]
+            found[tuple(metric.get(label, "") for label in labels)] = float(item["value"][1])
+        return found
+
+
+def _by_version(
+    shares: dict[tuple[str, ...], float], counts: dict[tuple[str, ...], float]
+) -> dict[Version, tuple[dict[str, list[float]], dict[str, list[int]]]]:
+    """Per version: each feature's training shares and live counts, over the same bins in the same order."""
+    bins: dict[Version, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for (namespace, model, version, feature, label), share in shares.items():
+        bins[(namespace, model, version)][feature][label] = share
+    grouped = {}
+    for key, features in bins.items():
+        baselines, observed = {}, {}
+        for feature, by_label in features.items():
+            labels = sorted(by_label, key=_bin_order)
+            baselines[feature] = [by_label[label] for label in labels]
+            observed[feature] = [round(counts.get((*key, feature, label), 0.0)) for label in labels]
+        grouped[key] = (baselines, observed)
+    return grouped
+
+
+def _bin_order(label: str) -> tuple[int, int, str]:
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)

@@ -1,0 +1,86 @@
+"""Drift on live traffic, end to end: real predictors count what they serve over their training bins, a real
+Prometheus scrapes them, and the monitor judges every window. Of two streams at the same time, the one whose
+features were shifted alerts; the one drawn like the training data raises nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from steward_harness.monitors import Monitor
+from steward_harness.predictors import Predictor
+from steward_harness.prometheus import Prometheus
+from steward_harness.servers import http_get
+from tests.support import models
+from tests.support.waiting import wait_until
+
+WINDOW_SECONDS = 4
+
+
+def test_a_shifted_stream_alerts_and_a_steady_one_raises_nothing(tmp_path: Path) -> None:
+    trained = models.breast_cancer(tmp_path, "v1")
+    population = pd.concat([trained.x_train, trained.x_test])
+    shifted = population.assign(
+        **{"mean radius": population["mean radius"] * 1.3, "mean texture": population["mean texture"] + 4}
+    )
+    streams = {"steady": population, "drifted": shifted}
+    prometheus = Prometheus()
+    predictors = {name: Predictor(str(trained.path), name=name).start() for name in streams}
+    stop = threading.Event()
+    try:
+        for predictor in predictors.values():
+            prometheus.add_target(predictor.url.removeprefix("http://"), namespace="clinic")
+        prometheus.start()
+        for predictor in predictors.values():
+            prometheus.wait_scraped(predictor.url.removeprefix("http://"))
+
+        def send(name: str, seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            rows = streams[name]
+            while not stop.is_set():
+                sample = rows.iloc[rng.integers(0, len(rows), 25)]
+                status, _, body = predictors[name].post(
+                    f"/v1/models/{name}:predict", {"instances": models.records(sample)}
+                )
+                assert status == 200, body
+                stop.wait(0.05)
+
+        senders = [threading.Thread(target=send, args=(name, index), daemon=True) for index, name in enumerate(streams)]
+        for thread in senders:
+            thread.start()
+        args = [f"--prometheus-url={prometheus.url}", f"--drift-window={WINDOW_SECONDS}"]
+        with Monitor(f"sqlite:///{tmp_path / 'monitor.db'}", args=args) as monitor:
+
+            def alerting() -> dict[str, object] | None:
+                status, body = http_get(f"{monitor.url}/v1/drift?namespace=clinic")
+                assert status == 200, body
+                versions = {}
+                for name in streams:
+                    answer = json.loads(http_get(f"{monitor.url}/v1/drift?namespace=clinic&model={name}")[1])
+                    versions[name] = answer["versions"].get("v1")
+                drifted = versions["drifted"]
+                return versions if drifted and "mean radius" in drifted["alerting"] else None
+
+            found = wait_until(alerting, timeout=WINDOW_SECONDS * 8, interval=1)
+            _, exposition = http_get(f"{monitor.url}/metrics")
+    finally:
+        stop.set()
+        for predictor in predictors.values():
+            predictor.stop()
+        prometheus.stop()
+    drifted, steady = found["drifted"], found["steady"]
+    assert isinstance(drifted, dict)
+    assert isinstance(steady, dict)
+    assert {"mean radius", "mean texture"} <= set(drifted["alerting"])
+    assert drifted["features"]["mean radius"]["level"] == "alert"
+    assert drifted["features"]["mean radius"]["samples"] > 100
+    assert steady["features"]["mean radius"]["samples"] > 100  # Judged on as much traffic, and found steady.
+    assert steady["alerting"] == []
+    assert all(feature["level"] != "alert" for feature in steady["features"].values())
+    assert "steward_monitor_drift_up 1.0" in exposition
+    radius = 'steward_monitor_drift_alerting{feature="mean radius",model="drifted",namespace="clinic",version="v1"} 1.0'
+    assert radius in exposition
