@@ -60,7 +60,9 @@ CHILD_KINDS = (
     Kind("networking.istio.io/v1", "VirtualService", "virtualservices"),
     Kind("batch/v1", "CronJob", "cronjobs"),
 )
-_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS)}
+JOB = Kind("batch/v1", "Job", "jobs")
+"""Retraining Jobs: owned like children, but never pruned; each is a record of a run."""
+_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, JOB)}
 
 
 def kind_of(body: dict[str, Any]) -> Kind:

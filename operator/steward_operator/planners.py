@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -66,10 +67,16 @@ def plan(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, r
     """The children for the serving mode: InferenceServices and routes online, CronJobs in batch; none for
     streaming, which this version does not serve."""
     if spec.serving.mode == "online":
-        return plan_online(name, namespace, uid, spec, release)
-    if spec.serving.mode == "batch":
-        return plan_batch(name, namespace, uid, spec, release)
-    return Plan()
+        found = plan_online(name, namespace, uid, spec, release)
+    elif spec.serving.mode == "batch":
+        found = plan_batch(name, namespace, uid, spec, release)
+    else:
+        return Plan()
+    retraining = spec.retraining
+    if retraining is not None and retraining.schedule is not None:
+        owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
+        found.cron_jobs.append(retraining_cron_job(owner, retraining, release.incumbent.version))
+    return found
 
 
 def child_name(model: str, version: str) -> str:
@@ -81,6 +88,49 @@ def child_name(model: str, version: str) -> str:
         digest = hashlib.sha256(version.encode()).hexdigest()[:6]
         name = f"{name[: MAX_CHILD_NAME - 7].rstrip('-')}-{digest}"
     return name
+
+
+def retraining_job(
+    owner: Owner, retraining: specs.Retraining, version: str, reason: str, message: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metadata and spec of a retraining Job from the team's template: the trigger goes into annotations and
+    into every container's environment, with the model, namespace and serving version."""
+    template = retraining.job_template
+    extra = copy.deepcopy(template.metadata or {})
+    metadata = {
+        "labels": {**extra.get("labels", {}), "steward.dev/model": owner.name, "steward.dev/retraining": reason},
+        "annotations": {
+            **extra.get("annotations", {}),
+            "steward.dev/retrain-reason": reason,
+            "steward.dev/retrain-message": message[:1024],
+            "steward.dev/retrain-version": version,
+        },
+    }
+    spec = copy.deepcopy(template.spec.model_dump(by_alias=True, exclude_none=True))
+    environment = [
+        {"name": "STEWARD_RETRAIN_REASON", "value": reason},
+        {"name": "STEWARD_RETRAIN_MESSAGE", "value": message[:1024]},
+        {"name": "STEWARD_MODEL", "value": owner.name},
+        {"name": "STEWARD_NAMESPACE", "value": owner.namespace},
+        {"name": "STEWARD_MODEL_VERSION", "value": version},
+    ]
+    for container in spec["template"]["spec"]["containers"]:
+        container["env"] = [*container.get("env", []), *environment]
+    return metadata, spec
+
+
+def retraining_cron_job(owner: Owner, retraining: specs.Retraining, version: str) -> dict[str, Any]:
+    """spec.retraining.schedule: the team's Job on a calendar, one at a time."""
+    metadata, job = retraining_job(owner, retraining, version, "schedule", f"on schedule {retraining.schedule}")
+    body = {
+        "schedule": retraining.schedule,
+        "concurrencyPolicy": "Forbid",
+        "jobTemplate": {"metadata": metadata, "spec": job},
+    }
+    cron = owned(owner, "batch/v1", "CronJob", body)
+    cron["metadata"]["name"] = f"{owner.name[:50]}-retrain"
+    cron["metadata"]["labels"]["steward.dev/retraining"] = "schedule"
+    return cron
 
 
 def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:

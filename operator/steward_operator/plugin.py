@@ -25,6 +25,7 @@ COMMANDS = {
     "pause": "halt automatic steps (manual commands still work)",
     "resume": "let automatic steps run again",
     "rollback": "switch back to the previous version (or --to VERSION) from history",
+    "retrain": "start the retraining Job from spec.retraining now (one at a time; no cooldown)",
 }
 EPILOG = """\
 exit codes: 0 done, 1 refused by the operator, 2 usage or kubectl error, 3 not picked up in time
@@ -54,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--kubeconfig", help="kubeconfig file to use")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("status", parents=[common], help="phase, versions, traffic, last evidence, owner, runbook")
-    commands.add_parser("history", parents=[common], help="which version and digest served, from when to when")
+    commands.add_parser(
+        "history", parents=[common], help="which version and digest served, from when to when; retraining runs"
+    )
     for name, purpose in COMMANDS.items():
         command = commands.add_parser(
             name,
@@ -179,6 +182,12 @@ def render_status(body: dict[str, Any]) -> str:
                     indent="  ",
                 )
             )
+    if status.retrainings:
+        run = status.retrainings[-1]
+        ended = f", ended {_time(run.finished)}" if run.finished else ""
+        lines.append(
+            f"retraining:  {run.job} ({run.reason}) {run.outcome}, started {_time(run.started)}{ended}: {run.message}"
+        )
     if status.operation is not None:
         done = status.operation
         outcome = f"{_time(done.handled_at)}: {done.result}" if done.handled_at else "waiting for the operator"
@@ -203,7 +212,24 @@ def render_history(body: dict[str, Any]) -> str:
     ]
     if not rows:
         return "no version has served yet"
-    return _table(["VERSION", "DIGEST", "FROM", "UNTIL", "OUTCOME", "BUNDLE"], rows)
+    text = _table(["VERSION", "DIGEST", "FROM", "UNTIL", "OUTCOME", "BUNDLE"], rows)
+    if status.retrainings:
+        runs = [
+            [
+                run.job,
+                run.reason,
+                run.version,
+                _time(run.started),
+                _time(run.finished) if run.finished else "-",
+                run.outcome,
+                run.message,
+            ]
+            for run in reversed(status.retrainings)
+        ]
+        text += "\n\nretraining:\n" + _table(
+            ["JOB", "REASON", "VERSION", "STARTED", "FINISHED", "OUTCOME", "WHY"], runs
+        )
+    return text
 
 
 class Kubectl:

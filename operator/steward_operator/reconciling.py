@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from steward_operator import deciding, metrics, planners, releasing, specs
+from steward_operator import deciding, metrics, planners, releasing, retraining, specs
 from steward_operator.kubernetes import (
     CHILD_KINDS,
+    JOB,
     MODEL_DEPLOYMENT,
     ApiError,
     Cluster,
@@ -19,6 +20,7 @@ from steward_operator.kubernetes import (
     NotFoundError,
 )
 from steward_operator.metric_providers import HeldOutResults, MetricProvider, MetricsUnavailableError
+from steward_operator.providers.base import Owner
 
 CONFLICT_RETRIES = 5
 
@@ -78,6 +80,7 @@ async def _reconcile_once(
     except _RefusedError as refused:
         step = releasing.stall(deployment.spec, step, observed, *refused.explain())
         plan = planners.Plan()  # Half applied: prune nothing, so what served keeps serving.
+    step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
@@ -135,6 +138,75 @@ async def gather(
 
 def _held_out(found: HeldOutResults | None) -> deciding.HeldOut | None:
     return None if found is None else deciding.HeldOut(found.metrics, found.data)
+
+
+async def _retrain(
+    cluster: Cluster,
+    evidence_source: MetricProvider | None,
+    deployment: specs.ModelDeployment,
+    step: releasing.Step,
+    *,
+    now: datetime,
+) -> releasing.Step:
+    """The retraining step on the status the release step produced: start the team's Job when a trigger fires."""
+    metadata, spec = deployment.metadata, deployment.spec
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    signals = await retraining_signals(cluster, evidence_source, deployment, uid, step.status)
+    owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
+    retrained = retraining.step(owner, spec, step.status, signals, now)
+    if retrained.job is not None:
+        await cluster.apply(retrained.job)
+    return releasing.Step(retrained.status, (*step.decisions, *retrained.decisions))
+
+
+async def retraining_signals(
+    cluster: Cluster,
+    source: MetricProvider | None,
+    deployment: specs.ModelDeployment,
+    uid: str,
+    status: specs.ModelDeploymentStatus,
+) -> retraining.Signals:
+    """The retraining Jobs this ModelDeployment owns and, when spec.retraining asks for them, the serving
+    version's sustained drift and quality (None when the metrics cannot be read: unknown is not a trigger)."""
+    metadata, spec = deployment.metadata, deployment.spec
+    namespace, name = metadata["namespace"], metadata["name"]
+    jobs = {}
+    for job in await cluster.list(JOB, namespace, f"steward.dev/model={name},steward.dev/retraining"):
+        if any(owner.get("uid") == uid for owner in job["metadata"].get("ownerReferences", [])):
+            jobs[job["metadata"]["name"]] = _job(job)
+    wanted = spec.retraining
+    if source is None or wanted is None or status.incumbent is None:
+        return retraining.Signals(jobs=jobs)
+    version = status.incumbent.version
+    drifting, quality = None, None
+    try:
+        if wanted.on_drift:
+            drifting = await source.drifting(name, version, namespace=namespace)
+        if wanted.on_quality_drop is not None:
+            quality = await source.quality(name, version, namespace=namespace)
+    except MetricsUnavailableError:
+        pass
+    return retraining.Signals(drifting=drifting, quality=quality, jobs=jobs)
+
+
+def _job(body: dict[str, Any]) -> retraining.Job:
+    """A retraining Job as retraining.step reads it: its state from its conditions, the rest from annotations."""
+    metadata = body["metadata"]
+    conditions = {item.get("type"): item.get("status") for item in (body.get("status") or {}).get("conditions", [])}
+    state: Literal["running", "succeeded", "failed"] = "running"
+    if conditions.get("Complete") == "True":
+        state = "succeeded"
+    elif conditions.get("Failed") == "True":
+        state = "failed"
+    annotations = metadata.get("annotations", {})
+    reason = annotations.get("steward.dev/retrain-reason", "manual")
+    return retraining.Job(
+        state=state,
+        reason=reason if reason in {"maxAge", "drift", "qualityDrop", "manual"} else "manual",
+        message=annotations.get("steward.dev/retrain-message", ""),
+        version=annotations.get("steward.dev/retrain-version", ""),
+        started=datetime.fromisoformat(metadata["creationTimestamp"].replace("Z", "+00:00")),
+    )
 
 
 async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:

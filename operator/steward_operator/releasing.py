@@ -189,6 +189,8 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
     operation = draft.status.operation
     if operation is None or operation.handled_at is not None:
         return draft
+    if operation.action == "retrain" and draft.spec.serving.mode != "streaming":
+        return draft  # Not a release's business: retraining.step answers it.
     if draft.spec.serving.mode == "streaming":
         refusal = "streaming serving is not supported yet"
         refused = Decision("CommandRefused", f"{operation.action}: {refusal}", warning=True)
@@ -201,7 +203,6 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
         "pause": _pause,
         "resume": _pause,
         "rollback": _rollback,
-        "retrain": lambda _draft, _operation: "retraining is not supported by this version of Steward",
     }
     outcome = handlers[operation.action](draft, operation)
     if isinstance(outcome, str):

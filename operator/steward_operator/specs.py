@@ -652,6 +652,25 @@ class Analysis(Model):
     """Per-metric comparisons."""
 
 
+class RetrainingRun(Model):
+    """One retraining Job Steward started, why, and how it ended."""
+
+    job: str = Field(max_length=63)
+    """The Job's name."""
+    reason: Literal["maxAge", "drift", "qualityDrop", "manual"]
+    """The trigger that started it."""
+    message: str = Field("", max_length=1024)
+    """The trigger, in words, with its numbers."""
+    version: str
+    """The version serving when it started."""
+    started: datetime
+    """When Steward created the Job."""
+    finished: datetime | None = None
+    """When Steward saw it end."""
+    outcome: Literal["running", "succeeded", "failed"] = "running"
+    """How it ended, from the Job's conditions; a Job deleted before it was seen to end counts as failed."""
+
+
 class HistoryEntry(Model):
     """A version that served, and how its time ended."""
 
@@ -716,6 +735,8 @@ class ModelDeploymentStatus(Model):
     """Versions that served, newest last."""
     operation: Operation | None = None
     """The latest manual command."""
+    retrainings: list[RetrainingRun] = Field(default_factory=list, max_length=20)
+    """Retraining Jobs Steward started, newest last."""
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,

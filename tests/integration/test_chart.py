@@ -397,6 +397,7 @@ _ALLOWED = [
         )
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     ),
+    *((verb, "jobs.batch", "") for verb in ("get", "list", "create", "patch")),
     *((verb, resource, "") for resource in ("events", "events.events.k8s.io") for verb in ("create", "patch")),
 ]
 _DENIED = [
@@ -409,6 +410,7 @@ _DENIED = [
     ("update", "modeldeployments.steward.dev", ""),
     ("delete", "modeldeployments.steward.dev", ""),
     ("update", "inferenceservices.serving.kserve.io", ""),
+    ("delete", "jobs.batch", ""),
     ("list", "events", ""),
     ("get", "namespaces", ""),
     ("create", "clusterroles.rbac.authorization.k8s.io", ""),
@@ -438,6 +440,7 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
             ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
             ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
             ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("batch", "jobs"): ["create", "get", "list", "patch"],
             ("", "events"): ["create", "patch"],
             ("events.k8s.io", "events"): ["create", "patch"],
         }

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steward_operator import specs
-from steward_operator.metric_providers import ArmCounts, HeldOutResults, MetricsUnavailableError
+from steward_operator.metric_providers import ArmCounts, HeldOutResults, MetricsUnavailableError, Quality
 from steward_operator.reconciling import gather
 from steward_operator.releasing import Stage
 from tests.conftest import REPOSITORY
@@ -47,6 +47,14 @@ class Recording:
     ) -> HeldOutResults | None:
         self._ask("held_out", model, version, at, namespace)
         return None if version == "v2" else HeldOutResults({"rmse": 3.0}, "abc")
+
+    async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
+        self._ask("drifting", model, version, namespace)
+        return ()
+
+    async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:
+        self._ask("quality", model, version, namespace)
+        return Quality({}, {}, 0)
 
     async def healthy(self) -> bool:
         return not self.down

@@ -17,7 +17,7 @@ from steward_operator.plugin import COMMANDS, Kubectl, _moment, operation, parse
 from tests.conftest import REPOSITORY
 
 READ = ["status", "history"]
-STEER = ["promote", "abort", "retry", "pause", "resume", "rollback"]
+STEER = ["promote", "abort", "retry", "pause", "resume", "rollback", "retrain"]
 NOW = datetime(2024, 7, 16, 9, 41, 7, 250_000, tzinfo=UTC)
 OLD_DIGEST = "sha256:" + "1e" * 32
 NEW_DIGEST = "sha256:0c3f9a1d2e4b5c6a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a"

@@ -13,8 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steward_operator import deciding, specs
+from steward_operator import deciding, retraining, specs
 from steward_operator.metric_providers.base import ArmCounts
+from steward_operator.providers.base import Owner
 from steward_operator.releasing import (
     ALL_TO_INCUMBENT,
     RELEASE_PHASES,
@@ -92,10 +93,13 @@ class World:
         return Observed(self.generation, self.now, frozenset(self.ready), self.evidence)
 
     def reconcile(self) -> Step:
+        """What the operator does with what it sees: the release step, then retraining (no metrics, no Jobs)."""
         step = advance(self.spec, self.status, self.observed)
         assert_fixed_point(self.spec, step, self.observed)
-        self.status = step.status
-        return step
+        owner = Owner(name="churn", namespace="ml", uid="uid-1", traffic=self.spec.rollout.traffic)
+        retrained = retraining.step(owner, self.spec, step.status, retraining.Signals(), self.now)
+        self.status = retrained.status
+        return Step(retrained.status, (*step.decisions, *retrained.decisions))
 
     def wait(self, duration: timedelta = timedelta(minutes=1)) -> Step:
         self.now += duration
@@ -386,7 +390,7 @@ def test_a_release_can_start_before_the_incumbent_is_ready() -> None:
         ("retry", "refused: there is no release to retry"),
         ("resume", "refused: already running"),
         ("rollback", "refused: an earlier known-good version is not in this model's history"),
-        ("retrain", "refused: retraining is not supported by this version of Steward"),
+        ("retrain", "refused: spec.retraining is not set: there is no Job template to run"),
         ("pause", "automatic steps halt"),
     ],
 )

@@ -10,6 +10,7 @@ from steward_operator.metric_providers.base import (
     HeldOutResults,
     MetricProvider,
     MetricsUnavailableError,
+    Quality,
     UnknownProviderError,
 )
 from steward_operator.metric_providers.prometheus import Prometheus
@@ -21,6 +22,7 @@ __all__ = [
     "HeldOutResults",
     "MetricProvider",
     "MetricsUnavailableError",
+    "Quality",
     "UnknownProviderError",
     "metric_provider",
 ]

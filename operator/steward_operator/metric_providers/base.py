@@ -61,6 +61,16 @@ class HeldOutResults:
     data: str
 
 
+@dataclass(frozen=True)
+class Quality:
+    """A version's live quality on matured outcomes (from the monitor), beside its held-out results."""
+
+    live: dict[str, float]
+    held_out: dict[str, float]
+    labelled: int
+    """Predictions whose outcome has arrived."""
+
+
 class MetricProvider(Protocol):
     name: str
     """The name that selects this provider in `metric_provider(name, url)`."""
@@ -83,6 +93,16 @@ class MetricProvider(Protocol):
         self, model: str, version: str, at: datetime, *, namespace: str | None = None
     ) -> HeldOutResults | None:
         """The version's held-out results as its predictors publish them; None while none has reported."""
+        ...
+
+    async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
+        """The features (and `__prediction__`) whose drift the monitor finds sustained for this version. Raises
+        MetricsUnavailableError."""
+        ...
+
+    async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:
+        """The version's live quality on matured outcomes and its held-out results. Raises
+        MetricsUnavailableError."""
         ...
 
     async def healthy(self) -> bool:

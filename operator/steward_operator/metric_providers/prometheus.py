@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from steward_operator.metric_providers.base import ArmCounts, HeldOutResults, MetricsUnavailableError
+from steward_operator.metric_providers.base import ArmCounts, HeldOutResults, MetricsUnavailableError, Quality
 
 REQUESTS = "steward_predictor_requests"
 LATENCY = "steward_predictor_request_duration_seconds"
@@ -131,6 +131,28 @@ class Prometheus:
         metrics = {labels["metric"]: value for labels, value in samples if labels.get("data", "") == fingerprint}
         return HeldOutResults(metrics=metrics, data=fingerprint)
 
+    async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
+        found = await self._instant(f"steward_monitor_drift_alerting{_matchers(model, version, namespace)} == 1")
+        return tuple(sorted({labels.get("feature", "") for labels, _ in found}))
+
+    async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:
+        matchers = _matchers(model, version, namespace)
+        live = await self._instant(f"max by (metric) (steward_monitor_quality{matchers})")
+        held_out = await self._instant(f"max by (metric) (steward_predictor_holdout{matchers})")
+        labelled = await self._instant(f"max(steward_monitor_labelled_predictions{matchers})")
+        return Quality(
+            live={labels["metric"]: value for labels, value in live if "metric" in labels},
+            held_out={labels["metric"]: value for labels, value in held_out if "metric" in labels},
+            labelled=round(labelled[0][1]) if labelled else 0,
+        )
+
+    async def _instant(self, query: str) -> list[tuple[dict[str, str], float]]:
+        data = await self._query(query, datetime.now(UTC).timestamp())
+        try:
+            return [(dict(item["metric"]), float(item["value"][1])) for item in data["result"]]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise MetricsUnavailableError(f"Prometheus answered an unreadable vector: {error!r}") from None
+
     async def healthy(self) -> bool:
         try:
             async with (
@@ -184,6 +206,13 @@ def selector(model: str, version: str, namespace: str | None = None) -> str:
     if namespace is not None:
         matchers.append(f"namespace={quote(namespace)}")
     return "{" + ",".join(matchers) + "}"
+
+
+def _matchers(model: str, version: str, namespace: str | None) -> str:
+    found = [f"model={quote(model)}", f"version={quote(version)}"]
+    if namespace is not None:
+        found.append(f"namespace={quote(namespace)}")
+    return "{" + ",".join(found) + "}"
 
 
 def parse_matrix(data: Any) -> list[Series]:
