@@ -166,23 +166,23 @@ async def retraining_signals(
     uid: str,
     status: specs.ModelDeploymentStatus,
 ) -> retraining.Signals:
-    """The retraining Jobs this ModelDeployment owns and, when spec.retraining asks for them, the serving
-    version's sustained drift and quality (None when the metrics cannot be read: unknown is not a trigger)."""
+    """The retraining Jobs this ModelDeployment owns, the serving version's sustained drift (unless
+    monitoring.drift is disabled) and, when onQualityDrop asks for it, its quality. None when the metrics cannot
+    be read: unknown is not a trigger, and leaves the Drifting condition as it was."""
     metadata, spec = deployment.metadata, deployment.spec
     namespace, name = metadata["namespace"], metadata["name"]
     jobs = {}
     for job in await cluster.list(JOB, namespace, f"steward.dev/model={name},steward.dev/retraining"):
         if any(owner.get("uid") == uid for owner in job["metadata"].get("ownerReferences", [])):
             jobs[job["metadata"]["name"]] = _job(job)
-    wanted = spec.retraining
-    if source is None or wanted is None or status.incumbent is None:
+    if source is None or status.incumbent is None:
         return retraining.Signals(jobs=jobs)
-    version = status.incumbent.version
+    version, wanted = status.incumbent.version, spec.retraining
     drifting, quality = None, None
     try:
-        if wanted.on_drift:
+        if spec.monitoring.drift.enabled:
             drifting = await source.drifting(name, version, namespace=namespace)
-        if wanted.on_quality_drop is not None:
+        if wanted is not None and wanted.on_quality_drop is not None:
             quality = await source.quality(name, version, namespace=namespace)
     except MetricsUnavailableError:
         pass

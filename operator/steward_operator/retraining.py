@@ -69,6 +69,8 @@ def step(
     """Settle the runs that ended, answer a pending `retrain` command, and start a Job when a trigger fires."""
     runs, decisions = _settle(status.retrainings, signals.jobs, now)
     status = status.model_copy(update={"retrainings": runs})
+    if signals.drifting is not None and status.incumbent is not None:
+        status = drifting_condition(status, status.incumbent.version, signals.drifting, now)
     running = next((run for run in runs if run.outcome == "running"), None)
     operation = status.operation
     manual = operation is not None and operation.action == "retrain" and operation.handled_at is None
@@ -111,6 +113,30 @@ def retraining_job(
     job["metadata"]["labels"].update(metadata["labels"])
     job["metadata"]["annotations"] = metadata["annotations"]
     return job
+
+
+def drifting_condition(
+    status: specs.ModelDeploymentStatus, version: str, features: tuple[str, ...], now: datetime
+) -> specs.ModelDeploymentStatus:
+    """The Drifting condition: True while the monitor finds drift sustained in the serving version, with the
+    features; its transition time moves only when it turns."""
+    holds = bool(features)
+    message = (
+        f"sustained drift in {version}: {', '.join(features[:10])}" if holds else f"no sustained drift in {version}"
+    )
+    state = "True" if holds else "False"
+    previous = next((item for item in status.conditions if item.type == "Drifting"), None)
+    since = previous.last_transition_time if previous is not None and previous.status == state else now
+    condition = specs.Condition(
+        type="Drifting",
+        status=state,
+        observed_generation=status.observed_generation,
+        last_transition_time=since,
+        reason="SustainedDrift" if holds else "NoDrift",
+        message=message,
+    )
+    others = [item for item in status.conditions if item.type != "Drifting"]
+    return status.model_copy(update={"conditions": [*others, condition]})
 
 
 def quality_drop(spec: specs.ModelDeploymentSpec, quality: Quality) -> tuple[str, float] | None:

@@ -113,6 +113,27 @@ def _complete(cluster: Kubectl, namespace: str, job: str) -> None:
     wait_until(finished, timeout=30)
 
 
+def _retrain_on_request(cluster: Kubectl, namespace: str) -> None:
+    """The steady model: retrained on request, one Job at a time."""
+    options = ["--kubeconfig", str(cluster.kubeconfig), "-n", namespace]
+
+    def steward(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KUBECTL_STEWARD), *args, *options], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    first = steward("retrain", "steady")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "a retraining Job starts" in first.stdout
+    (manual,) = _jobs(cluster, namespace, "steady")
+    assert manual["metadata"]["labels"]["steward.dev/retraining"] == "manual"
+    second = steward("retrain", "steady")
+    assert second.returncode == 1
+    assert "is still running; one runs at a time" in second.stderr
+    history = steward("history", "steady")
+    assert manual["metadata"]["name"] in history.stdout
+
+
 def _jobs(cluster: Kubectl, namespace: str, model: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = cluster.json("get", "jobs", "-n", namespace, "-l", f"steward.dev/model={model}")[
         "items"
@@ -161,6 +182,11 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     environment = {item["name"]: item["value"] for item in container["env"]}
     assert (environment["STEWARD_RETRAIN_REASON"], environment["STEWARD_MODEL"]) == ("drift", "drifted")
     status = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]
+    conditions = {item["type"]: item for item in status["conditions"]}
+    assert conditions["Drifting"]["status"] == "True"
+    assert "mean radius" in conditions["Drifting"]["message"]
+    steady = cluster.json("get", "modeldeployment", "steady", "-n", namespace)["status"]
+    assert {item["type"]: item["status"] for item in steady["conditions"]}.get("Drifting") in {"False", None}
     (run,) = status["retrainings"]
     assert (run["job"], run["reason"], run["outcome"]) == (metadata["name"], "drift", "running")
     events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")["items"]
@@ -170,21 +196,4 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
     assert runs[-1]["finished"]
 
-    # The steady model: retrained on request, once at a time.
-    options = ["--kubeconfig", str(cluster.kubeconfig), "-n", namespace]
-
-    def steward(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(KUBECTL_STEWARD), *args, *options], capture_output=True, text=True, timeout=60, check=False
-        )
-
-    first = steward("retrain", "steady")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "a retraining Job starts" in first.stdout
-    (manual,) = _jobs(cluster, namespace, "steady")
-    assert manual["metadata"]["labels"]["steward.dev/retraining"] == "manual"
-    second = steward("retrain", "steady")
-    assert second.returncode == 1
-    assert "is still running; one runs at a time" in second.stderr
-    history = steward("history", "steady")
-    assert manual["metadata"]["name"] in history.stdout
+    _retrain_on_request(cluster, namespace)

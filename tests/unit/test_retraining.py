@@ -203,3 +203,21 @@ def test_a_schedule_is_a_cron_job_running_the_same_template() -> None:
         "house-prices", "pricing", "uid-1", unscheduled, Release(planners.Live("v7", "s3://models/v7/"))
     )
     assert not any(job["metadata"]["labels"].get("steward.dev/retraining") for job in plain.cron_jobs)
+
+
+def test_the_drifting_condition_follows_the_monitor_and_keeps_its_transition_time() -> None:
+    spec = _spec(onDrift=False, maxAge=None, onQualityDrop=None)
+
+    def drifting(status: specs.ModelDeploymentStatus) -> specs.Condition:
+        return next(item for item in status.conditions if item.type == "Drifting")
+
+    steady = step(_owner(spec), spec, _status(), Signals(drifting=()), NOW).status
+    assert (drifting(steady).status, drifting(steady).reason) == ("False", "NoDrift")
+    drifted = step(_owner(spec), spec, steady, Signals(drifting=("sqft",)), NOW + timedelta(hours=1)).status
+    assert (drifting(drifted).status, drifting(drifted).message) == ("True", "sustained drift in v7: sqft")
+    assert drifting(drifted).last_transition_time == NOW + timedelta(hours=1)
+    still = step(_owner(spec), spec, drifted, Signals(drifting=("sqft",)), NOW + timedelta(hours=2)).status
+    assert drifting(still).last_transition_time == NOW + timedelta(hours=1)
+    unknown = step(_owner(spec), spec, still, Signals(drifting=None), NOW + timedelta(hours=3)).status
+    assert drifting(unknown) == drifting(still)  # Metrics unreadable: the condition stays as it was.
+    assert step(_owner(spec), spec, still, Signals(drifting=("sqft",)), NOW).job is None  # onDrift is off.
