@@ -16,7 +16,7 @@ install: $(VENV)/.installed ## Create .venv with Steward (all parts) and the dev
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,dev]'
+	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,report,dev]'
 	@touch $@
 
 binaries: install ## Build kube-apiserver, etcd and helm into ~/.cache/steward (once; needs Go)

@@ -10,9 +10,12 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from steward_operator import specs
 
@@ -58,6 +61,23 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "history", parents=[common], help="which version and digest served, from when to when; retraining runs"
     )
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="an HTML report with PNG charts: release history, retraining, last decision, quality, drift",
+        description="Write DIR/index.html with PNG charts of one model's release history, retraining runs, last "
+        "decision, quality on matured outcomes and drift, for its owner. Quality and drift come from the monitor, "
+        "through the API server's service proxy (or --monitor URL). Needs matplotlib (pip install "
+        "'model-steward[report]').",
+    )
+    report.add_argument("--output", type=Path, help="directory to write (default: ./NAME-report; replaced whole)")
+    report.add_argument(
+        "--monitor-service",
+        default="steward-system/steward-monitor:8080",
+        metavar="NAMESPACE/SERVICE:PORT",
+        help="the monitor's Service, reached through the API server (default: %(default)s)",
+    )
+    report.add_argument("--monitor", metavar="URL", help="the monitor's base URL, instead of the service proxy")
     for name, purpose in COMMANDS.items():
         command = commands.add_parser(
             name,
@@ -87,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             print(render_history(kubectl.get(args.name)))
             return 0
+        if args.command == "report":
+            return _report(kubectl, args)
         return _command(kubectl, args)
     except KubectlError as error:
         print(f"kubectl steward: {error}", file=sys.stderr)
@@ -232,6 +254,42 @@ def render_history(body: dict[str, Any]) -> str:
     return text
 
 
+def _report(kubectl: Kubectl, args: argparse.Namespace) -> int:
+    try:
+        from steward_operator import reporting  # noqa: PLC0415 -- matplotlib loads only for a report
+    except ImportError as error:
+        print(f"kubectl steward: the report needs {error.name}: pip install 'model-steward[report]'", file=sys.stderr)
+        return EXIT_USAGE
+    body = kubectl.get(args.name)
+    namespace = body["metadata"].get("namespace", "")
+    query = urlencode({"model": args.name, "namespace": namespace})
+    monitored = reporting.Monitored()
+    try:
+        if args.monitor:
+            quality, drift = (_fetch(f"{args.monitor.rstrip('/')}/v1/{path}?{query}") for path in ("quality", "drift"))
+        else:
+            service_namespace, _, service = args.monitor_service.partition("/")
+            proxy = f"/api/v1/namespaces/{service_namespace}/services/{service}/proxy"
+            quality, drift = (json.loads(kubectl.raw(f"{proxy}/v1/{path}?{query}")) for path in ("quality", "drift"))
+        monitored = reporting.Monitored(quality=quality, drift=drift)
+    except (KubectlError, OSError, ValueError) as error:
+        monitored = reporting.Monitored(problem=str(error)[:500])
+        print(
+            f"kubectl steward: the monitor could not be read ({error}); the report has no quality or drift",
+            file=sys.stderr,
+        )
+    output = args.output or Path(f"{args.name}-report")
+    written = reporting.write(body, monitored, output)
+    print(f"wrote {output / 'index.html'} ({len(written)} files)")
+    return 0
+
+
+def _fetch(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 -- the monitor URL the user gave
+        found: dict[str, Any] = json.loads(response.read())
+        return found
+
+
 class Kubectl:
     """The user's kubectl, with the namespace, context and kubeconfig they chose."""
 
@@ -247,6 +305,10 @@ class Kubectl:
     def get(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self._run("get", RESOURCE, name, "-o", "json"))
         return found
+
+    def raw(self, path: str) -> str:
+        """GET a raw API path, such as a Service proxied by the API server."""
+        return self._run("get", "--raw", path)
 
     def patch_status(self, name: str, patch: dict[str, Any]) -> None:
         self._run("patch", RESOURCE, name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))

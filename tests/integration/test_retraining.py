@@ -64,7 +64,7 @@ def _manifest(namespace: str, name: str, bundle: Path) -> str:
 
 
 @pytest.fixture
-def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iterator[tuple[str, DataPlane]]:
+def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iterator[tuple[str, DataPlane, str]]:
     """An operator that reads drift from a Prometheus scraping real predictors and a monitor judging 4 s windows."""
     namespace = f"{PREFIX}{uuid.uuid4().hex[:10]}"
     cluster.run("create", "namespace", namespace)
@@ -84,7 +84,7 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iter
         prometheus.add_target(monitor.url.removeprefix("http://"))
         data_plane.start()
         operator.start()
-        yield namespace, data_plane
+        yield namespace, data_plane, monitor.url
     finally:
         operator.stop()
         data_plane.stop()
@@ -134,6 +134,24 @@ def _retrain_on_request(cluster: Kubectl, namespace: str) -> None:
     assert manual["metadata"]["name"] in history.stdout
 
 
+def _report(cluster: Kubectl, namespace: str, monitor: str, output: Path) -> None:
+    """The owner's report of the drifted model: its drift (from the monitor), its retraining, its history."""
+    where = ["-n", namespace, "--kubeconfig", str(cluster.kubeconfig), "--monitor", monitor, "--output", str(output)]
+    result = subprocess.run(
+        [str(KUBECTL_STEWARD), "report", "drifted", *where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {path.name for path in output.iterdir()} == {"index.html", "history.png", "drift.png"}
+    page = (output / "index.html").read_text()
+    assert "mean radius" in page
+    assert "drifted-retrain-" in page
+    assert (output / "drift.png").read_bytes().startswith(b"\x89PNG")
+
+
 def _jobs(cluster: Kubectl, namespace: str, model: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = cluster.json("get", "jobs", "-n", namespace, "-l", f"steward.dev/model={model}")[
         "items"
@@ -142,9 +160,9 @@ def _jobs(cluster: Kubectl, namespace: str, model: str) -> list[dict[str, Any]]:
 
 
 def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_request(
-    world: tuple[str, DataPlane], cluster: Kubectl, tmp_path: Path
+    world: tuple[str, DataPlane, str], cluster: Kubectl, tmp_path: Path
 ) -> None:
-    namespace, data_plane = world
+    namespace, data_plane, monitor = world
     trained = models.breast_cancer(tmp_path, "v1")
     population = pd.concat([trained.x_train, trained.x_test])
     streams = {
@@ -197,3 +215,4 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     assert runs[-1]["finished"]
 
     _retrain_on_request(cluster, namespace)
+    _report(cluster, namespace, monitor, tmp_path / "report")
