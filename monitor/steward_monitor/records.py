@@ -92,6 +92,64 @@ def outcome_table(data: bytes, form: str, received: datetime, *, namespace: str,
     return [_outcome(row, f"row {index + 1}", received, namespace, model) for index, row in enumerate(rows)]
 
 
+def cloud_event(
+    headers: Mapping[str, str], body: Any, received: datetime, *, namespace: str, model: str, version: str
+) -> list[Prediction]:
+    """The predictions in a KServe payload-logger CloudEvent (binary mode: ce-* headers, the payload as body).
+    A response event gives one prediction per row, keyed by ce-id (`<ce-id>-<row>` for several rows, as the
+    predictor names them); a request event gives none. The namespace, model and version are the ones the
+    logger's URL names, defaulting to ce-namespace and ce-inferenceservicename."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    kind = lowered.get("ce-type", "")
+    request_id = lowered.get("ce-id", "")
+    if not kind or not request_id:
+        raise RecordError("not a CloudEvent: send ce-type and ce-id headers (binary content mode)")
+    if not kind.endswith(".response"):
+        return []
+    if not version:
+        raise RecordError("name the version in the logger's URL: /v1/events?namespace=N&model=M&version=V")
+    if not isinstance(body, Mapping):
+        raise RecordError("the response payload must be a JSON object")
+    answers, scores = _answers(body)
+    several = len(answers) > 1
+    common = {
+        "namespace": namespace or lowered.get("ce-namespace", ""),
+        "model": model or lowered.get("ce-inferenceservicename", ""),
+        "version": version,
+        "time": lowered.get("ce-time") or received,
+    }
+    items = [
+        {
+            **common,
+            "requestId": f"{request_id}-{row}" if several else request_id,
+            "prediction": answer,
+            **({"score": scores[row]} if scores is not None else {}),
+        }
+        for row, answer in enumerate(answers)
+    ]
+    if not items:
+        raise RecordError("the response payload holds no predictions")
+    return predictions(items, received)
+
+
+def _answers(body: Mapping[str, Any]) -> tuple[list[Any], list[float] | None]:
+    """Predictions and, for a binary classifier, positive-class probabilities from a V1 or V2 response."""
+    if "predictions" in body:
+        answers = list(body["predictions"])
+        probabilities, classes = body.get("probabilities"), body.get("classes")
+        if isinstance(probabilities, list) and isinstance(classes, list) and len(classes) == 2:
+            return answers, [float(row[1]) for row in probabilities]
+        return answers, None
+    outputs = {item.get("name"): item for item in body.get("outputs", []) if isinstance(item, Mapping)}
+    if "predictions" not in outputs:
+        raise RecordError('expected a V1 response with "predictions" or a V2 one with a "predictions" output')
+    answers = list(outputs["predictions"].get("data", []))
+    probabilities = sorted(name for name in outputs if str(name).startswith("probability_"))
+    if len(probabilities) == 2:
+        return answers, [float(value) for value in outputs[probabilities[1]].get("data", [])]
+    return answers, None
+
+
 # --- one record ------------------------------------------------------------------------------------------------
 
 

@@ -278,6 +278,7 @@ def application(
     app.cleanup_ctx.append(running)
     app.router.add_post("/v1/predictions", _post_predictions)
     app.router.add_post("/v1/outcomes", _post_outcomes)
+    app.router.add_post("/v1/events", _post_event)
     app.router.add_get("/v1/quality", _get_quality)
     app.router.add_get("/v1/drift", _get_drift)
     app.router.add_get("/healthz", _health)
@@ -316,6 +317,30 @@ async def _post_predictions(request: web.Request) -> web.Response:
     except RecordError as error:
         service.metrics.events.labels("prediction", "rejected").inc()
         raise _bad(str(error)) from None
+    written, _ = await service.ingestor.write(received, [])
+    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+
+
+async def _post_event(request: web.Request) -> web.Response:
+    """KServe's payload logger: point an InferenceService's `logger.url` here, naming the model and version
+    (`/v1/events?namespace=N&model=M&version=V`)."""
+    service = request.app[SERVICE]
+    query = request.query
+    try:
+        body = json.loads(await request.read() or b"null")
+        received = records.cloud_event(
+            request.headers,
+            body,
+            datetime.now(UTC),
+            namespace=query.get("namespace", ""),
+            model=query.get("model", ""),
+            version=query.get("version", ""),
+        )
+    except (RecordError, ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError) as error:
+        service.metrics.events.labels("prediction", "rejected").inc()
+        raise _bad(str(error)) from None
+    if not received:
+        return web.json_response({"stored": 0, "duplicates": 0, "ignored": "a request event carries no prediction"})
     written, _ = await service.ingestor.write(received, [])
     return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
 

@@ -373,3 +373,30 @@ def _get_from(url: str) -> str:
     status, body = http_get(f"{url}/metrics")
     assert status == 200
     return body
+
+
+def test_kserve_payload_logger_events_are_stored_once(tmp_path: Path) -> None:
+    """What KServe's payload logger posts (binary-mode CloudEvents) when an InferenceService's logger.url points
+    at the monitor: response events become predictions, request events are acknowledged and skipped."""
+    store = f"sqlite:///{tmp_path / 'monitor.db'}"
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "0f9e",
+        "ce-source": "http://localhost:9081/",
+        "ce-type": "org.kubeflow.serving.inference.response",
+        "ce-inferenceservicename": "churn-v2",
+        "ce-namespace": "ml",
+    }
+    response = {"predictions": ["yes"], "probabilities": [[0.25, 0.75]], "classes": ["no", "yes"]}
+    url = "/v1/events?namespace=ml&model=churn&version=v2"
+    with Monitor(store) as monitor:
+        assert json.loads(monitor.post(url, response, headers)[2]) == {"stored": 1, "duplicates": 0}
+        assert json.loads(monitor.post(url, response, headers)[2]) == {"stored": 0, "duplicates": 1}
+        request = headers | {"ce-type": "org.kubeflow.serving.inference.request"}
+        assert json.loads(monitor.post(url, {"instances": [{"age": 40}]}, request)[2])["ignored"]
+        status, _, body = monitor.post(url, response, {"ce-id": "x"})
+        assert (status, json.loads(body)["error"]) == (
+            400,
+            "not a CloudEvent: send ce-type and ce-id headers (binary content mode)",
+        )
+    assert _events(store) == [("ml", "churn", "v2", "0f9e")]

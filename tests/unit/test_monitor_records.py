@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from steward_monitor.records import Outcome, Prediction, RecordError, outcome_table, outcomes, predictions
+from steward_monitor.records import (
+    Outcome,
+    Prediction,
+    RecordError,
+    cloud_event,
+    outcome_table,
+    outcomes,
+    predictions,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -74,3 +82,38 @@ def test_an_uploaded_table_is_read_row_by_row() -> None:
     assert outcome_table(buffer.getvalue(), "parquet", NOW, namespace="", model="default") == found
     with pytest.raises(RecordError, match="not a readable parquet file"):
         outcome_table(b"request_id,label\na,1\n", "parquet", NOW, namespace="", model=None)
+
+
+CE = {"ce-specversion": "1.0", "ce-id": "req-7", "ce-type": "org.kubeflow.serving.inference.response"}
+
+
+def test_a_kserve_response_event_is_one_prediction_per_row() -> None:
+    body = {"predictions": [1, 0], "probabilities": [[0.2, 0.8], [0.9, 0.1]], "classes": [0, 1]}
+    found = cloud_event(CE | {"ce-namespace": "ml"}, body, NOW, namespace="", model="churn", version="v2")
+    assert [(p.namespace, p.model, p.version, p.request_id, p.prediction, p.score) for p in found] == [
+        ("ml", "churn", "v2", "req-7-0", 1.0, 0.8),
+        ("ml", "churn", "v2", "req-7-1", 0.0, 0.1),
+    ]
+
+
+def test_a_v2_response_event_reads_the_predictions_output() -> None:
+    body = {
+        "outputs": [
+            {"name": "predictions", "datatype": "BYTES", "shape": [1], "data": ["yes"]},
+            {"name": "probability_no", "datatype": "FP64", "shape": [1], "data": [0.3]},
+            {"name": "probability_yes", "datatype": "FP64", "shape": [1], "data": [0.7]},
+        ]
+    }
+    (found,) = cloud_event(CE, body, NOW, namespace="ml", model="churn", version="v2")
+    assert (found.request_id, found.prediction, found.score) == ("req-7", "yes", 0.7)
+
+
+def test_a_request_event_carries_no_prediction_and_a_bad_event_is_named() -> None:
+    request = CE | {"ce-type": "org.kubeflow.serving.inference.request"}
+    assert cloud_event(request, {"instances": [[1, 2]]}, NOW, namespace="ml", model="churn", version="v2") == []
+    with pytest.raises(RecordError, match="not a CloudEvent"):
+        cloud_event({}, {}, NOW, namespace="ml", model="churn", version="v2")
+    with pytest.raises(RecordError, match="name the version in the logger's URL"):
+        cloud_event(CE, {"predictions": [1]}, NOW, namespace="ml", model="churn", version="")
+    with pytest.raises(RecordError, match='"predictions" output'):
+        cloud_event(CE, {"outputs": []}, NOW, namespace="ml", model="churn", version="v2")
