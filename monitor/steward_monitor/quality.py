@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steward_monitor.records import Label
+from steward_monitor.records import Label, class_label
 
 # Probabilities are clipped this far from 0 and 1 for log loss, as scikit-learn does for float64.
 _EPSILON = float(np.finfo(np.float64).eps)
@@ -72,19 +72,21 @@ def _kind(rows: Sequence[Scored]) -> str:
 
 
 def _classifier(rows: Sequence[Scored]) -> dict[str, float]:
-    predicted = [_text(row.prediction) for row in rows]
-    actual = [_text(row.label) for row in rows]
+    predicted = [class_label(row.prediction) for row in rows]
+    actual = [class_label(row.label) for row in rows]
     metrics = {"accuracy": float(np.mean([p == a for p, a in zip(predicted, actual, strict=True)]))}
     scored = [row for row in rows if row.score is not None]
     if len(scored) != len(rows):
         return metrics
     # A binary classifier's score is the probability of its positive class: the larger label, as scikit-learn
     # orders classes, among those seen.
-    classes = sorted({_text(row.label) for row in rows} | {_text(row.prediction) for row in rows}, key=_order)
+    classes = sorted(
+        {class_label(row.label) for row in rows} | {class_label(row.prediction) for row in rows}, key=_order
+    )
     if len(classes) != 2:
         return metrics
     positive = classes[1]
-    truth = np.array([_text(row.label) == positive for row in scored], dtype=float)
+    truth = np.array([class_label(row.label) == positive for row in scored], dtype=float)
     scores = np.array([row.score for row in scored], dtype=float)
     clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
     metrics["logLoss"] = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))
@@ -122,13 +124,6 @@ def _roc_auc(truth: np.ndarray, scores: np.ndarray) -> float | None:
         start = end + 1
     positive_ranks = float(ranks[truth == 1].sum())
     return (positive_ranks - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def _text(value: Label | None) -> str:
-    """A class label as text, so 1, 1.0 and "1" are the same class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _order(label: str) -> tuple[int, float, str]:

@@ -252,6 +252,13 @@ def moment(value: Any) -> datetime:
     return found.astimezone(UTC)
 
 
+def class_label(value: Label | None) -> str:
+    """A label as a class name, so 1, 1.0 and "1" are the same class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

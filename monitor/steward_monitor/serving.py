@@ -21,6 +21,7 @@ import prometheus_client
 from aiohttp import web
 
 from steward_monitor import records
+from steward_monitor.pairing import compare
 from steward_monitor.quality import Quality, assess
 from steward_monitor.records import Outcome, Prediction, RecordError
 from steward_monitor.stores import Store
@@ -281,6 +282,7 @@ def application(
     app.router.add_post("/v1/events", _post_event)
     app.router.add_get("/v1/quality", _get_quality)
     app.router.add_get("/v1/drift", _get_drift)
+    app.router.add_get("/v1/pairs", _get_pairs)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _exposition)
     return app
@@ -379,6 +381,41 @@ async def _get_quality(request: web.Request) -> web.Response:
     scored = await asyncio.to_thread(service.store.scored, namespace, model, since)
     versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
     return web.json_response({"namespace": namespace, "model": model, "versions": versions})
+
+
+async def _get_pairs(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    query = request.query
+    missing = [name for name in ("model", "incumbent", "challenger") if not query.get(name)]
+    if missing:
+        raise _bad(f"give {', '.join(missing)}: /v1/pairs?model=M&incumbent=V1&challenger=V2[&namespace=N][&since=T]")
+    since = None
+    if "since" in query:
+        try:
+            since = records.moment(query["since"])
+        except RecordError as error:
+            raise _bad(f"since: {error}") from None
+    pairs = await asyncio.to_thread(
+        service.store.pairs, query.get("namespace", ""), query["model"], query["incumbent"], query["challenger"], since
+    )
+    found = compare(pairs)
+    return web.json_response(
+        {
+            "namespace": query.get("namespace", ""),
+            "model": query["model"],
+            "incumbent": query["incumbent"],
+            "challenger": query["challenger"],
+            "pairs": found.pairs,
+            "agreement": found.agreement,
+            "meanScoreDifference": found.mean_score_difference,
+            "labelled": found.labelled,
+            "incumbentAccuracy": found.incumbent_accuracy,
+            "challengerAccuracy": found.challenger_accuracy,
+            "onlyIncumbentRight": found.only_incumbent,
+            "onlyChallengerRight": found.only_challenger,
+            "mcnemarPValue": found.p_value,
+        }
+    )
 
 
 async def _get_drift(request: web.Request) -> web.Response:

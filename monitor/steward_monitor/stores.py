@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from steward_monitor.pairing import Pair
 from steward_monitor.quality import Scored
 from steward_monitor.records import Outcome, Prediction
 
@@ -100,6 +101,41 @@ class Store:
                     Scored(json.loads(prediction), score, None if label is None else json.loads(label), delay)
                 )
         return found
+
+    def pairs(
+        self, namespace: str, model: str, incumbent: str, challenger: str, since: datetime | None = None
+    ) -> list[Pair]:
+        """The requests both versions answered (the incumbent's made at or after `since`), with outcomes."""
+        first, second = PREDICTIONS.alias("incumbent"), PREDICTIONS.alias("challenger")
+        same_request = sa.and_(
+            first.c.namespace == second.c.namespace,
+            first.c.model == second.c.model,
+            first.c.request_id == second.c.request_id,
+        )
+        outcome = sa.and_(
+            OUTCOMES.c.namespace == first.c.namespace,
+            OUTCOMES.c.model == first.c.model,
+            OUTCOMES.c.request_id == first.c.request_id,
+        )
+        query = (
+            sa.select(first.c.prediction, second.c.prediction, first.c.score, second.c.score, OUTCOMES.c.label)
+            .select_from(first.join(second, same_request).outerjoin(OUTCOMES, outcome))
+            .where(
+                first.c.namespace == namespace,
+                first.c.model == model,
+                first.c.version == incumbent,
+                second.c.version == challenger,
+            )
+        )
+        if since is not None:
+            query = query.where(first.c.time >= since)
+        with self.engine.connect() as connection:
+            return [
+                Pair(
+                    json.loads(mine), json.loads(theirs), score_i, score_c, None if label is None else json.loads(label)
+                )
+                for mine, theirs, score_i, score_c, label in connection.execute(query)
+            ]
 
     def models(self, since: datetime) -> list[tuple[str, str]]:
         """(namespace, model) of every model with predictions at or after `since`."""

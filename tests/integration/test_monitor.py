@@ -346,6 +346,7 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
             monitor.start()
             reported = wait_until(lambda: _events(store) if len(_events(store)) == 50 + 30 + 3 + 50 else None, 60)
             sent = _get_from(predictors["v1"].url)
+            pairs = json.loads(_get(monitor, "/v1/pairs?namespace=clinic&model=diagnosis&incumbent=v1&challenger=v2"))
         finally:
             for predictor in predictors.values():
                 predictor.stop()
@@ -357,6 +358,8 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
     assert by_version["v1"] == {f"r{index}" for index in range(80)} | {"several-0", "several-1", "several-2"}
     assert len(by_version["v1"] & by_version["v2"]) == 50  # The pairs a shadow comparison reads.
     assert 'steward_predictor_reported_events_total{result="sent"} 83.0' in sent
+    # The two versions were trained alike: on every request they both answered, they agree exactly.
+    assert (pairs["pairs"], pairs["agreement"], pairs["meanScoreDifference"]) == (50, 1.0, 0.0)
 
 
 def _events(store: str) -> list[tuple[str, str, str, str]]:
