@@ -37,7 +37,8 @@ class Quality:
     kind: str
     """classifier or regressor, as the predictions and labels show."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """accuracy, logLoss, rocAuc, or mae, rmse; a metric that cannot be computed (one class only) is left out."""
+    """accuracy, logLoss, rocAuc and calibrationError (binary classifiers with scores), or mae, rmse; a metric
+    that cannot be computed (one class only) is left out."""
     delay_p50: float | None = None
     delay_p90: float | None = None
 
@@ -90,10 +91,22 @@ def _classifier(rows: Sequence[Scored]) -> dict[str, float]:
     scores = np.array([row.score for row in scored], dtype=float)
     clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
     metrics["logLoss"] = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))
+    metrics["calibrationError"] = _calibration_error(truth, scores)
     auc = _roc_auc(truth, scores)
     if auc is not None:
         metrics["rocAuc"] = auc
     return metrics
+
+
+def _calibration_error(truth: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over ten equal-width score bins, the gap between the mean score and the share
+    of positives, weighted by the bin's share of predictions. 0 for scores that mean what they say."""
+    index = np.minimum((scores * bins).astype(int), bins - 1)
+    error = 0.0
+    for bin_ in np.unique(index):
+        members = index == bin_
+        error += members.mean() * abs(float(scores[members].mean()) - float(truth[members].mean()))
+    return float(error)
 
 
 def _regressor(rows: Sequence[Scored]) -> dict[str, float]:

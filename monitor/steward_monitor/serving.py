@@ -370,15 +370,16 @@ async def _get_quality(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     model = request.query.get("model")
     if not model:
-        raise _bad("give the model: /v1/quality?model=NAME[&namespace=NS][&since=RFC 3339 time]")
+        raise _bad("give the model: /v1/quality?model=NAME[&namespace=NS][&since=T][&until=T] (RFC 3339 times)")
     namespace = request.query.get("namespace", "")
-    since = None
-    if "since" in request.query:
-        try:
-            since = records.moment(request.query["since"])
-        except RecordError as error:
-            raise _bad(f"since: {error}") from None
-    scored = await asyncio.to_thread(service.store.scored, namespace, model, since)
+    bounds = {}
+    for bound in ("since", "until"):
+        if bound in request.query:
+            try:
+                bounds[bound] = records.moment(request.query[bound])
+            except RecordError as error:
+                raise _bad(f"{bound}: {error}") from None
+    scored = await asyncio.to_thread(service.store.scored, namespace, model, bounds.get("since"), bounds.get("until"))
     versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
     return web.json_response({"namespace": namespace, "model": model, "versions": versions})
 

@@ -72,8 +72,11 @@ class Store:
                 "outcomes": connection.scalar(sa.select(sa.func.count()).select_from(OUTCOMES)) or 0,
             }
 
-    def scored(self, namespace: str, model: str, since: datetime | None = None) -> dict[str, list[Scored]]:
-        """Each version's predictions of one model (made at or after `since`), with their outcomes where known."""
+    def scored(
+        self, namespace: str, model: str, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, list[Scored]]:
+        """Each version's predictions of one model (made at or after `since` and before `until`: a cohort, matured
+        when `until` is a label delay ago), with their outcomes where known."""
         joined = sa.and_(
             PREDICTIONS.c.namespace == OUTCOMES.c.namespace,
             PREDICTIONS.c.model == OUTCOMES.c.model,
@@ -93,6 +96,8 @@ class Store:
         )
         if since is not None:
             query = query.where(PREDICTIONS.c.time >= since)
+        if until is not None:
+            query = query.where(PREDICTIONS.c.time < until)
         found: dict[str, list[Scored]] = {}
         with self.engine.connect() as connection:
             for version, prediction, score, made, label, labelled in connection.execute(query):

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -289,6 +290,9 @@ def test_labels_arriving_months_later_give_each_version_its_quality(tmp_path: Pa
         ]
         assert monitor.post("/v1/outcomes?model=diagnosis&namespace=clinic", outcomes, TOKEN)[0] == 200
         quality = json.loads(_get(monitor, "/v1/quality?model=diagnosis&namespace=clinic"))["versions"]
+        # A cohort: the first 30 predictions, by when they were made.
+        until = (made + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        cohort = json.loads(_get(monitor, f"/v1/quality?model=diagnosis&namespace=clinic&until={until}"))["versions"]
 
         def gauges() -> str | None:
             text = _get(monitor, "/metrics")
@@ -304,11 +308,13 @@ def test_labels_arriving_months_later_give_each_version_its_quality(tmp_path: Pa
             "accuracy": accuracy_score(truth[:labelled], predicted[:labelled]),
             "rocAuc": roc_auc_score(truth[:labelled], scores[:labelled]),
             "logLoss": log_loss(truth[:labelled], scores[:labelled]),
+            "calibrationError": _calibration_error(truth[:labelled], np.array(scores[:labelled])),
         }
         assert found["metrics"] == pytest.approx(expected, rel=1e-9)
         gauge = f'steward_monitor_quality{{metric="rocAuc",model="diagnosis",namespace="clinic",version="{version}"}}'
         assert float(exposition.split(gauge, 1)[1].split()[0]) == pytest.approx(expected["rocAuc"])
     assert quality["v2"]["metrics"]["logLoss"] < quality["v1"]["metrics"]["logLoss"]
+    assert (cohort["v1"]["predictions"], cohort["v1"]["labelled"]) == (30, 30)
 
 
 def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: Path) -> None:
@@ -360,6 +366,16 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
     assert 'steward_predictor_reported_events_total{result="sent"} 83.0' in sent
     # The two versions were trained alike: on every request they both answered, they agree exactly.
     assert (pairs["pairs"], pairs["agreement"], pairs["meanScoreDifference"]) == (50, 1.0, 0.0)
+
+
+def _calibration_error(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Expected calibration error over ten equal-width bins, computed independently of the monitor."""
+    total = 0.0
+    for low in np.linspace(0, 0.9, 10):
+        members = (scores >= low) & ((scores < low + 0.1) if low < 0.85 else (scores <= 1))
+        if members.any():
+            total += members.mean() * abs(scores[members].mean() - truth[members].mean())
+    return float(total)
 
 
 def _events(store: str) -> list[tuple[str, str, str, str]]:

@@ -62,3 +62,23 @@ def test_nothing_labelled_yet_is_no_metrics_not_zero() -> None:
     quality = assess([Scored("yes", 0.7), Scored("no", 0.2)])
     assert (quality.labelled, quality.coverage, quality.metrics, quality.delay_p50) == (0, 0.0, {}, None)
     assert assess([]).coverage == 0.0
+
+
+def test_calibration_error_is_small_for_scores_that_mean_what_they_say() -> None:
+    rng = np.random.default_rng(8)
+    scores = rng.random(20_000)
+    honest = rng.random(20_000) < scores
+    overconfident = rng.random(20_000) < scores**3
+
+    def error(truth: np.ndarray) -> float:
+        rows = [Scored(bool(s >= 0.5), float(s), bool(t)) for s, t in zip(scores, truth, strict=True)]
+        return assess(rows).metrics["calibrationError"]
+
+    assert error(honest) < 0.02
+    assert error(overconfident) > 0.15
+
+
+def test_calibration_error_by_hand() -> None:
+    # Bin 0.0-0.1: scores 0.05, 0.05, one positive -> |0.05 - 0.5| x 2/4; bin 0.9-1.0: 0.95, 0.95, both positive.
+    rows = [Scored(0.0, 0.05, 0.0), Scored(0.0, 0.05, 1.0), Scored(1.0, 0.95, 1.0), Scored(1.0, 0.95, 1.0)]
+    assert assess(rows).metrics["calibrationError"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
