@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +36,8 @@ class VersionDrift:
 
 @dataclass
 class DriftWatch:
-    """Reads Prometheus at `url` and keeps the last `thresholds.windows` levels of every feature."""
+    """Reads Prometheus at `url` and keeps the last levels of every feature. `thresholds` apply to versions whose
+    predictors publish none of their own (steward_predictor_drift_threshold, from spec.monitoring.drift)."""
 
     url: str
     thresholds: Thresholds
@@ -66,21 +67,37 @@ class DriftWatch:
             )
         ).items():
             counts[(*key[:3], PREDICTION, key[3])] = value
+        asked = await self._vector("steward_predictor_drift_threshold", ("namespace", "model", "version", "threshold"))
         now = datetime.now(UTC)
         judged = {}
         for version, (baselines, observed) in _by_version(shares, counts).items():
-            features = window(baselines, observed, self.thresholds)
+            thresholds = self._thresholds(version, asked)
+            features = window(baselines, observed, thresholds)
             alerting = []
             for feature in features:
-                levels = self._history.setdefault((version, feature.name), deque(maxlen=self.thresholds.windows))
+                levels = self._history.get((version, feature.name))
+                if levels is None or levels.maxlen != thresholds.windows:
+                    levels = self._history[(version, feature.name)] = deque(levels or (), maxlen=thresholds.windows)
                 levels.append(feature.level)
-                if persistent(levels, self.thresholds):
+                if persistent(levels, thresholds):
                     alerting.append(feature.name)
             judged[version] = VersionDrift(features, alerting, now)
         for stale in [held for held in self._history if held[0] not in judged]:
             del self._history[stale]  # A version that is gone keeps no history.
         self.latest = judged
         return judged
+
+    def _thresholds(self, version: Version, asked: dict[tuple[str, ...], float]) -> Thresholds:
+        """The thresholds the version's ModelDeployment asks for (its predictors publish them), else the monitor's."""
+        own = {key[3]: value for key, value in asked.items() if key[:3] == version}
+        default = self.thresholds
+        return replace(
+            default,
+            warn=own.get("warn", default.warn),
+            alert=own.get("alert", default.alert),
+            breaches=round(own.get("breaches", default.breaches)),
+            windows=round(own.get("windows", default.windows)),
+        )
 
     async def _vector(self, query: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
         try:

@@ -264,6 +264,16 @@ def inference_service(
     ]
     if live.digest:
         environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
+    drift = spec.monitoring.drift
+    if drift.enabled:
+        # The monitor judges this version's drift by the thresholds its predictors publish.
+        for name, value in (
+            ("WARN", drift.warn),
+            ("ALERT", drift.alert),
+            ("BREACHES", drift.persistence.breaches),
+            ("WINDOWS", drift.persistence.windows),
+        ):
+            environment.append({"name": f"STEWARD_DRIFT_{name}", "value": f"{value:g}"})
     if settings.MONITOR_URL:
         # Every prediction goes to the monitor, filed under this deployment's namespace and name.
         environment.append({"name": "STEWARD_MONITOR_URL", "value": settings.MONITOR_URL})

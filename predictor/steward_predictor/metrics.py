@@ -161,6 +161,13 @@ class Families:
             [*_BASE, "metric", "data"],
             registry=registry,
         )
+        self.drift_threshold = Gauge(
+            "steward_predictor_drift_threshold",
+            "spec.monitoring.drift for this version (warn, alert, breaches, windows), which the monitor judges its "
+            "drift by.",
+            [*_BASE, "threshold"],
+            registry=registry,
+        )
         self.binned = _BinnedFamilies()
         registry.register(self.binned)
 
@@ -180,6 +187,11 @@ class ModelMetrics:
         self._predictions: _Binned | None = None
         self._scores: _Binned | None = None
         self._class_bins: np.ndarray | None = None
+
+    def thresholds(self, thresholds: dict[str, float]) -> None:
+        """Publish the drift thresholds the ModelDeployment asks for."""
+        for name, value in thresholds.items():
+            self.families.drift_threshold.labels(**self.base, threshold=name).set(value)
 
     def attach(self, bundle: Bundle) -> None:
         """Publish the bundle's held-out results, and start counting over its training bins."""

@@ -66,6 +66,7 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             return False
         metrics = ModelMetrics(self.families, self.name, bundle.version, settings.variant)
         metrics.attach(bundle)
+        metrics.thresholds(settings.drift_thresholds)
         metrics.ready.set(1)
         self.loaded = Loaded(bundle, validator, metrics)
         self.reason = ""

@@ -20,6 +20,17 @@ def trusted_types() -> tuple[str, ...]:
     return tuple(name.strip() for name in os.environ.get("STEWARD_TRUSTED_TYPES", "").split(",") if name.strip())
 
 
+def drift_thresholds_set() -> dict[str, float]:
+    """STEWARD_DRIFT_WARN, _ALERT, _BREACHES, _WINDOWS: those that are set and are numbers."""
+    found = {}
+    for name in ("warn", "alert", "breaches", "windows"):
+        try:
+            found[name] = float(os.environ[f"STEWARD_DRIFT_{name.upper()}"])
+        except (KeyError, ValueError):
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     bundle_uri: str = field(default_factory=lambda: os.environ.get("STEWARD_BUNDLE_URI", DEFAULT_URI))
@@ -37,6 +48,9 @@ class Settings:
     monitor_url: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MONITOR_URL") or None)
     """The monitor every prediction is reported to (its base URL); unset: none are."""
     namespace: str = field(default_factory=lambda: os.environ.get("STEWARD_NAMESPACE", ""))
+    drift_thresholds: dict[str, float] = field(default_factory=drift_thresholds_set)
+    """spec.monitoring.drift as the operator passes it on (warn, alert, breaches, windows), published for the
+    monitor, which judges this version's drift by them."""
     """The namespace of the ModelDeployment, which the monitor files predictions under."""
 
     def __post_init__(self) -> None:

@@ -48,6 +48,11 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
         "STORAGE_URI": V1.bundle,
         "STEWARD_MODEL_VERSION": V1.version,
         "STEWARD_BUNDLE_DIGEST": V1.digest,
+        # spec.monitoring.drift (defaults): the monitor judges this version's drift by them.
+        "STEWARD_DRIFT_WARN": "0.1",
+        "STEWARD_DRIFT_ALERT": "0.25",
+        "STEWARD_DRIFT_BREACHES": "2",
+        "STEWARD_DRIFT_WINDOWS": "3",
     }
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/churn"
