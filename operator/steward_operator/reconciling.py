@@ -172,9 +172,11 @@ async def retraining_signals(
     metadata, spec = deployment.metadata, deployment.spec
     namespace, name = metadata["namespace"], metadata["name"]
     jobs = {}
-    for job in await cluster.list(JOB, namespace, f"steward.dev/model={name},steward.dev/retraining"):
-        if any(owner.get("uid") == uid for owner in job["metadata"].get("ownerReferences", [])):
-            jobs[job["metadata"]["name"]] = _job(job)
+    # A ModelDeployment that never retrained and cannot costs no API call.
+    if spec.retraining is not None or status.retrainings:
+        for job in await cluster.list(JOB, namespace, f"steward.dev/model={name},steward.dev/retraining"):
+            if any(owner.get("uid") == uid for owner in job["metadata"].get("ownerReferences", [])):
+                jobs[job["metadata"]["name"]] = _job(job)
     if source is None or status.incumbent is None:
         return retraining.Signals(jobs=jobs)
     version, wanted = status.incumbent.version, spec.retraining
