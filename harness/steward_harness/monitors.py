@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt, http_get, http_post
+from steward_harness.servers import Server, await_health, free_ports, halt, http_post, launch
 
 STARTUP_TIMEOUT = 30.0
 
@@ -48,22 +47,16 @@ class Monitor(Server):
             token_file = self.directory / "token"
             token_file.write_text(self.token)
             arguments.append(f"--token-file={token_file}")
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "steward_monitor", *arguments],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=os.environ.copy(),
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise MonitorError(f"the monitor exited with {self._process.returncode}:\n{self.tail()}")
-            if http_get(f"{self.url}/healthz", timeout=1)[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise MonitorError(f"the monitor was not healthy within {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+        self._process = launch([sys.executable, "-m", "steward_monitor", *arguments], self.log, os.environ.copy())
+        await_health(
+            self._process,
+            f"{self.url}/healthz",
+            what="the monitor",
+            timeout=STARTUP_TIMEOUT,
+            error=MonitorError,
+            tail=self.tail,
+        )
+        return self
 
     def stop(self, keep: bool = True) -> None:
         halt(self._process)

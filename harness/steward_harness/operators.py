@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt, http_get
+from steward_harness.servers import Server, await_health, free_ports, halt, http_get, launch
 
 STARTUP_TIMEOUT = 60.0
 
@@ -55,28 +54,19 @@ class Operator(Server):
             "STEWARD_PROMETHEUS_URL": self.prometheus,
             **self.env,
         }
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "steward_operator",
-                    "--verbose",
-                    *(f"--namespace={namespace}" for namespace in self.namespaces),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=environment,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise OperatorError(f"the operator exited with {self._process.returncode}:\n{self.tail()}")
-            if http_get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1)[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise OperatorError(f"the operator was not healthy within {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+        command = [
+            sys.executable,
+            "-m",
+            "steward_operator",
+            "--verbose",
+            *(f"--namespace={namespace}" for namespace in self.namespaces),
+        ]
+        self._process = launch(command, self.log, environment)
+        health = f"http://127.0.0.1:{self.health_port}/healthz"
+        await_health(
+            self._process, health, what="the operator", timeout=STARTUP_TIMEOUT, error=OperatorError, tail=self.tail
+        )
+        return self
 
     def stop(self, keep: bool = True) -> None:
         halt(self._process)

@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, free_ports, halt, http_get, http_post
+from steward_harness.servers import Server, await_health, free_ports, halt, http_get, http_post, launch
 
 STARTUP_TIMEOUT = 60.0
 
@@ -48,22 +47,16 @@ class Predictor(Server):
             "--enable_grpc=false",
             *self.args,
         ]
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise PredictorError(f"predictor exited with {self._process.returncode}:\n{self.tail()}")
-            if self.get("/v2/health/live")[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise PredictorError(f"predictor not answering after {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+        self._process = launch(command, self.log, {**os.environ, **self.env})
+        await_health(
+            self._process,
+            f"{self.url}/v2/health/live",
+            what="the predictor",
+            timeout=STARTUP_TIMEOUT,
+            error=PredictorError,
+            tail=self.tail,
+        )
+        return self
 
     def stop(self, keep: bool = True) -> None:
         """Stop the process; its log is removed unless `keep` (by default it stays, for the test report)."""

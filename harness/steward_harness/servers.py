@@ -7,9 +7,12 @@ import json
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -90,3 +93,29 @@ def http_post(url: str, body: object, headers: dict[str, str] | None = None) -> 
             return response.status, dict(response.headers.items()), response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers.items()), error.read().decode()
+
+
+def launch(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `command` with its output appended to `log` and nothing on its standard input."""
+    with log.open("ab") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def await_health(
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    what: str,
+    timeout: float,
+    error: type[Exception],
+    tail: Callable[[], str],
+) -> None:
+    """Wait until GET `url` answers 200; `error`, with the log's tail, if `process` exits or `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise error(f"{what} exited with {process.returncode}:\n{tail()}")
+        if http_get(url, timeout=1)[0] == 200:
+            return
+        time.sleep(0.1)
+    raise error(f"{what} was not healthy within {timeout:.0f} s:\n{tail()}")

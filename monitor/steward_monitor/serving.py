@@ -372,14 +372,8 @@ async def _get_quality(request: web.Request) -> web.Response:
     if not model:
         raise _bad("give the model: /v1/quality?model=NAME[&namespace=NS][&since=T][&until=T] (RFC 3339 times)")
     namespace = request.query.get("namespace", "")
-    bounds = {}
-    for bound in ("since", "until"):
-        if bound in request.query:
-            try:
-                bounds[bound] = records.moment(request.query[bound])
-            except RecordError as error:
-                raise _bad(f"{bound}: {error}") from None
-    scored = await asyncio.to_thread(service.store.scored, namespace, model, bounds.get("since"), bounds.get("until"))
+    since, until = _moment(request, "since"), _moment(request, "until")
+    scored = await asyncio.to_thread(service.store.scored, namespace, model, since, until)
     versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
     return web.json_response({"namespace": namespace, "model": model, "versions": versions})
 
@@ -390,14 +384,13 @@ async def _get_pairs(request: web.Request) -> web.Response:
     missing = [name for name in ("model", "incumbent", "challenger") if not query.get(name)]
     if missing:
         raise _bad(f"give {', '.join(missing)}: /v1/pairs?model=M&incumbent=V1&challenger=V2[&namespace=N][&since=T]")
-    since = None
-    if "since" in query:
-        try:
-            since = records.moment(query["since"])
-        except RecordError as error:
-            raise _bad(f"since: {error}") from None
     pairs = await asyncio.to_thread(
-        service.store.pairs, query.get("namespace", ""), query["model"], query["incumbent"], query["challenger"], since
+        service.store.pairs,
+        query.get("namespace", ""),
+        query["model"],
+        query["incumbent"],
+        query["challenger"],
+        _moment(request, "since"),
     )
     found = compare(pairs)
     return web.json_response(
@@ -494,6 +487,16 @@ def _quality_json(quality: Quality) -> dict[str, Any]:
         "labelDelaySeconds": {"p50": quality.delay_p50, "p90": quality.delay_p90},
         "metrics": quality.metrics,
     }
+
+
+def _moment(request: web.Request, name: str) -> datetime | None:
+    """An RFC 3339 time from the query string; a 400 naming the parameter when it is not one."""
+    if name not in request.query:
+        return None
+    try:
+        return records.moment(request.query[name])
+    except RecordError as error:
+        raise _bad(f"{name}: {error}") from None
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from steward_operator import deciding, metrics, planners, releasing, retraining, specs
 from steward_operator.kubernetes import (
@@ -204,7 +204,7 @@ def _job(body: dict[str, Any]) -> retraining.Job:
     reason = annotations.get("steward.dev/retrain-reason", "manual")
     return retraining.Job(
         state=state,
-        reason=reason if reason in {"maxAge", "drift", "qualityDrop", "manual"} else "manual",
+        reason=reason if reason in get_args(retraining.Reason) else "manual",
         message=annotations.get("steward.dev/retrain-message", ""),
         version=annotations.get("steward.dev/retrain-version", ""),
         started=datetime.fromisoformat(metadata["creationTimestamp"].replace("Z", "+00:00")),

@@ -575,7 +575,8 @@ def test_the_monitor_can_be_left_out(helm: Helm) -> None:
 # --- NOTES.txt --------------------------------------------------------------------------------------------------------
 
 
-def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+def _notes(helm: Helm, kubectl: Kubectl, namespace: str, values: str) -> str:
+    """The NOTES.txt a server-side dry-run install with `values` prints."""
     result = helm(
         "install",
         "steward",
@@ -586,10 +587,14 @@ def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kub
         "--namespace",
         namespace,
         "--set",
-        "watchNamespaces={team-a}",
+        values,
     )
     assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+    notes = _notes(helm, kubectl, namespace, "watchNamespaces={team-a}")
     assert "ModelDeployments in these namespaces: team-a" in notes
     assert f"kubectl -n {namespace} rollout status deployment/steward" in notes
     assert f"helm test steward -n {namespace}" in notes
@@ -603,20 +608,8 @@ def test_the_install_notes_say_how_to_check_and_use_the_operator(helm: Helm, kub
 
 
 def test_the_install_notes_say_when_releases_wait_for_commands(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
-    result = helm(
-        "install",
-        "steward",
-        str(CHART),
-        "--dry-run=server",
-        "--skip-crds",
-        f"--kubeconfig={kubectl.kubeconfig}",
-        "--namespace",
-        namespace,
-        "--set",
-        "prometheus.url=",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "releases move only on `kubectl steward` commands" in result.stdout.split("NOTES:", 1)[1]
+    notes = _notes(helm, kubectl, namespace, "prometheus.url=")
+    assert "releases move only on `kubectl steward` commands" in notes
 
 
 # --- alerts and dashboards ------------------------------------------------------------------------------------------

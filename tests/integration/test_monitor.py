@@ -96,7 +96,7 @@ def test_an_event_sent_again_is_not_stored_twice(monitor: Monitor, store: str) -
     assert _stored(store) == {"steward_predictions": 151, "steward_outcomes": 0}
     metrics = monitor.post("/metrics", b"")[0]
     assert metrics == 405  # /metrics is GET only
-    exposition = _get(monitor, "/metrics")
+    exposition = _get(f"{monitor.url}/metrics")
     assert 'steward_monitor_events_total{kind="prediction",result="stored"} 151.0' in exposition
     assert 'steward_monitor_events_total{kind="prediction",result="duplicate"} 151.0' in exposition
     promtool = shutil.which("promtool")
@@ -241,8 +241,8 @@ def test_a_monitor_killed_mid_stream_loses_nothing_it_acknowledged(monitor: Moni
     assert acknowledged <= set(kept)
 
 
-def _get(monitor: Monitor, path: str) -> str:
-    status, body = http_get(f"{monitor.url}{path}")
+def _get(url: str) -> str:
+    status, body = http_get(url)
     assert status == 200
     return body
 
@@ -289,13 +289,15 @@ def test_labels_arriving_months_later_give_each_version_its_quality(tmp_path: Pa
             for index in range(labelled)
         ]
         assert monitor.post("/v1/outcomes?model=diagnosis&namespace=clinic", outcomes, TOKEN)[0] == 200
-        quality = json.loads(_get(monitor, "/v1/quality?model=diagnosis&namespace=clinic"))["versions"]
+        quality = json.loads(_get(f"{monitor.url}/v1/quality?model=diagnosis&namespace=clinic"))["versions"]
         # A cohort: the first 30 predictions, by when they were made.
         until = (made + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        cohort = json.loads(_get(monitor, f"/v1/quality?model=diagnosis&namespace=clinic&until={until}"))["versions"]
+        cohort = json.loads(_get(f"{monitor.url}/v1/quality?model=diagnosis&namespace=clinic&until={until}"))[
+            "versions"
+        ]
 
         def gauges() -> str | None:
-            text = _get(monitor, "/metrics")
+            text = _get(f"{monitor.url}/metrics")
             return text if 'steward_monitor_quality{metric="rocAuc"' in text else None
 
         exposition = wait_until(gauges)
@@ -351,8 +353,10 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
             assert status == 200
             monitor.start()
             reported = wait_until(lambda: _events(store) if len(_events(store)) == 50 + 30 + 3 + 50 else None, 60)
-            sent = _get_from(predictors["v1"].url)
-            pairs = json.loads(_get(monitor, "/v1/pairs?namespace=clinic&model=diagnosis&incumbent=v1&challenger=v2"))
+            sent = _get(f"{predictors['v1'].url}/metrics")
+            pairs = json.loads(
+                _get(f"{monitor.url}/v1/pairs?namespace=clinic&model=diagnosis&incumbent=v1&challenger=v2")
+            )
         finally:
             for predictor in predictors.values():
                 predictor.stop()
@@ -386,12 +390,6 @@ def _events(store: str) -> list[tuple[str, str, str, str]]:
             return [tuple(row) for row in connection.execute(sa.select(*columns))]
     finally:
         engine.dispose()
-
-
-def _get_from(url: str) -> str:
-    status, body = http_get(f"{url}/metrics")
-    assert status == 200
-    return body
 
 
 def test_kserve_payload_logger_events_are_stored_once(tmp_path: Path) -> None:

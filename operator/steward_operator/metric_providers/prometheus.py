@@ -116,10 +116,7 @@ class Prometheus:
     async def held_out(
         self, model: str, version: str, at: datetime, *, namespace: str | None = None
     ) -> HeldOutResults | None:
-        matchers = [f"model={quote(model)}", f"version={quote(version)}"]
-        if namespace is not None:
-            matchers.append(f"namespace={quote(namespace)}")
-        data = await self._query("steward_predictor_holdout{" + ",".join(matchers) + "}", at.timestamp())
+        data = await self._query(f"steward_predictor_holdout{_matchers(model, version, namespace)}", at.timestamp())
         try:
             samples = [(item["metric"], float(item["value"][1])) for item in data["result"]]
         except (KeyError, IndexError, TypeError, ValueError) as error:
@@ -202,14 +199,12 @@ def quote(value: str) -> str:
 
 def selector(model: str, version: str, namespace: str | None = None) -> str:
     """The series selector for one version of one model (and only its pods in `namespace`, when given)."""
-    matchers = [f'__name__=~"{NAMES}"', f"model={quote(model)}", f"version={quote(version)}"]
-    if namespace is not None:
-        matchers.append(f"namespace={quote(namespace)}")
-    return "{" + ",".join(matchers) + "}"
+    return _matchers(model, version, namespace, f'__name__=~"{NAMES}"')
 
 
-def _matchers(model: str, version: str, namespace: str | None) -> str:
-    found = [f"model={quote(model)}", f"version={quote(version)}"]
+def _matchers(model: str, version: str, namespace: str | None, *first: str) -> str:
+    """`{model=..., version=...[, namespace=...]}`, after any `first` matchers."""
+    found = [*first, f"model={quote(model)}", f"version={quote(version)}"]
     if namespace is not None:
         found.append(f"namespace={quote(namespace)}")
     return "{" + ",".join(found) + "}"
