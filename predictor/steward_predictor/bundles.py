@@ -30,6 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from steward_predictor import baselines as baselines_module
+from steward_predictor import trusting
 from steward_predictor.baselines import Baselines
 from steward_predictor.schemas import FeatureSchema, infer_schema
 
@@ -40,11 +41,6 @@ MANIFEST = "manifest.json"
 SKOPS_FILE = "pipeline.skops"
 PICKLE_FILE = "pipeline.joblib"
 GOLDEN_ROWS = 32
-# Types a skops pipeline may contain without being named by the operator: scikit-learn's own estimators
-# and transformers, and numpy's plain value types. Anything else (a team's own transformer, a function
-# reference) must be trusted explicitly.
-TRUSTED_PREFIXES = ("sklearn.",)
-TRUSTED_TYPES = frozenset({"numpy.dtype", "numpy.float64", "numpy.int64", "numpy.ndarray", "builtins.slice"})
 
 Task = Literal["classification", "regression"]
 # scikit-learn classifiers whose predict() is the class predict_proba() rates highest. Others (an SVC with
@@ -333,7 +329,7 @@ def load_bundle(
     """Read and check a bundle from a local path, file:// or any fsspec URL (s3://...).
 
     Every file is checked against the manifest before anything is deserialized; the pipeline is read with
-    skops, trusting scikit-learn's own types plus `trusted_types`, or with pickle only if `allow_pickle`.
+    skops (see `read_skops`), or with pickle only if `allow_pickle`.
     With `skip_pipeline` the pipeline is not read at all (pipeline is None), for inspection.
     """
     with tempfile.TemporaryDirectory(prefix="steward-bundle-") as scratch:
@@ -402,25 +398,28 @@ def _local_copy(uri: str, scratch: Path) -> Path:
     return scratch
 
 
-def untrusted_types(path: Path, trusted_types: tuple[str, ...] = ()) -> list[str]:
-    """Types in a skops file that Steward would refuse to load."""
-    return [
-        name
-        for name in skops.io.get_untrusted_types(file=path)
-        if not name.startswith(TRUSTED_PREFIXES) and name not in TRUSTED_TYPES and name not in trusted_types
-    ]
+def read_skops(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
+    """A pipeline from a skops file, if it holds nothing but trusted types and its trees check out. Nothing in the
+    file is imported or run before its types are known to be trusted."""
+    untrusted = trusting.refused(path, trusted_types)
+    if untrusted:
+        raise BundleError(
+            f"the pipeline contains types that are not trusted: {', '.join(untrusted)}. Steward trusts "
+            "scikit-learn's estimators and transformers (as skops does) and never a function or a private helper "
+            "by default; review each, then trust it by name (--trust_type, STEWARD_TRUSTED_TYPES or "
+            "spec.model.trustedTypes)"
+        )
+    pipeline = trusting.load(path, trusted_types)
+    problems = trusting.tree_problems(pipeline)
+    if problems:
+        raise BundleError(f"the pipeline's trees are malformed, so predicting could crash: {'; '.join(problems[:5])}")
+    return pipeline
 
 
 def _read_pipeline(directory: Path, allow_pickle: bool, trusted_types: tuple[str, ...]) -> Any:
     skops_file, pickle_file = directory / SKOPS_FILE, directory / PICKLE_FILE
     if skops_file.exists():
-        refused = untrusted_types(skops_file, trusted_types)
-        if refused:
-            raise BundleError(
-                f"the pipeline contains types that are not trusted: {', '.join(refused)}. Review them, then "
-                "trust them by name (--trust-type, or STEWARD_TRUSTED_TYPES, comma-separated)"
-            )
-        return skops.io.load(skops_file, trusted=skops.io.get_untrusted_types(file=skops_file))
+        return read_skops(skops_file, trusted_types)
     if pickle_file.exists():
         if not allow_pickle:
             raise BundleError(

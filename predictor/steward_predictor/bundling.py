@@ -10,10 +10,9 @@ from typing import Any
 
 import joblib
 import pandas as pd
-import skops.io
 
 from steward_predictor import parity
-from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle, untrusted_types
+from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle, read_skops
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -158,10 +157,7 @@ def _summary(bundle: Bundle) -> dict[str, Any]:
 
 def _read_pipeline(path: Path, allow_pickle: bool, trusted: tuple[str, ...]) -> Any:
     if path.suffix == ".skops":
-        refused = untrusted_types(path, trusted)
-        if refused:
-            raise BundleError(f"{path} contains types that are not trusted: {', '.join(refused)} (use --trust-type)")
-        return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+        return read_skops(path, trusted)
     if not allow_pickle:
         raise ValueError(f"{path} is a pickle, which runs code when read: pass --allow-pickle if it is your own file")
     return joblib.load(path)
