@@ -80,12 +80,14 @@ def plan(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, r
 
 
 def child_name(model: str, version: str) -> str:
-    """The DNS-1035 name of a version's InferenceService. Versions that had to be respelled (v1.0 and v1_0 both
-    become v1-0) get a short hash of the original, so two versions never share a name."""
+    """The DNS-1035 name of a version's InferenceService or CronJob: `<model>--<version>`. A ModelDeployment's name
+    never holds "--" (the CRD refuses it) and a respelled version never does, so the name splits one way only and
+    two ModelDeployments never claim the same child. Versions that had to be respelled (v1.0 and v1_0 both become
+    v1-0), and names too long, get a short hash of the original pair."""
     spelled = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", version.lower())).strip("-")
-    name = f"{model}-{spelled}"
+    name = f"{model}--{spelled}"
     if spelled != version or len(name) > MAX_CHILD_NAME:
-        digest = hashlib.sha256(version.encode()).hexdigest()[:6]
+        digest = hashlib.sha256(f"{model}/{version}".encode()).hexdigest()[:6]
         name = f"{name[: MAX_CHILD_NAME - 7].rstrip('-')}-{digest}"
     return name
 

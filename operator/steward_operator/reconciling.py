@@ -18,6 +18,7 @@ from steward_operator.kubernetes import (
     Cluster,
     ConflictError,
     NotFoundError,
+    kind_of,
 )
 from steward_operator.metric_providers import HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.providers.base import Owner
@@ -65,9 +66,10 @@ async def _reconcile_once(
 
     step = releasing.advance(deployment.spec, deployment.status, observed)
     plan = planners.Plan()
+    claimed = {(child["kind"], child["metadata"]["name"]) for child in children}
     try:
         plan = _plan(deployment, namespace, name, uid, step)
-        applied = await _apply(cluster, plan.serving)
+        applied = await _apply(cluster, plan.serving, uid, claimed)
         ready = observed.ready | _ready(applied)
         if ready != observed.ready:
             # What was just applied may be ready at once (a CronJob is); take the step that allows now.
@@ -75,10 +77,10 @@ async def _reconcile_once(
             again = releasing.advance(deployment.spec, step.status, observed)
             step = releasing.Step(again.status, (*step.decisions, *again.decisions))
             plan = _plan(deployment, namespace, name, uid, step)
-            await _apply(cluster, plan.serving)
-        await _apply(cluster, plan.routes)
+            await _apply(cluster, plan.serving, uid, claimed)
+        await _apply(cluster, plan.routes, uid, claimed)
     except _RefusedError as refused:
-        step = releasing.stall(deployment.spec, step, observed, *refused.explain())
+        step = releasing.stall(deployment.spec, step, observed, refused.reason, refused.message)
         plan = planners.Plan()  # Half applied: prune nothing, so what served keeps serving.
     step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
 
@@ -254,32 +256,59 @@ async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: planner
 
 
 class _RefusedError(Exception):
-    """The API server refused a child for a reason retrying will not fix."""
+    """A child cannot be applied for a reason retrying will not fix; reason and message are the Stalled
+    condition's, in words a person can act on."""
 
-    def __init__(self, child: dict[str, Any], error: ApiError) -> None:
-        super().__init__(str(error))
-        self.child = child
-        self.error = error
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message[:1024]
 
-    def explain(self) -> tuple[str, str]:
-        """The reason and message of the Stalled condition, in words a person can act on."""
-        kind, api_version = self.child["kind"], self.child["apiVersion"]
-        if isinstance(self.error, NotFoundError):
-            return "KindNotInstalled", (
+    @classmethod
+    def refused(cls, child: dict[str, Any], error: ApiError) -> _RefusedError:
+        kind, api_version = child["kind"], child["apiVersion"]
+        if isinstance(error, NotFoundError):
+            return cls(
+                "KindNotInstalled",
                 f"{kind} ({api_version}) is not installed in this cluster: install it (KServe, Gateway API or "
-                "Istio), or choose another spec.rollout.traffic.provider"
+                "Istio), or choose another spec.rollout.traffic.provider",
             )
-        name = self.child["metadata"]["name"]
-        return "ChildRefused", f"the API server refused {kind} {name}: {self.error.message}"[:1024]
+        return cls("ChildRefused", f"the API server refused {kind} {child['metadata']['name']}: {error.message}")
 
 
-async def _apply(cluster: Cluster, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _apply(
+    cluster: Cluster, children: list[dict[str, Any]], uid: str, claimed: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Apply `children`, each only if it is this ModelDeployment's (`uid`) or does not exist yet: an object of the
+    same name that someone else controls is never adopted nor overwritten. `claimed` holds the (kind, name) of
+    children known to be ours, and grows with what is applied."""
     applied = []
     for child in children:
+        key = (child["kind"], child["metadata"]["name"])
+        if key not in claimed:
+            await _claim(cluster, child, uid)
         try:
             applied.append({"apiVersion": child["apiVersion"], "kind": child["kind"], **await cluster.apply(child)})
         except ApiError as error:
             if isinstance(error, ConflictError) or error.status >= 500 or error.status in (401, 403, 429):
                 raise
-            raise _RefusedError(child, error) from error
+            raise _RefusedError.refused(child, error) from error
+        claimed.add(key)
     return applied
+
+
+async def _claim(cluster: Cluster, child: dict[str, Any], uid: str) -> None:
+    """Refuse to take `child`'s name when an object by that name exists and is not controlled by `uid`."""
+    metadata = child["metadata"]
+    existing = await cluster.get(kind_of(child), metadata["namespace"], metadata["name"])
+    if existing is None:
+        return  # Free (or the kind itself is missing, which applying reports).
+    controllers = [owner for owner in existing["metadata"].get("ownerReferences", []) if owner.get("controller")]
+    if any(owner.get("uid") == uid for owner in controllers):
+        return
+    holder = f"{controllers[0].get('kind')} {controllers[0].get('name')}" if controllers else "no controller"
+    raise _RefusedError(
+        "ChildOwnedElsewhere",
+        f"{child['kind']} {metadata['name']} already exists and belongs to {holder}: Steward neither adopts nor "
+        "overwrites it. Rename or delete that object, or give this ModelDeployment another name",
+    )

@@ -180,7 +180,7 @@ def test_an_online_model_gets_an_inference_service_and_a_route_owned_by_it(deplo
     churn = deploy(example("online.yaml"))
     status = churn.wait("Stable", incumbent=100)
     uid = churn.get()["metadata"]["uid"]
-    assert churn.services() == ["churn-2024-06-01"]
+    assert churn.services() == ["churn--2024-06-01"]
     for child in churn.children():
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == (
@@ -207,7 +207,7 @@ def test_a_batch_model_gets_a_cron_job_running_the_batch_command(deploy: Any) ->
     credit = deploy(example("batch.yaml"))
     credit.wait("Stable")
     (job,) = credit.of_kind("CronJob")
-    assert job["metadata"]["name"] == "credit-limits-v12"
+    assert job["metadata"]["name"] == "credit-limits--v12"
     assert job["spec"]["schedule"] == "30 2 * * *"
     assert job["spec"]["timeZone"] == "Europe/Berlin"
     assert job["spec"]["suspend"] is False
@@ -235,7 +235,7 @@ def test_a_release_moves_through_every_stage_with_kubectl_steward(deploy: Any) -
     prices.wait("Stable")
     prices.apply(version(prices.manifest, "2024-08-01", "sha256:" + "1" * 64))
     prices.wait("Validating", incumbent=100, challenger=0, shadow=0)
-    assert prices.services() == ["house-prices-2024-07-15", "house-prices-2024-08-01"]
+    assert prices.services() == ["house-prices--2024-07-15", "house-prices--2024-08-01"]
     assert prices.route_weights() == [100, 0]
     assert prices.mirror_percent() is None
     (challenger,) = [s for s in prices.of_kind("InferenceService") if s["metadata"]["name"].endswith("08-01")]
@@ -266,7 +266,7 @@ def test_a_release_moves_through_every_stage_with_kubectl_steward(deploy: Any) -
     status = prices.wait("Promoted", incumbent=100, challenger=0)
     assert status["incumbent"]["version"] == "2024-08-01"
     assert "challenger" not in status
-    wait_until(lambda: prices.services() == ["house-prices-2024-08-01"])
+    wait_until(lambda: prices.services() == ["house-prices--2024-08-01"])
     assert prices.route_weights() == [100]
     assert [(h["version"], h["outcome"]) for h in status["history"]] == [
         ("2024-07-15", "replaced"),
@@ -313,7 +313,7 @@ def test_abort_rolls_back_and_retry_releases_again(deploy: Any) -> None:
     assert status["rolledBack"]["version"] == "2024-07-01"
     stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
     assert (stalled["status"], stalled["reason"]) == ("True", "RolledBack")
-    wait_until(lambda: churn.services() == ["churn-2024-06-01"])
+    wait_until(lambda: churn.services() == ["churn--2024-06-01"])
     assert churn.route_weights() == [100]
     churn.assert_git_sees_no_drift()
 
@@ -349,7 +349,7 @@ def test_reapplying_a_recent_version_switches_back_at_once(deploy: Any) -> None:
     reasons = churn.reasons()
     assert reasons.count("ReleaseStarted") == 1  # No new release for the known-good version.
     assert "RollingBack" in reasons
-    wait_until(lambda: churn.services() == ["churn-2024-06-01"])
+    wait_until(lambda: churn.services() == ["churn--2024-06-01"])
     assert {c["type"]: c["status"] for c in churn.status()["conditions"]}["Ready"] == "True"
     churn.assert_git_sees_no_drift()
 
@@ -382,7 +382,7 @@ def test_a_spec_change_during_a_release_restarts_it_for_the_new_version(deploy: 
     churn.apply(version(churn.manifest, "2024-08-01"))
     status = churn.wait("Validating", incumbent=100, challenger=0)
     assert status["challenger"]["version"] == "2024-08-01"
-    wait_until(lambda: churn.services() == ["churn-2024-06-01", "churn-2024-08-01"])
+    wait_until(lambda: churn.services() == ["churn--2024-06-01", "churn--2024-08-01"])
     assert "ReleaseRestarted" in churn.reasons()
 
 
@@ -418,16 +418,16 @@ def test_a_batch_challenger_scores_in_shadow_before_it_takes_over(deploy: Any) -
     credit.apply(version(credit.manifest, "v13"))
     credit.wait("Validating")
     jobs = {job["metadata"]["name"]: job for job in credit.of_kind("CronJob")}
-    assert jobs["credit-limits-v13"]["spec"]["suspend"] is True
+    assert jobs["credit-limits--v13"]["spec"]["suspend"] is True
     credit.steward("promote")
     credit.wait("Shadowing", shadow=100)
-    shadow = next(job for job in credit.of_kind("CronJob") if job["metadata"]["name"] == "credit-limits-v13")
+    shadow = next(job for job in credit.of_kind("CronJob") if job["metadata"]["name"] == "credit-limits--v13")
     assert shadow["spec"]["suspend"] is False
     arguments = shadow["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert arguments[arguments.index("--output") + 1] == "s3://scores/credit-limits.shadow-v13/"
     credit.steward("promote")
     credit.wait("Promoted")
-    wait_until(lambda: [job["metadata"]["name"] for job in credit.of_kind("CronJob")] == ["credit-limits-v13"])
+    wait_until(lambda: [job["metadata"]["name"] for job in credit.of_kind("CronJob")] == ["credit-limits--v13"])
     (job,) = credit.of_kind("CronJob")
     arguments = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert arguments[arguments.index("--output") + 1] == "s3://scores/credit-limits/"
@@ -463,7 +463,7 @@ def test_an_operator_killed_at_every_step_resumes_to_the_same_end(deploy: Any, o
     finally:
         if operator._process is None:
             operator.start()
-    wait_until(lambda: prices.services() == ["house-prices-2024-08-01"])
+    wait_until(lambda: prices.services() == ["house-prices--2024-08-01"])
     assert prices.route_weights() == [100]
     prices.assert_git_sees_no_drift()
 
@@ -475,7 +475,7 @@ def _assert_consistent(deployment: Deployment) -> None:
         status = deployment.status()
         live = {status["incumbent"]["version"], *([status["challenger"]["version"]] if "challenger" in status else [])}
         names = deployment.services()
-        expected = sorted(f"{deployment.name}-{v}" for v in live)
+        expected = sorted(f"{deployment.name}--{v}" for v in live)
         return names == expected and len(deployment.of_kind("HTTPRoute")) == 1
 
     wait_until(settled, timeout=30)
@@ -506,7 +506,7 @@ def test_the_predictor_gates_readiness_on_its_bundle(
         tampered["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v2").path)
         churn.apply(tampered)
         churn.wait("Shadowing", shadow=0)
-        predictor = wait_until(lambda: data_plane.predictor(namespace, "churn-v2"), timeout=60)
+        predictor = wait_until(lambda: data_plane.predictor(namespace, "churn--v2"), timeout=60)
         reason = wait_until(lambda: predictor.ready()[1], timeout=60)
         assert not predictor.ready()[0]
         assert "digest" in reason
@@ -517,7 +517,7 @@ def test_the_predictor_gates_readiness_on_its_bundle(
         churn.apply(sound)
         status = churn.wait("Shadowing", shadow=100)
         assert status["challenger"]["version"] == "v3"
-        served = data_plane.predictor(namespace, "churn-v3")
+        served = data_plane.predictor(namespace, "churn--v3")
         assert served is not None
         assert served.ready()[0]
     finally:
@@ -558,7 +558,7 @@ def test_pause_holds_a_new_version_back_until_resume(deploy: Any) -> None:
     status = wait_until(held)
     assert status["phase"] == "Stable"
     assert "challenger" not in status
-    assert churn.services() == ["churn-2024-06-01"]
+    assert churn.services() == ["churn--2024-06-01"]
     assert "paused" in churn.steward("status").stdout
     churn.steward("resume")
     status = churn.wait("Validating")
@@ -617,7 +617,7 @@ def test_the_gateway_follows_the_routes_the_operator_writes(
                     answered[backend] = answered.get(backend, 0) + 1
             return answered
 
-        assert send(20) == {"churn-v1-predictor": 20}
+        assert send(20) == {"churn--v1-predictor": 20}
         second = version(churn.manifest, "v2")
         second["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v2").path)
         churn.apply(second)
@@ -625,10 +625,10 @@ def test_the_gateway_follows_the_routes_the_operator_writes(
         wait_until(
             lambda: data_plane.routes.get((namespace, "churn"), {}).get("spec", {}).get("rules", [{}])[0].get("filters")
         )
-        shadowed = data_plane.predictor(namespace, "churn-v2")
+        shadowed = data_plane.predictor(namespace, "churn--v2")
         assert shadowed is not None
         before = _requests_served(shadowed)
-        assert send(200) == {"churn-v1-predictor": 200}
+        assert send(200) == {"churn--v1-predictor": 200}
         # Mirrored copies are sent off on the side: count them once they stop arriving.
         counts = [-1, _requests_served(shadowed)]
         while counts[-1] != counts[-2]:
@@ -646,7 +646,7 @@ def test_the_gateway_follows_the_routes_the_operator_writes(
             )
         )
         answered = send(400)
-        assert 60 <= answered.get("churn-v2-predictor", 0) <= 140  # 25 % of 400, binomial: mean 100, sd 9
+        assert 60 <= answered.get("churn--v2-predictor", 0) <= 140  # 25 % of 400, binomial: mean 100, sd 9
     finally:
         gateway.stop()
         data_plane.predictor_namespaces.discard(namespace)
@@ -662,3 +662,65 @@ def _requests_served(predictor: Predictor) -> int:
             if line.startswith("steward_predictor_requests_total{")
         )
     )
+
+
+def test_model_deployments_whose_names_and_versions_join_alike_get_children_of_their_own(deploy: Any) -> None:
+    first = version({**example("online.yaml"), "metadata": {"name": "case1"}}, "v1-0")
+    second = version({**example("online.yaml"), "metadata": {"name": "case1-v1"}}, "0")
+    case1, case1_v1 = deploy(first), deploy(second)
+    case1.wait("Stable", incumbent=100)
+    case1_v1.wait("Stable", incumbent=100)
+
+    assert case1.services() == ["case1--v1-0"]
+    assert case1_v1.services() == ["case1-v1--0"]
+    generations = {child["metadata"]["name"]: child["metadata"]["generation"] for child in case1.children()}
+    time.sleep(12)  # Two resyncs of each: a fight over a child would have rewritten it by now.
+    assert {child["metadata"]["name"]: child["metadata"]["generation"] for child in case1.children()} == generations
+
+
+def test_a_child_someone_else_holds_is_neither_adopted_nor_overwritten(deploy: Any, cluster: Kubectl) -> None:
+    other = deploy({**example("online.yaml"), "metadata": {"name": "other"}})
+    other.wait("Stable", incumbent=100)
+    squatter = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": "case2--v1",
+            "namespace": other.namespace,
+            "ownerReferences": [
+                {
+                    "apiVersion": "steward.dev/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "name": "other",
+                    "uid": other.get()["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "theirs:1"}]}},
+    }
+    cluster.run("apply", "-f", "-", stdin=json.dumps(squatter))
+    before = cluster.json("get", "inferenceservice", "case2--v1", "-n", other.namespace)
+
+    case2 = deploy(version({**example("online.yaml"), "metadata": {"name": "case2"}}, "v1"))
+
+    def stalled() -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in case2.status().get("conditions", [])}
+        return conditions.get("Stalled") if conditions.get("Stalled", {}).get("status") == "True" else None
+
+    condition = wait_until(stalled)
+    assert condition["reason"] == "ChildOwnedElsewhere"
+    assert "InferenceService case2--v1 already exists and belongs to ModelDeployment other" in condition["message"]
+    assert "ChildOwnedElsewhere" in wait_until(
+        lambda: case2.reasons() if "ChildOwnedElsewhere" in case2.reasons() else None
+    )
+    time.sleep(6)  # A resync later, still untouched.
+    after = cluster.json("get", "inferenceservice", "case2--v1", "-n", other.namespace)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+    assert after["spec"] == before["spec"]
+
+    # Once the name is free, the ModelDeployment takes it and serves.
+    cluster.run("delete", "inferenceservice", "case2--v1", "-n", other.namespace)
+    case2.wait("Stable", incumbent=100)
+    assert case2.services() == ["case2--v1"]

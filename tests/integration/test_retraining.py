@@ -172,11 +172,11 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     for name in streams:
         cluster.run("apply", "--server-side", "-f", "-", stdin=_manifest(namespace, name, trained.path))
     for name in streams:
-        wait_until(partial(data_plane.predictor, namespace, f"{name}-v1"), timeout=60)
+        wait_until(partial(data_plane.predictor, namespace, f"{name}--v1"), timeout=60)
     stop = threading.Event()
 
     def send(name: str, seed: int) -> None:
-        predictor = data_plane.predictor(namespace, f"{name}-v1")
+        predictor = data_plane.predictor(namespace, f"{name}--v1")
         assert predictor is not None
         rng = np.random.default_rng(seed)
         while not stop.is_set():

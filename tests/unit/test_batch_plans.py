@@ -69,7 +69,7 @@ def test_the_incumbent_scores_on_the_schedule_in_its_time_zone() -> None:
     (job,) = _jobs(Release(V12))
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "CronJob")
     metadata = job["metadata"]
-    assert (metadata["name"], metadata["namespace"]) == ("credit-limits-v12", "risk")
+    assert (metadata["name"], metadata["namespace"]) == ("credit-limits--v12", "risk")
     assert metadata["ownerReferences"] == [
         {
             "apiVersion": "steward.dev/v1alpha1",
@@ -239,7 +239,7 @@ def test_the_challenger_is_suspended_until_the_shadow_stage_begins() -> None:
 
 def test_the_challenger_scores_the_same_input_into_a_shadow_location() -> None:
     incumbent, challenger = _jobs(Release(V12, V13, shadow_percent=100))
-    assert challenger["metadata"]["name"] == "credit-limits-v13"
+    assert challenger["metadata"]["name"] == "credit-limits--v13"
     assert challenger["metadata"]["labels"]["steward.dev/variant"] == "shadow"
     assert challenger["metadata"]["labels"]["steward.dev/version"] == "v13"
     assert challenger["spec"]["schedule"] == incumbent["spec"]["schedule"]
@@ -382,8 +382,8 @@ def test_a_batch_release_plans_the_challenger_from_validation_to_promotion() -> 
     assert status.phase == "Validating"
     jobs = _jobs(release_of(status), spec)
     assert [(job["metadata"]["name"], job["spec"]["suspend"]) for job in jobs] == [
-        ("credit-limits-v12", False),
-        ("credit-limits-v13", True),
+        ("credit-limits--v12", False),
+        ("credit-limits--v13", True),
     ]
 
     status = _advance(spec, status, "promote")
@@ -395,6 +395,6 @@ def test_a_batch_release_plans_the_challenger_from_validation_to_promotion() -> 
     status = _advance(spec, status, "promote")
     assert status.phase == "Promoted"
     (job,) = _jobs(release_of(status), spec)
-    assert job["metadata"]["name"] == "credit-limits-v13"
+    assert job["metadata"]["name"] == "credit-limits--v13"
     assert job["metadata"]["labels"]["steward.dev/variant"] == "incumbent"
     assert _parsed(job).output == "s3://scores/credit-limits/"

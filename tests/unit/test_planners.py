@@ -21,11 +21,13 @@ def _spec(example: str = "online.yaml", **rollout: object) -> specs.ModelDeploym
 
 
 def test_child_names_are_dns_labels_and_never_collide() -> None:
-    assert child_name("churn", "2024-06-01") == "churn-2024-06-01"
-    assert child_name("churn", "v7") == "churn-v7"
+    assert child_name("churn", "2024-06-01") == "churn--2024-06-01"
+    assert child_name("churn", "v7") == "churn--v7"
     dotted, underscored = child_name("churn", "v1.0"), child_name("churn", "v1_0")
     assert dotted != underscored
-    assert dotted.startswith("churn-v1-0-")
+    assert dotted.startswith("churn--v1-0-")
+    # Two ModelDeployments whose name and version join the same way with one dash get children of their own.
+    assert child_name("case1", "v1-0") != child_name("case1-v1", "0")
     long = child_name("a-model-name-that-is-quite-long", "release-candidate-2024-06-01-final")
     assert len(long) <= 52
     assert long == long.lower().strip("-")
@@ -34,7 +36,7 @@ def test_child_names_are_dns_labels_and_never_collide() -> None:
 def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     plan = plan_online("churn", "ml", "uid-1", _spec(), Release(V1))
     (service,) = plan.inference_services
-    assert service["metadata"]["name"] == "churn-2024-06-01"
+    assert service["metadata"]["name"] == "churn--2024-06-01"
     assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     labels = service["metadata"]["labels"]
     assert labels["steward.dev/version"] == "2024-06-01"
@@ -58,7 +60,7 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/churn"
     (route,) = plan.routes
     assert route["spec"]["rules"][0]["backendRefs"] == [
-        {"name": "churn-2024-06-01-predictor", "port": 80, "weight": 100}
+        {"name": "churn--2024-06-01-predictor", "port": 80, "weight": 100}
     ]
 
 
@@ -86,7 +88,7 @@ def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str,
     plan = plan_online("churn", "ml", "uid-1", _spec(traffic={"provider": provider}), Release(V1, V2, 25))
     assert len(plan.routes) == routes
     if provider != "kserve":
-        assert [s["metadata"]["name"] for s in plan.inference_services] == ["churn-2024-06-01", "churn-2024-07-01"]
+        assert [s["metadata"]["name"] for s in plan.inference_services] == ["churn--2024-06-01", "churn--2024-07-01"]
         return
     # KServe's canary: one InferenceService runs the challenger; KServe sends the rest to the revision before.
     (service,) = plan.inference_services
