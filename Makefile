@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,report,dev]'
 	@touch $@
 
-binaries: install ## Build kube-apiserver, etcd and helm into ~/.cache/steward (once; needs Go)
+binaries: install ## Build kube-apiserver, kube-controller-manager, etcd and helm into ~/.cache/steward (once; needs Go)
 	$(BIN)/steward-local build
 	$(BIN)/python -m steward_harness.helm
 
@@ -34,16 +34,15 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_operator/specs.py
-	$(BIN)/python -m steward_operator.crds > crds/steward.dev_modeldeployments.yaml.tmp
-	mv crds/steward.dev_modeldeployments.yaml.tmp crds/steward.dev_modeldeployments.yaml
-	cp crds/steward.dev_modeldeployments.yaml charts/steward/crds/
+	$(BIN)/python -m steward_operator.crds crds
+	cp crds/steward.dev_*.yaml charts/steward/crds/
 
 test: lint test-unit test-integration ## Everything: lint, unit and integration tests
 
 test-unit: install ## Unit tests: pure logic, no processes, seconds
 	$(BIN)/pytest -m 'not integration' $(PYTEST_ARGS)
 
-test-integration: binaries ## Integration tests against a real kube-apiserver + etcd started by the tests
+test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion

@@ -17,12 +17,15 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="steward-local",
-        description="A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for tests and manual use.",
+        description="A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback, "
+        "for tests and manual use.",
         epilog="Binaries are built once from the Go module proxy (needs Go) and cached in "
         f"{binaries.CACHE_DIR}; set STEWARD_CACHE_DIR to move the cache.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help=f"build kube-apiserver and etcd {binaries.KUBERNETES_VERSION} if not cached")
+    commands.add_parser(
+        "build", help=f"build {', '.join(binaries.BINARIES)} {binaries.KUBERNETES_VERSION} if not cached"
+    )
     cluster = commands.add_parser(
         "cluster", help="start the control plane, install Steward's CRDs, print a KUBECONFIG line; Ctrl-C stops it"
     )
@@ -39,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            apiserver, etcd = binaries.ensure_binaries()
-            print(f"kube-apiserver: {apiserver}\netcd:           {etcd}")
+            for name, path in binaries.ensure_binaries().items():
+                print(f"{name + ':':24} {path}")
             return 0
         if args.command == "demo":
             return demo.run(args)

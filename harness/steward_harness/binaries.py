@@ -1,4 +1,4 @@
-"""Builds kube-apiserver and etcd from the Go module proxy into a cache outside the repository."""
+"""Builds the local control plane's binaries from the Go module proxy into a cache outside the repository."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # The Kubernetes release the local control plane runs; its staging modules are published as v0.<minor>.<patch>.
@@ -17,12 +19,26 @@ KUBERNETES_VERSION = os.environ.get("STEWARD_KUBERNETES_VERSION", "v1.34.4")
 # Where built binaries live, keyed by version; never inside the repository.
 CACHE_DIR = Path(os.environ.get("STEWARD_CACHE_DIR", Path.home() / ".cache" / "steward"))
 
+ETCD = "etcd"
+# What the local control plane runs; every name but etcd is a command of k8s.io/kubernetes (cmd/<name>).
+BINARIES = ("kube-apiserver", "kube-controller-manager", ETCD)
+
 _STAGING_REPLACE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", re.MULTILINE)
 _REQUIRE = re.compile(r"^\s*(\S+)\s+(v\S+)", re.MULTILINE)
 
 
 class BuildError(RuntimeError):
     """A binary could not be built; the message carries the failing command's output."""
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """One `go build`: the binary it writes, the package and the module version it is built from, its ldflags."""
+
+    name: str
+    package: str
+    version: str
+    ldflags: str
 
 
 def staging_version(kubernetes_version: str) -> str:
@@ -58,73 +74,88 @@ def wrapper_go_mod(kubernetes_version: str, kubernetes_go_mod: str) -> str:
     )
 
 
-def kube_apiserver_path(version: str = KUBERNETES_VERSION) -> Path:
-    return CACHE_DIR / "bin" / version / "kube-apiserver"
+def binary_path(name: str, version: str = KUBERNETES_VERSION) -> Path:
+    # etcd is built at the version the Kubernetes release itself requires, so it too is keyed by that release.
+    return CACHE_DIR / "bin" / version / name
 
 
-def etcd_path(version: str = KUBERNETES_VERSION) -> Path:
-    # etcd is built at the version the Kubernetes release itself requires, so it is keyed by that release.
-    return CACHE_DIR / "bin" / version / "etcd"
+def missing_binaries(version: str = KUBERNETES_VERSION) -> list[str]:
+    """The control-plane binaries the cache does not hold yet for `version`."""
+    return [name for name in BINARIES if not binary_path(name, version).exists()]
 
 
-def ensure_binaries(version: str = KUBERNETES_VERSION) -> tuple[Path, Path]:
-    """Return (kube-apiserver, etcd), building both first if the cache lacks them."""
-    apiserver, etcd = kube_apiserver_path(version), etcd_path(version)
-    if not (apiserver.exists() and etcd.exists()):
-        build(version)
-    return apiserver, etcd
+def ensure_binaries(version: str = KUBERNETES_VERSION) -> dict[str, Path]:
+    """The path of each control-plane binary by name, building first whichever the cache lacks."""
+    missing = missing_binaries(version)
+    if missing:
+        build(version, missing)
+    return {name: binary_path(name, version) for name in BINARIES}
 
 
-def build(version: str = KUBERNETES_VERSION) -> None:
-    """Build kube-apiserver and etcd for `version` in a throwaway module and move them into the cache."""
+def kubernetes_ldflags(version: str, build_date: str) -> str:
+    """The linker flags that make a Kubernetes binary report `version` as a clean release build."""
+    version_pkg = "k8s.io/component-base/version"
+    return " ".join(
+        [
+            "-s -w",
+            f"-X {version_pkg}.gitVersion={version}",
+            f"-X {version_pkg}.gitMajor=1",
+            f"-X {version_pkg}.gitMinor={version.split('.')[1]}",
+            f"-X {version_pkg}.gitTreeState=clean",
+            f"-X {version_pkg}.buildDate={build_date}",
+        ]
+    )
+
+
+def compilations(names: Sequence[str], version: str, etcd_version: str, build_date: str) -> list[Compilation]:
+    """The builds that produce `names`: Kubernetes commands at `version`, etcd at `etcd_version`."""
+    plan = []
+    for name in names:
+        if name == ETCD:
+            plan.append(Compilation(ETCD, "go.etcd.io/etcd/server/v3", etcd_version, "-s -w"))
+        elif name in BINARIES:
+            plan.append(
+                Compilation(name, f"k8s.io/kubernetes/cmd/{name}", version, kubernetes_ldflags(version, build_date))
+            )
+        else:
+            raise BuildError(f"not a control-plane binary: {name!r} (expected one of {', '.join(BINARIES)})")
+    return plan
+
+
+def build(version: str = KUBERNETES_VERSION, names: Sequence[str] = BINARIES) -> None:
+    """Build `names` for `version` in a throwaway module and move each into the cache in one rename."""
     started = time.monotonic()
-    _say(f"building kube-apiserver and etcd {version} from the Go module proxy (once; cached in {CACHE_DIR})")
+    _say(f"building {', '.join(names)} {version} from the Go module proxy (once; cached in {CACHE_DIR})")
     info = json.loads(_go("mod", "download", "-json", f"k8s.io/kubernetes@{version}", cwd=Path.cwd()))
     if "Error" in info:
         raise BuildError(f"cannot fetch k8s.io/kubernetes@{version}: {info['Error']}")
     kubernetes_go_mod = Path(info["GoMod"]).read_text()
     etcd_version = required_version(kubernetes_go_mod, "go.etcd.io/etcd/server/v3")
+    build_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    plan = compilations(names, version, etcd_version, build_date)
 
-    out_dir = kube_apiserver_path(version).parent
+    out_dir = binary_path(ETCD, version).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR / "build") as work:
         module = Path(work)
         (module / "go.mod").write_text(wrapper_go_mod(version, kubernetes_go_mod))
         _say("resolving modules")
-        _go(
-            "get",
-            f"k8s.io/kubernetes/cmd/kube-apiserver@{version}",
-            f"go.etcd.io/etcd/server/v3@{etcd_version}",
-            cwd=module,
-        )
-        minor = version.split(".")[1]
-        version_pkg = "k8s.io/component-base/version"
-        ldflags = " ".join(
-            [
-                "-s -w",
-                f"-X {version_pkg}.gitVersion={version}",
-                f"-X {version_pkg}.gitMajor=1",
-                f"-X {version_pkg}.gitMinor={minor}",
-                f"-X {version_pkg}.gitTreeState=clean",
-                f"-X {version_pkg}.buildDate={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-            ]
-        )
-        for name, package, flags in [
-            ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", ldflags),
-            ("etcd", "go.etcd.io/etcd/server/v3", "-s -w"),
-        ]:
-            _say(f"compiling {name} (several minutes on a cold Go build cache)")
-            partial = out_dir / f".{name}.partial"
-            _go("build", "-trimpath", "-ldflags", flags, "-o", str(partial), package, cwd=module)
-            partial.rename(out_dir / name)
+        _go("get", *(f"{step.package}@{step.version}" for step in plan), cwd=module)
+        for step in plan:
+            _say(f"compiling {step.name} (several minutes on a cold Go build cache)")
+            # Built in the work directory, on the cache's file system, and renamed into place once complete: a
+            # half-built binary is never found and run, and concurrent builds never write the same file.
+            partial = module / step.name
+            _go("build", "-trimpath", "-ldflags", step.ldflags, "-o", str(partial), step.package, cwd=module)
+            partial.replace(out_dir / step.name)
     _say(f"built in {time.monotonic() - started:.0f} s: {out_dir}")
 
 
 def _go(*args: str, cwd: Path) -> str:
     go = shutil.which("go")
     if go is None:
-        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build kube-apiserver and etcd")
+        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build the control plane")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
     result = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -1,7 +1,9 @@
-"""A real Kubernetes control plane on loopback: etcd plus kube-apiserver, with RBAC and an admin kubeconfig.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager, with RBAC and an
+admin kubeconfig.
 
-It works the way controller-runtime's envtest does: no nodes, no controllers, just the API server with its
-admission, validation, defaulting and storage, which is what an operator's correctness depends on.
+It works the way controller-runtime's envtest does: no nodes, just the API server with its admission, validation,
+defaulting and storage, which is what an operator's correctness depends on, plus only those of Kubernetes' own
+controllers that the tests rely on (CONTROLLERS).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from steward_harness import binaries, certificates
 from steward_harness.servers import Server, free_ports, halt
 
 STARTUP_TIMEOUT = 90.0
+# The controllers kube-controller-manager runs. Each one changes what every test observes (the garbage collector
+# deletes orphans, the job and cronjob controllers run what tests only apply), so one is added deliberately,
+# together with the tests that expect it. clusterrole-aggregation fills the built-in view/edit/admin roles.
+CONTROLLERS = ("clusterrole-aggregation",)
+# Filled by clusterrole-aggregation alone (the API server creates it empty), so its rules show that controller runs.
+_AGGREGATED_ROLE = "/apis/rbac.authorization.k8s.io/v1/clusterroles/view"
 
 
 class ControlPlaneError(RuntimeError):
@@ -33,7 +41,8 @@ class ControlPlaneError(RuntimeError):
 
 @dataclass
 class ControlPlane(Server):
-    """etcd and kube-apiserver as child processes, with everything they need in `directory`."""
+    """etcd, kube-apiserver and kube-controller-manager as child processes, with everything they need in
+    `directory`."""
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-control-plane-")))
     version: str = binaries.KUBERNETES_VERSION
@@ -53,16 +62,17 @@ class ControlPlane(Server):
         return self.directory / f"{name}.log"
 
     def start(self) -> float:
-        """Start etcd and kube-apiserver and wait until the API server is ready; returns the seconds taken."""
+        """Start etcd, kube-apiserver and kube-controller-manager, and wait until each is ready; returns the seconds
+        taken."""
         started = time.monotonic()
-        apiserver, etcd = binaries.ensure_binaries(self.version)
+        paths = binaries.ensure_binaries(self.version)
         self.directory.mkdir(parents=True, exist_ok=True)
         pki = self._certificates = certificates.create(self.directory / "pki")
         etcd_client, etcd_peer, self._api_port = free_ports(3)
         self._spawn(
             "etcd",
             [
-                str(etcd),
+                str(paths["etcd"]),
                 "--name=steward",
                 f"--data-dir={self.directory / 'etcd'}",
                 f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
@@ -79,7 +89,7 @@ class ControlPlane(Server):
         self._spawn(
             "kube-apiserver",
             [
-                str(apiserver),
+                str(paths["kube-apiserver"]),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
@@ -94,7 +104,7 @@ class ControlPlane(Server):
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-                # No controller-manager creates service accounts here, so pods could never be admitted.
+                # The serviceaccount controller does not run here, so pods could never be admitted.
                 "--disable-admission-plugins=ServiceAccount",
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
@@ -103,11 +113,27 @@ class ControlPlane(Server):
         context = self.ssl_context()
         self._wait("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", context))
         self._write_kubeconfig()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(paths["kube-controller-manager"]),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--leader-elect=false",
+                # Each controller acts as its own service account with its own bootstrap role, as in a real
+                # cluster, rather than with the admin certificate that starts it.
+                "--use-service-account-credentials",
+                # Nothing here needs its metrics or health endpoints; readiness is read from the API instead.
+                "--secure-port=0",
+            ],
+        )
+        self._wait("kube-controller-manager", lambda: _has_rules(f"{self.server}{_AGGREGATED_ROLE}", context))
         return time.monotonic() - started
 
     def stop(self, keep: bool = False) -> None:
-        """Stop both servers (API server first); remove the directory unless `keep` (for a failed test's logs)."""
-        for name in ("kube-apiserver", "etcd"):
+        """Stop the servers, each before what it depends on; remove the directory unless `keep` (for a failed test's
+        logs)."""
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             halt(self._processes.pop(name, None))
         if not keep:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -185,5 +211,15 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
             body = response.read()
             return response.status == 200 and (not url.endswith("/health") or json.loads(body).get("health") == "true")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return False
+
+
+def _has_rules(url: str, context: ssl.SSLContext) -> bool:
+    """Whether the ClusterRole at `url` holds any rule yet."""
+    try:
+        # Only ever the loopback URLs built in this module.
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
+            return bool(json.loads(response.read()).get("rules"))
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
         return False

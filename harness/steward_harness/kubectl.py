@@ -53,13 +53,28 @@ class Kubectl:
     def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
         """Apply the CRDs in `directory` and wait until they are served and documented (kubectl explain)."""
         self.run("apply", "--server-side", "-f", str(directory))
-        self.run("wait", "--for=condition=Established", f"--timeout={timeout:.0f}s", "-f", str(directory))
+        deadline = time.monotonic() + timeout
+        # Polled rather than `kubectl wait`, which gives up on a CRD whose conditions are still null.
+        while not all(map(_established, _items(self.json("get", "-f", str(directory))))):
+            if time.monotonic() > deadline:
+                raise KubectlError(["wait", "-f", str(directory)], 1, "the CRDs were never Established")
+            time.sleep(0.2)
         # "customresourcedefinition.apiextensions.k8s.io/<plural>.<group>", one line per CRD.
         names = self.run("get", "-f", str(directory), "-o", "name").stdout.split()
-        deadline = time.monotonic() + timeout
         # The OpenAPI document that explain and client-side tooling read is published a moment after Established.
         for kind in (name.rpartition("/")[2] for name in names):
             while self.run("explain", kind, check=False).returncode != 0:
                 if time.monotonic() > deadline:
                     raise KubectlError(["explain", kind], 1, "the CRD's OpenAPI schema was never published")
                 time.sleep(0.2)
+
+
+def _items(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects of a `kubectl get -o json`: a List's items, or the one object."""
+    items: list[dict[str, Any]] = found.get("items", [found]) if found.get("kind") == "List" else [found]
+    return items
+
+
+def _established(crd: dict[str, Any]) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)

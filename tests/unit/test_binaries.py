@@ -1,6 +1,9 @@
-"""The wrapper module that builds kube-apiserver from the Go module proxy."""
+"""The wrapper module that builds the control plane from the Go module proxy, and which binaries it builds."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -47,5 +50,62 @@ def test_only_release_versions_are_accepted(version: str) -> None:
 
 
 def test_binaries_are_cached_per_version() -> None:
-    assert binaries.kube_apiserver_path("v1.34.4") != binaries.kube_apiserver_path("v1.34.3")
-    assert binaries.kube_apiserver_path("v1.34.4").is_relative_to(binaries.CACHE_DIR)
+    assert binaries.binary_path("kube-apiserver", "v1.34.4") != binaries.binary_path("kube-apiserver", "v1.34.3")
+    assert binaries.binary_path("kube-apiserver", "v1.34.4").is_relative_to(binaries.CACHE_DIR)
+
+
+def _cache_holding(*names: str) -> None:
+    for name in names:
+        binaries.binary_path(name).parent.mkdir(parents=True, exist_ok=True)
+        binaries.binary_path(name).write_bytes(b"")
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Sequence[str]]:
+    """What ensure_binaries asks to build, against an empty cache in tmp_path, without running go."""
+    requested: list[Sequence[str]] = []
+    monkeypatch.setattr(binaries, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(binaries, "build", lambda version, names: requested.append(list(names)))
+    return requested
+
+
+def test_a_cache_from_before_the_controller_manager_gains_only_it(builds: list[Sequence[str]]) -> None:
+    _cache_holding("kube-apiserver", "etcd")
+    paths = binaries.ensure_binaries()
+    assert builds == [["kube-controller-manager"]]
+    assert paths["kube-controller-manager"] == binaries.binary_path("kube-controller-manager")
+
+
+def test_an_empty_cache_builds_the_whole_control_plane(builds: list[Sequence[str]]) -> None:
+    binaries.ensure_binaries()
+    assert builds == [["kube-apiserver", "kube-controller-manager", "etcd"]]
+
+
+def test_a_full_cache_builds_nothing(builds: list[Sequence[str]]) -> None:
+    _cache_holding(*binaries.BINARIES)
+    assert set(binaries.ensure_binaries()) == {"kube-apiserver", "kube-controller-manager", "etcd"}
+    assert builds == []
+
+
+def test_the_controller_manager_is_built_like_the_api_server() -> None:
+    apiserver, controller_manager, etcd = binaries.compilations(
+        ["kube-apiserver", "kube-controller-manager", "etcd"], "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z"
+    )
+    assert controller_manager.package == "k8s.io/kubernetes/cmd/kube-controller-manager"
+    assert controller_manager.version == apiserver.version == "v1.34.4"
+    assert controller_manager.ldflags == apiserver.ldflags
+    assert "-X k8s.io/component-base/version.gitVersion=v1.34.4" in controller_manager.ldflags
+    assert "-X k8s.io/component-base/version.gitMinor=34" in controller_manager.ldflags
+    assert (etcd.package, etcd.version, etcd.ldflags) == ("go.etcd.io/etcd/server/v3", "v3.6.4", "-s -w")
+
+
+def test_only_the_missing_binaries_are_compiled() -> None:
+    plan = binaries.compilations(["kube-controller-manager"], "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z")
+    assert [(step.name, step.package) for step in plan] == [
+        ("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager")
+    ]
+
+
+def test_an_unknown_binary_is_refused_by_name() -> None:
+    with pytest.raises(binaries.BuildError, match="not a control-plane binary: 'kubelet'"):
+        binaries.compilations(["kubelet"], "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z")
