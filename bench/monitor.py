@@ -1,6 +1,6 @@
 """Monitor ingestion benchmark: prediction events per second through the monitor's HTTP API (concurrent clients
-posting batches, every answer sent after its commit), side by side with the same events written straight into
-the same kind of store in-process, on SQLite and on PostgreSQL.
+posting batches with their predictor token, every answer sent after its commit), side by side with the same events
+written straight into the same kind of store in-process, on SQLite and on PostgreSQL.
 
 Run: .venv/bin/python bench/monitor.py   (exits non-zero when a goal is missed)
 Goal: at least 5,000 events/s into SQLite through the API, with batching."""
@@ -22,13 +22,14 @@ sys.path.insert(0, str(REPOSITORY))
 
 from steward_harness.monitors import Monitor  # noqa: E402
 from steward_harness.postgres import Postgres  # noqa: E402
-from steward_monitor.records import predictions  # noqa: E402
+from steward_monitor.records import Admission, predictions  # noqa: E402
 from steward_monitor.stores import Store  # noqa: E402
 
 GOAL_SQLITE = 5_000.0
 
 
 def _events(count: int, offset: int) -> list[dict[str, object]]:
+    made = datetime.now(UTC).isoformat()
     return [
         {
             "model": "churn",
@@ -38,21 +39,22 @@ def _events(count: int, offset: int) -> list[dict[str, object]]:
             "prediction": "yes" if index % 3 else "no",
             "score": (index % 10) / 10,
             "features": {"age": index % 90, "plan": "basic", "tenure": index % 36},
-            "time": "2026-11-25T10:00:00Z",
+            "time": made,
         }
         for index in range(count)
     ]
 
 
-def through_api(url: str, events: int, batch: int, clients: int) -> float:
+def through_api(monitor: Monitor, events: int, batch: int, clients: int) -> float:
     """Events per second posted by `clients` threads, `batch` events a request."""
     bodies = [json.dumps(_events(batch, start)).encode() for start in range(0, events, batch)]
     lanes = [bodies[index::clients] for index in range(clients)]
+    headers = {"content-type": "application/json", **monitor.authorization("ml", "churn")}
 
     def post(lane: list[bytes]) -> None:
         for body in lane:
             request = urllib.request.Request(  # noqa: S310 -- the loopback monitor
-                f"{url}/v1/predictions", data=body, method="POST", headers={"content-type": "application/json"}
+                f"{monitor.url}/v1/predictions", data=body, method="POST", headers=headers
             )
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
                 if response.status != 200:
@@ -72,7 +74,7 @@ def in_process(url: str, events: int, batch: int) -> float:
     is measured against."""
     store = Store(url)
     now = datetime.now(UTC)
-    parsed = [predictions(_events(batch, start), now) for start in range(0, events, batch)]
+    parsed = [predictions(_events(batch, start), Admission(now)).records for start in range(0, events, batch)]
     started = time.perf_counter()
     for records in parsed:
         store.write(records, [])
@@ -100,7 +102,7 @@ def main() -> int:
 
             direct = in_process(url_of("direct"), args.events, args.batch)
             with Monitor(url_of("api")) as monitor:
-                api = through_api(monitor.url, args.events, args.batch, args.clients)
+                api = through_api(monitor, args.events, args.batch, args.clients)
             rows.append((kind, api, direct))
     print(f"{args.events:,} prediction events, {args.batch} per request, {args.clients} clients")
     print(f"{'store':<10} {'API events/s':>14} {'in-process events/s':>21} {'API / in-process':>17}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import signal
 import subprocess
@@ -22,10 +24,12 @@ class MonitorError(RuntimeError):
 @dataclass
 class Monitor(Server):
     """One `python -m steward_monitor` process over the store at `store` (a SQLAlchemy URL), with `token` for
-    outcomes. `kill()` stops it the hard way; `start()` again serves the same store on the same port."""
+    outcomes and `ingest_key` for predictions (`predictor_token` derives a model's token from it). `kill()` stops
+    it the hard way; `start()` again serves the same store on the same port."""
 
     store: str
     token: str | None = "outcome-token"  # noqa: S105 -- a loopback test token
+    ingest_key: str | None = "ingest-key"
     args: list[str] = field(default_factory=list)
     """More flags for steward-monitor."""
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-monitor-")))
@@ -40,13 +44,19 @@ class Monitor(Server):
     def log(self) -> Path:
         return self.directory / "monitor.log"
 
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> Monitor:
         self.port = self.port or free_ports(1)[0]
         arguments = [f"--store={self.store}", f"--port={self.port}", *self.args]
-        if self.token is not None:
-            token_file = self.directory / "token"
-            token_file.write_text(self.token)
-            arguments.append(f"--token-file={token_file}")
+        for flag, secret in (("--token-file", self.token), ("--ingest-key-file", self.ingest_key)):
+            if secret is not None:
+                path = self.directory / flag.removeprefix("--")
+                path.write_text(secret)
+                arguments.append(f"{flag}={path}")
         self._process = launch([sys.executable, "-m", "steward_monitor", *arguments], self.log, os.environ.copy())
         await_health(
             self._process,
@@ -71,6 +81,19 @@ class Monitor(Server):
 
     def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
         return http_post(f"{self.url}{path}", body, headers)
+
+    def predictor_token(self, namespace: str, model: str) -> str:
+        """The token predictors of `model` in `namespace` present, as the operator derives it from the ingest key
+        (the parts of Steward never import each other: steward_monitor.tokens holds the monitor's own copy)."""
+        if self.ingest_key is None:
+            raise MonitorError("this monitor has no ingest key: no predictor token can be derived")
+        scope = f"{namespace}/{model}"
+        key = self.ingest_key.strip().encode()
+        return f"{scope}/{hmac.new(key, scope.encode(), hashlib.sha256).hexdigest()}"
+
+    def authorization(self, namespace: str, model: str) -> dict[str, str]:
+        """The header predictors of `model` in `namespace` send with their events."""
+        return {"Authorization": f"Bearer {self.predictor_token(namespace, model)}"}
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

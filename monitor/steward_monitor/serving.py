@@ -1,9 +1,11 @@
-"""The monitor's HTTP API: prediction events in, outcome labels in (bearer token; JSON, CSV or Parquet), health and
-Prometheus metrics out.
+"""The monitor's HTTP API: prediction events in (a predictor token), outcome labels in (the outcome token; JSON, CSV
+or Parquet), health and Prometheus metrics out.
 
-An answer is sent only once what it carried is committed, so a client that got a 200 never loses an event
-to a restart; a client that got no answer sends again, and the store recognises what it already has. To stay
-fast, concurrent requests are committed together: one transaction for whatever arrived meanwhile."""
+Each record of a request is stored or refused on its own, and the answer lists the refusals. An answer is sent
+only once what it carried is committed, so a client that got a 200 never loses an event to a restart; a client
+that got no answer sends again, and the store recognises what it already has. To stay fast, concurrent requests
+are committed together: one transaction for whatever arrived meanwhile. Bodies are parsed on worker threads, so
+a large upload never keeps /healthz waiting."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import prometheus_client
 from aiohttp import web
@@ -23,18 +25,30 @@ from aiohttp import web
 from steward_monitor import records
 from steward_monitor.pairing import compare
 from steward_monitor.quality import Quality, assess
-from steward_monitor.records import Outcome, Prediction, RecordError
+from steward_monitor.records import Admission, Batch, Outcome, Prediction, RecordError, TooLargeError
 from steward_monitor.stores import Store
+from steward_monitor.tokens import IngestKey
 from steward_monitor.watching import DriftWatch, PrometheusUnavailableError, VersionDrift
 
 MAX_BODY = 64 * 1024 * 1024
 """Largest request body accepted, uploads included."""
 MAX_BATCH = 20_000
 """Most records committed in one transaction."""
+MAX_LISTED = 100
+"""Most refusals listed in an answer (all are counted)."""
 LEVELS = {"ok": 0, "warn": 1, "alert": 2}
 UPLOAD_TYPES = {"text/csv": "csv", "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}
+Version = tuple[str, str, str]
+"""(namespace, model, version)"""
+Record = TypeVar("Record")
 
 logger = logging.getLogger(__name__)
+
+
+class _TooLarge(web.HTTPClientError):
+    """413 for too many records, rows or columns (aiohttp's own counts bytes)."""
+
+    status_code = 413
 
 
 @dataclass(frozen=True)
@@ -46,14 +60,25 @@ class Written:
 
 
 class Metrics:
-    """The monitor's own metrics, in a registry of its own."""
+    """The monitor's own metrics, in a registry of its own. The gauges of at most `max_versions` model versions
+    are exported: whoever holds a token could otherwise add series without end by inventing versions."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_versions: int = 500) -> None:
         self.registry = prometheus_client.CollectorRegistry()
+        self.max_versions = max_versions
+        self._left_out: dict[str, set[Version]] = {}
         self.events = prometheus_client.Counter(
             "steward_monitor_events",
-            "Records received, by kind (prediction, outcome) and result (stored, duplicate, rejected).",
+            "Records received, by kind (prediction, outcome) and result (stored, duplicate, rejected: a record "
+            "refused, or a request that could not be read at all).",
             ["kind", "result"],
+            registry=self.registry,
+        )
+        self.dropped_versions = prometheus_client.Counter(
+            "steward_monitor_dropped_versions",
+            "Model versions left out of the per-version gauges (quality or drift) because more than the cap were "
+            "seen, the least recently seen first; counted when they leave. Their records stay in the store.",
+            ["gauges"],
             registry=self.registry,
         )
         self.commit_seconds = prometheus_client.Histogram(
@@ -122,11 +147,25 @@ class Metrics:
             registry=self.registry,
         )
 
-    def show_drift(self, judged: dict[tuple[str, str, str], VersionDrift]) -> None:
-        """Replace the drift gauges with the latest window."""
+    def newest(self, gauges: str, seen: Mapping[Version, Any]) -> set[Version]:
+        """The versions whose `gauges` are exported: the `max_versions` seen last (`seen` orders them), counting
+        those newly left out."""
+        ranked = sorted(seen, key=lambda version: (seen[version], version), reverse=True)
+        left_out = set(ranked[self.max_versions :])
+        self.dropped_versions.labels(gauges).inc(len(left_out - self._left_out.get(gauges, set())))
+        self._left_out[gauges] = left_out
+        return set(ranked[: self.max_versions])
+
+    def show_drift(self, judged: dict[Version, VersionDrift]) -> None:
+        """Replace the drift gauges with the latest window; beyond the cap, the versions with the least traffic in
+        it are left out."""
         for gauge in (self.drift_psi, self.drift_level, self.drift_alerting, self.drift_samples):
             gauge.clear()
+        traffic = {version: sum(feature.samples for feature in drift.features) for version, drift in judged.items()}
+        shown = self.newest("drift", traffic)
         for version, drift in judged.items():
+            if version not in shown:
+                continue
             for feature in drift.features:
                 labels = (*version, feature.name)
                 self.drift_psi.labels(*labels).set(feature.psi)
@@ -134,7 +173,7 @@ class Metrics:
                 self.drift_alerting.labels(*labels).set(feature.name in drift.alerting)
                 self.drift_samples.labels(*labels).set(feature.samples)
 
-    def show(self, assessed: dict[tuple[str, str, str], Quality]) -> None:
+    def show(self, assessed: dict[Version, Quality]) -> None:
         """Replace the quality gauges with `assessed`, so a version that is gone leaves no stale series."""
         for gauge in (self.quality, self.predictions, self.labelled, self.label_delay):
             gauge.clear()
@@ -174,6 +213,8 @@ class Ingestor:
             self._task.cancel()
 
     async def write(self, predictions: list[Prediction], outcomes: list[Outcome]) -> tuple[Written, Written]:
+        if not predictions and not outcomes:
+            return Written(0, 0), Written(0, 0)
         done: asyncio.Future[tuple[Written, Written]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(predictions, outcomes, done))
         return await done
@@ -185,17 +226,25 @@ class Ingestor:
             while not self._queue.empty() and size < MAX_BATCH:
                 batch.append(self._queue.get_nowait())
                 size += len(batch[-1].predictions) + len(batch[-1].outcomes)
-            try:
-                results = await asyncio.to_thread(self._commit, batch)
-            except Exception as error:  # Every waiting request gets the failure.
-                logger.exception("committing %d records failed", size)
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[_Pending]) -> None:
+        """Commit a batch and answer each of its requests."""
+        try:
+            results = await asyncio.to_thread(self._commit, batch)
+        except Exception as error:
+            if len(batch) > 1:
+                # Whatever in one request broke the shared transaction must not fail the others: each on its own.
                 for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(error)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.done.done():
-                    pending.done.set_result(result)
+                    await self._settle([pending])
+                return
+            logger.exception("committing %d records failed", len(batch[0].predictions) + len(batch[0].outcomes))
+            if not batch[0].done.done():
+                batch[0].done.set_exception(error)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(result)
 
     def _commit(self, batch: list[_Pending]) -> list[tuple[Written, Written]]:
         """One transaction for the whole batch; each request's share of what was new is worked out after."""
@@ -225,21 +274,43 @@ class Ingestor:
         return results
 
 
-def assess_all(store: Store, since: datetime) -> dict[tuple[str, str, str], Quality]:
-    """The quality of every version of every model with predictions since `since`."""
+def assess_newest(store: Store, since: datetime, metrics: Metrics) -> dict[Version, Quality]:
+    """The quality of the versions with predictions since `since` whose gauges are exported: the ones whose latest
+    prediction is the most recent."""
+    shown = metrics.newest("quality", store.versions(since))
     return {
         (namespace, model, version): assess(rows)
-        for namespace, model in store.models(since)
+        for namespace, model in sorted({version[:2] for version in shown})
         for version, rows in store.scored(namespace, model, since).items()
+        if (namespace, model, version) in shown
     }
+
+
+@dataclass(frozen=True)
+class Intake:
+    """Who may send what, and what is admitted. Predictions need a token derived from `ingest_key` for their
+    model; KServe's payload logger can send none, so its events are taken only with `unauthenticated_events`.
+    Outcomes need `outcome_token`. Times more than `clock_skew` ahead or older than `retention` are refused, and
+    a request carries at most `max_records` records (or rows)."""
+
+    outcome_token: str | None = None
+    ingest_key: IngestKey | None = None
+    unauthenticated_events: bool = False
+    retention: timedelta = timedelta(days=180)
+    clock_skew: timedelta = timedelta(minutes=5)
+    max_records: int = 100_000
+
+    def admission(self, scope: tuple[str, str] | None = None) -> Admission:
+        """What a request arriving now is held to."""
+        return Admission(datetime.now(UTC), self.retention, self.clock_skew, self.max_records, scope)
 
 
 @dataclass
 class Service:
-    """What the routes share: the store, its ingestor, the metrics and the outcome token."""
+    """What the routes share: the store, its ingestor, the metrics and who may send what."""
 
     store: Store
-    token: str | None
+    intake: Intake
     drift: DriftWatch | None = None
     metrics: Metrics = field(default_factory=Metrics)
     ingestor: Ingestor = field(init=False)
@@ -253,16 +324,17 @@ SERVICE = web.AppKey("service", Service)
 
 def application(
     store: Store,
-    token: str | None,
+    intake: Intake,
     *,
     quality_window: timedelta,
     quality_interval: float = 60.0,
+    max_exported_versions: int = 500,
     drift: DriftWatch | None = None,
 ) -> web.Application:
-    """The monitor's routes. Without a `token`, outcomes are refused (503): labels change quality figures, so
-    only holders of the token may send them. Quality gauges cover predictions of the last `quality_window`,
-    recomputed every `quality_interval` seconds. With `drift`, live traffic is judged for drift every window."""
-    service = Service(store, token, drift)
+    """The monitor's routes, taking in what `intake` allows. Quality gauges cover predictions of the last
+    `quality_window`, recomputed every `quality_interval` seconds, for at most `max_exported_versions` versions.
+    With `drift`, live traffic is judged for drift every window."""
+    service = Service(store, intake, drift, Metrics(max_exported_versions))
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE] = service
 
@@ -291,7 +363,9 @@ def application(
 async def _refresh_quality(service: Service, window: timedelta, interval: float) -> None:
     while True:
         try:
-            assessed = await asyncio.to_thread(assess_all, service.store, datetime.now(UTC) - window)
+            assessed = await asyncio.to_thread(
+                assess_newest, service.store, datetime.now(UTC) - window, service.metrics
+            )
             service.metrics.show(assessed)
         except Exception:  # The next round tries again; the API keeps serving.
             logger.exception("computing quality failed")
@@ -313,57 +387,98 @@ async def _watch_drift(service: Service, watch: DriftWatch) -> None:
 
 async def _post_predictions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    body = await _json(request)
-    try:
-        received = records.predictions(body, datetime.now(UTC))
-    except RecordError as error:
-        service.metrics.events.labels("prediction", "rejected").inc()
-        raise _bad(str(error)) from None
-    written, _ = await service.ingestor.write(received, [])
-    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+    scope = _predictor_scope(request, service.intake.ingest_key)
+    data = await _json_body(request)
+    admission = service.intake.admission(scope)
+    batch = await _parsed(service, "prediction", lambda: records.predictions(_decoded(data), admission))
+    written, _ = await service.ingestor.write(batch.records, [])
+    return _answer(service, "prediction", batch, written)
 
 
 async def _post_event(request: web.Request) -> web.Response:
     """KServe's payload logger: point an InferenceService's `logger.url` here, naming the model and version
-    (`/v1/events?namespace=N&model=M&version=V`)."""
+    (`/v1/events?namespace=N&model=M&version=V`). It presents no credentials: taken only when the monitor was
+    started to accept that."""
     service = request.app[SERVICE]
-    query = request.query
-    try:
-        body = json.loads(await request.read() or b"null")
-        received = records.cloud_event(
-            request.headers,
-            body,
-            datetime.now(UTC),
+    if not service.intake.unauthenticated_events:
+        raise _failure(
+            web.HTTPForbidden,
+            "CloudEvents carry no credentials, and the monitor was started without "
+            "--accept-unauthenticated-events: have the predictors report instead (a predictor token)",
+        )
+    query, headers, data = request.query, request.headers, await request.read()
+    admission = service.intake.admission()
+    batch = await _parsed(
+        service,
+        "prediction",
+        lambda: records.cloud_event(
+            headers,
+            _decoded(data or b"null"),
+            admission,
             namespace=query.get("namespace", ""),
             model=query.get("model", ""),
             version=query.get("version", ""),
-        )
-    except (RecordError, ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError) as error:
-        service.metrics.events.labels("prediction", "rejected").inc()
-        raise _bad(str(error)) from None
-    if not received:
-        return web.json_response({"stored": 0, "duplicates": 0, "ignored": "a request event carries no prediction"})
-    written, _ = await service.ingestor.write(received, [])
-    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+        ),
+    )
+    if not batch.records and not batch.refusals:
+        ignored = "a request event carries no prediction"
+        return web.json_response({**_summary(batch, Written(0, 0)), "ignored": ignored})
+    written, _ = await service.ingestor.write(batch.records, [])
+    return _answer(service, "prediction", batch, written)
 
 
 async def _post_outcomes(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    _authorize(request, service.token)
-    now = datetime.now(UTC)
+    _authorize(request, service.intake.outcome_token)
     namespace, model = request.query.get("namespace", ""), request.query.get("model")
-    kind = request.content_type
+    admission = service.intake.admission()
+    form = UPLOAD_TYPES.get(request.content_type)
+    if form is not None:
+        upload = await request.read()
+        batch = await _parsed(
+            service,
+            "outcome",
+            lambda: records.outcome_table(upload, form, admission, namespace=namespace, model=model),
+        )
+    else:
+        data = await _json_body(request)
+        batch = await _parsed(
+            service,
+            "outcome",
+            lambda: records.outcomes(_decoded(data), admission, namespace=namespace, model=model),
+        )
+    _, written = await service.ingestor.write([], batch.records)
+    return _answer(service, "outcome", batch, written)
+
+
+async def _parsed(service: Service, kind: str, parse: Callable[[], Batch[Record]]) -> Batch[Record]:
+    """The records of a body, parsed on a worker thread; a request that cannot be read at all is refused whole."""
     try:
-        if kind in UPLOAD_TYPES:
-            data = await request.read()
-            received = records.outcome_table(data, UPLOAD_TYPES[kind], now, namespace=namespace, model=model)
-        else:
-            received = records.outcomes(await _json(request), now, namespace=namespace, model=model)
+        return await asyncio.to_thread(parse)
+    except TooLargeError as error:
+        service.metrics.events.labels(kind, "rejected").inc()
+        raise _failure(_TooLarge, str(error)) from None
     except RecordError as error:
-        service.metrics.events.labels("outcome", "rejected").inc()
-        raise _bad(str(error)) from None
-    _, written = await service.ingestor.write([], received)
-    return web.json_response({"stored": written.stored, "duplicates": written.duplicates})
+        service.metrics.events.labels(kind, "rejected").inc()
+        raise _failure(web.HTTPBadRequest, str(error)) from None
+
+
+def _answer(service: Service, kind: str, batch: Batch[Any], written: Written) -> web.Response:
+    """What became of a request's records; nothing stored and something refused: a 400."""
+    service.metrics.events.labels(kind, "rejected").inc(len(batch.refusals))
+    if batch.refusals and not batch.records:
+        return web.json_response({"error": batch.refusals[0].reason, **_summary(batch, written)}, status=400)
+    return web.json_response(_summary(batch, written))
+
+
+def _summary(batch: Batch[Any], written: Written) -> dict[str, Any]:
+    """How many records were new, were there already, and were refused, with the (first) refusals listed."""
+    return {
+        "stored": written.stored,
+        "duplicates": written.duplicates,
+        "refused": len(batch.refusals),
+        "refusals": [{"index": refusal.index, "error": refusal.reason} for refusal in batch.refusals[:MAX_LISTED]],
+    }
 
 
 async def _get_quality(request: web.Request) -> web.Response:
@@ -415,10 +530,7 @@ async def _get_pairs(request: web.Request) -> web.Response:
 async def _get_drift(request: web.Request) -> web.Response:
     watch = request.app[SERVICE].drift
     if watch is None:
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": "drift is off: the monitor was started without --prometheus-url"}),
-            content_type="application/json",
-        )
+        raise _failure(web.HTTPServiceUnavailable, "drift is off: the monitor was started without --prometheus-url")
     namespace, model = request.query.get("namespace", ""), request.query.get("model")
     versions = {
         version: {
@@ -449,31 +561,49 @@ async def _exposition(request: web.Request) -> web.Response:
     return web.Response(body=prometheus_client.generate_latest(registry), content_type="text/plain")
 
 
-async def _json(request: web.Request) -> Any:
+async def _json_body(request: web.Request) -> bytes:
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(
-            text=json.dumps({"error": f"send application/json, not {request.content_type or 'no content type'}"}),
-            content_type="application/json",
+        raise _failure(
+            web.HTTPUnsupportedMediaType, f"send application/json, not {request.content_type or 'no content type'}"
         )
+    return await request.read()
+
+
+def _decoded(data: bytes) -> Any:
     try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise _bad(f"the body is not JSON: {error}") from None
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise RecordError(f"the body is not JSON: {error}") from None
+
+
+def _predictor_scope(request: web.Request, key: IngestKey | None) -> tuple[str, str]:
+    """The (namespace, model) whose predictions the request's token may send."""
+    if key is None:
+        raise _failure(
+            web.HTTPServiceUnavailable,
+            "predictions are refused: the monitor was started without an ingest key (--ingest-key-file or "
+            "STEWARD_MONITOR_INGEST_KEY_FILE: a file holding the key predictor tokens are derived from)",
+        )
+    scope = key.scope(request.headers.get("Authorization", ""))
+    if scope is None:
+        raise _failure(
+            web.HTTPUnauthorized,
+            "send the model's predictor token: Authorization: Bearer <namespace>/<model>/<digest>",
+            headers={"WWW-Authenticate": 'Bearer realm="steward-monitor"'},
+        )
+    return scope
 
 
 def _authorize(request: web.Request, token: str | None) -> None:
     if token is None:
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": "outcomes are disabled: the monitor was started without a token"}),
-            content_type="application/json",
-        )
+        raise _failure(web.HTTPServiceUnavailable, "outcomes are disabled: the monitor was started without a token")
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer ") or not hmac.compare_digest(
         given.removeprefix("Bearer ").encode(), token.encode()
     ):
-        raise web.HTTPUnauthorized(
-            text=json.dumps({"error": "send the monitor's token: Authorization: Bearer <token>"}),
-            content_type="application/json",
+        raise _failure(
+            web.HTTPUnauthorized,
+            "send the monitor's token: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": 'Bearer realm="steward-monitor"'},
         )
 
@@ -499,5 +629,10 @@ def _moment(request: web.Request, name: str) -> datetime | None:
         raise _bad(f"{name}: {error}") from None
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+def _bad(message: str) -> web.HTTPException:
+    return _failure(web.HTTPBadRequest, message)
+
+
+def _failure(kind: Callable[..., web.HTTPException], message: str, **details: Any) -> web.HTTPException:
+    """An error answer of `kind` whose JSON body says what was wrong."""
+    return kind(text=json.dumps({"error": message}), content_type="application/json", **details)

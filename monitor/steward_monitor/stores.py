@@ -142,11 +142,17 @@ class Store:
                 for mine, theirs, score_i, score_c, label in connection.execute(query)
             ]
 
-    def models(self, since: datetime) -> list[tuple[str, str]]:
-        """(namespace, model) of every model with predictions at or after `since`."""
-        query = sa.select(PREDICTIONS.c.namespace, PREDICTIONS.c.model).where(PREDICTIONS.c.time >= since).distinct()
+    def versions(self, since: datetime) -> dict[tuple[str, str, str], datetime]:
+        """(namespace, model, version) of every version with predictions at or after `since`, with the time of its
+        latest one."""
+        version = (PREDICTIONS.c.namespace, PREDICTIONS.c.model, PREDICTIONS.c.version)
+        query = (
+            sa.select(*version, sa.func.max(PREDICTIONS.c.time)).where(PREDICTIONS.c.time >= since).group_by(*version)
+        )
         with self.engine.connect() as connection:
-            return [(namespace, model) for namespace, model in connection.execute(query)]
+            return {
+                (namespace, model, name): _aware(latest) for namespace, model, name, latest in connection.execute(query)
+            }
 
     def purge(self, before: datetime) -> int:
         """Delete what is older than `before` (the retention setting); returns how many records went."""

@@ -401,7 +401,10 @@ def _local_copy(uri: str, scratch: Path) -> Path:
 def read_skops(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
     """A pipeline from a skops file, if it holds nothing but trusted types and its trees check out. Nothing in the
     file is imported or run before its types are known to be trusted."""
-    untrusted = trusting.refused(path, trusted_types)
+    try:
+        untrusted = trusting.refused(path, trusted_types)
+    except Exception as error:  # A hostile file may break the reader in any way.
+        raise BundleError(f"{path.name} cannot be read: {type(error).__name__}: {error}") from None
     if untrusted:
         raise BundleError(
             f"the pipeline contains types that are not trusted: {', '.join(untrusted)}. Steward trusts "
@@ -409,7 +412,10 @@ def read_skops(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
             "by default; review each, then trust it by name (--trust_type, STEWARD_TRUSTED_TYPES or "
             "spec.model.trustedTypes)"
         )
-    pipeline = trusting.load(path, trusted_types)
+    try:
+        pipeline = trusting.load(path, trusted_types)
+    except Exception as error:
+        raise BundleError(f"{path.name} cannot be loaded: {type(error).__name__}: {error}") from None
     problems = trusting.tree_problems(pipeline)
     if problems:
         raise BundleError(f"the pipeline's trees are malformed, so predicting could crash: {'; '.join(problems[:5])}")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,38 @@ logger = logging.getLogger("steward.predictor")
 # A 400 lists at most this many problems; the rest are counted, so an error body stays readable.
 MAX_REPORTED_PROBLEMS = 20
 _V2_TYPES = {"i": "INT64", "u": "UINT64", "f": "FP64", "b": "BOOL"}
+# The Open Inference datatypes and the Python types of the values each may carry; null, a missing value, in any.
+_INTEGERS = frozenset({int, type(None)})
+_DATATYPES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool, type(None)}),
+    **{f"{kind}{bits}": _INTEGERS for kind in ("INT", "UINT") for bits in (8, 16, 32, 64)},
+    **{f"FP{bits}": frozenset({int, float, type(None)}) for bits in (16, 32, 64)},
+    "BYTES": frozenset({str, type(None)}),
+}
+_HOLDS = {bool: "a bool", int: "an integer", float: "a float", str: "text", list: "a list", dict: "an object"}
+# Validation and scoring run on these threads, never on the event loop, so health probes and small requests are
+# answered while a large request is scored. Validation holds the GIL: more threads would not score faster.
+SCORING_THREADS = 4
+MAX_REQUEST_ID = 128
+"""The longest request id passed on. The monitor stores ids of up to 256 characters, and a request of several rows
+is reported as `<id>-<row>`: 128 leaves room for any row number."""
+REQUEST_ID_CHARACTERS = "A-Z a-z 0-9 - _ . : ; = + / @ ~"
+"""What request ids are made of: enough for uuids, W3C trace ids, Envoy's and KServe's ids, CloudEvent ids and
+base64, and nothing a log line, a header or the monitor would trip over."""
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:;=+/@~-]{{1,{MAX_REQUEST_ID}}}")
+
+
+@dataclass
+class Exchange:
+    """One prediction request as the server's HTTP edge follows it."""
+
+    scoring: bool = False
+    """Whether Steward's scoring began: anything that failed before failed while KServe decoded the client's body."""
+    request_id: str = ""
+
+
+EXCHANGE: ContextVar[Exchange | None] = ContextVar("steward_exchange", default=None)
+"""The prediction request being answered, set by the HTTP edge for each one."""
 
 
 class StewardModel(kserve.Model):  # type: ignore[misc]
@@ -37,6 +73,9 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         self.reporter = reporter
         self.reason = "the bundle has not been loaded yet"
         self.loaded: Loaded | None = None
+        self.metrics: ModelMetrics | None = None
+        """The served version's metrics, or, while not ready, the version asked for (or "unknown")."""
+        self._scoring = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="steward-scoring")
 
     def load(self) -> bool:
         """Load and check the bundle. Any failure keeps the model not-ready, with the reason on the readiness
@@ -44,31 +83,16 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         settings = self.settings
         self.ready = False
         try:
-            bundle = load_bundle(
-                settings.bundle_uri,
-                expected_digest=settings.bundle_digest,
-                allow_pickle=settings.allow_pickle,
-                trusted_types=settings.trusted_types,
-            )
-            if settings.model_version and bundle.version != settings.model_version:
-                raise BundleError(f"the bundle holds model version {bundle.version}, not {settings.model_version}")
-            validator = Validator(bundle.schema)
-            skew = parity.check(bundle, validator)
-            if skew:
-                raise BundleError(
-                    f"training/serving skew: golden examples no longer reproduce ({'; '.join(skew[:5])}); trained "
-                    f"with scikit-learn {bundle.metadata.sklearn}, numpy {bundle.metadata.numpy}"
-                )
-        except BundleError as error:
-            self.reason = str(error)
+            self.loaded = self._checked_bundle()
+        except Exception as error:  # whatever is wrong with the bundle, the server stays up and says what
+            self.reason = _not_ready_reason(error, settings.bundle_uri)
             logger.error("model %s is not ready: %s", self.name, self.reason)
-            ModelMetrics(self.families, self.name, settings.model_version or "unknown", settings.variant).ready.set(0)
+            version = settings.model_version or "unknown"
+            self.metrics = ModelMetrics(self.families, self.name, version, settings.variant)
+            self.metrics.ready.set(0)
             return False
-        metrics = ModelMetrics(self.families, self.name, bundle.version, settings.variant)
-        metrics.attach(bundle)
-        metrics.thresholds(settings.drift_thresholds)
-        metrics.ready.set(1)
-        self.loaded = Loaded(bundle, validator, metrics)
+        bundle, self.metrics = self.loaded.bundle, self.loaded.metrics
+        self.metrics.ready.set(1)
         self.reason = ""
         self.ready = True
         logger.info(
@@ -80,6 +104,31 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         )
         return True
 
+    def _checked_bundle(self) -> Loaded:
+        settings = self.settings
+        bundle = load_bundle(
+            settings.bundle_uri,
+            expected_digest=settings.bundle_digest,
+            allow_pickle=settings.allow_pickle,
+            trusted_types=settings.trusted_types,
+        )
+        if settings.model_version and bundle.version != settings.model_version:
+            raise BundleError(f"the bundle holds model version {bundle.version}, not {settings.model_version}")
+        validator = Validator(bundle.schema)
+        defects = parity.defects(bundle)
+        if defects:
+            raise BundleError(f"the golden examples cannot be replayed: {'; '.join(defects)}")
+        skew = parity.check(bundle, validator)
+        if skew:
+            raise BundleError(
+                f"training/serving skew: golden examples no longer reproduce ({'; '.join(skew[:5])}); trained "
+                f"with scikit-learn {bundle.metadata.sklearn}, numpy {bundle.metadata.numpy}"
+            )
+        metrics = ModelMetrics(self.families, self.name, bundle.version, settings.variant)
+        metrics.attach(bundle)
+        metrics.thresholds(settings.drift_thresholds)
+        return Loaded(bundle, validator, metrics)
+
     def start(self) -> None:
         """KServe marks a model ready here; Steward's readiness is decided by load() alone."""
 
@@ -88,7 +137,12 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             raise ModelNotReady(self.name, self.reason)
         return True
 
-    def predict(
+    def count(self, protocol: str, code: int) -> None:
+        """Count one answered prediction request by its status code, whichever layer answered it."""
+        if self.metrics is not None:
+            self.metrics.request(protocol, code)
+
+    async def predict(
         self,
         payload: dict[str, Any] | InferRequest,
         headers: Mapping[str, str] | None = None,
@@ -97,39 +151,43 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         loaded = self.loaded
         if loaded is None:
             raise ModelNotReady(self.name, self.reason)
-        bundle, metrics = loaded.bundle, loaded.metrics
         started = time.perf_counter()
-        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
-        request_id = _request_id(headers or {}, payload)
+        identifier, replaced = request_id(headers or {}, payload)
+        exchange = EXCHANGE.get()
+        if exchange is not None:
+            exchange.scoring, exchange.request_id = True, identifier
         if response_headers is not None:
             response_headers.update(
                 {
-                    "x-request-id": request_id,
-                    "x-steward-model-version": bundle.version,
+                    "x-request-id": identifier,
+                    "x-steward-model-version": loaded.bundle.version,
                     "x-steward-variant": self.settings.variant,
                 }
             )
-        try:
-            checked = _check(loaded.validator, payload)
-            metrics.observe_inputs(checked)
-            if checked.rejected:
-                raise InvalidInput(_explain(checked))
-            predictions, probabilities = bundle.predict(checked.frame)
-            metrics.observe_outputs(predictions, probabilities)
-        except InvalidInput:
-            metrics.request(protocol, 400)
-            raise
-        except Exception:
-            metrics.request(protocol, 500)
-            logger.exception("request %s failed", request_id)
-            raise
-        metrics.request(protocol, 200)
+            if replaced:
+                response_headers["x-steward-request-id-replaced"] = replaced
+        scoring = asyncio.get_running_loop().run_in_executor(
+            self._scoring, self._score, loaded, payload, identifier, started
+        )
+        return await scoring
+
+    def _score(
+        self, loaded: Loaded, payload: dict[str, Any] | InferRequest, identifier: str, started: float
+    ) -> dict[str, Any] | InferResponse:
+        """Validate and score one request, on a scoring thread."""
+        bundle, metrics = loaded.bundle, loaded.metrics
+        checked = check_request(loaded.validator, payload, self.settings.max_rows)
+        metrics.observe_inputs(checked)
+        if checked.rejected:
+            raise InvalidInput(_explain(checked))
+        predictions, probabilities = bundle.predict(checked.frame)
+        metrics.observe_outputs(predictions, probabilities)
         metrics.latency.observe(time.perf_counter() - started)
         if self.reporter is not None:
             scores = probabilities[:, 1] if probabilities is not None and probabilities.shape[1] == 2 else None
-            self.reporter.report(bundle.version, self.settings.variant, request_id, predictions, scores)
+            self.reporter.report(bundle.version, self.settings.variant, identifier, predictions, scores)
         if isinstance(payload, InferRequest):
-            return _v2_response(self.name, bundle, request_id, predictions, probabilities)
+            return _v2_response(self.name, bundle, identifier, predictions, probabilities)
         return _v1_response(bundle, predictions, probabilities)
 
 
@@ -142,25 +200,20 @@ class Loaded:
     metrics: ModelMetrics
 
 
-def _check(validator: Validator, payload: dict[str, Any] | InferRequest) -> Checked:
+def _not_ready_reason(error: Exception, uri: str) -> str:
+    """Why a bundle is not served, in one line."""
+    text = " ".join(str(error).split())
+    if isinstance(error, BundleError):
+        return text
+    return f"the bundle at {uri} cannot be loaded ({type(error).__name__}: {text})"
+
+
+def check_request(validator: Validator, payload: dict[str, Any] | InferRequest, max_rows: int) -> Checked:
+    """Validate a request's rows: V1 records or rows, or V2 inputs of one column each. More than `max_rows` rows
+    are refused before any is validated."""
     if isinstance(payload, InferRequest):
-        columns: dict[str, Any] = {}
-        rows: int | None = None
-        for tensor in payload.inputs:
-            shape = list(tensor.shape)
-            if len(shape) == 2 and shape[1] == 1:
-                shape = shape[:1]
-            if len(shape) != 1:
-                raise InvalidInput(f"input '{tensor.name}': expected shape [rows] or [rows, 1], got {tensor.shape}")
-            data = tensor.data
-            values = data.tolist() if isinstance(data, np.ndarray) else list(data)
-            if len(values) != shape[0]:
-                raise InvalidInput(f"input '{tensor.name}': shape says {shape[0]} values, data has {len(values)}")
-            columns[tensor.name] = values
-            rows = shape[0] if rows is None else rows
-        if not columns:
-            raise InvalidInput("the request has no inputs: send one named input per feature")
-        return validator.check_columns(columns, rows or 0)
+        columns, rows = _v2_columns(payload, max_rows)
+        return validator.check_columns(columns, rows)
     if isinstance(payload, bytes | str):
         raise InvalidInput("the request body must be JSON, sent with content-type: application/json")
     if not isinstance(payload, dict) or "instances" not in payload:
@@ -168,7 +221,61 @@ def _check(validator: Validator, payload: dict[str, Any] | InferRequest) -> Chec
     instances = payload["instances"]
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('"instances" must be a non-empty list of records or rows')
+    _within(len(instances), max_rows)
     return validator.check_records(instances)
+
+
+def _v2_columns(payload: InferRequest, max_rows: int) -> tuple[dict[str, list[Any]], int]:
+    """A V2 request's inputs as columns, each checked against its shape and datatype, and the number of rows."""
+    columns: dict[str, list[Any]] = {}
+    rows: int | None = None
+    for tensor in payload.inputs:
+        name = tensor.name
+        if name in columns:
+            sent = sum(other.name == name for other in payload.inputs)
+            raise InvalidInput(f"input '{name}' is sent {sent} times: send each feature once")
+        shape = list(tensor.shape)
+        if len(shape) == 2 and shape[1] == 1:
+            shape = shape[:1]
+        if len(shape) != 1:
+            raise InvalidInput(f"input '{name}': expected shape [rows] or [rows, 1], got {tensor.shape}")
+        _within(shape[0], max_rows)
+        data = tensor.data
+        values = data.tolist() if isinstance(data, np.ndarray) else list(data)
+        if len(values) != shape[0]:
+            raise InvalidInput(f"input '{name}': shape says {shape[0]} values, data has {len(values)}")
+        _check_datatype(name, tensor.datatype, values)
+        columns[name] = values
+        rows = shape[0] if rows is None else rows
+    if rows is None:
+        raise InvalidInput("the request has no inputs: send one named input per feature")
+    if rows == 0:
+        raise InvalidInput("the request has no rows: send each input with at least one value")
+    return columns, rows
+
+
+def _within(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise InvalidInput(
+            f"the request has {rows} rows; at most {max_rows} are scored per request (--max_rows, "
+            "STEWARD_MAX_ROWS): split it, or score it as a batch"
+        )
+
+
+def _check_datatype(name: str, datatype: str, values: list[Any]) -> None:
+    allowed = _DATATYPES.get(datatype)
+    if allowed is None:
+        raise InvalidInput(
+            f"input '{name}': datatype {datatype} is not an Open Inference datatype ({', '.join(_DATATYPES)})"
+        )
+    if not {type(value) for value in values} <= allowed:
+        row = next(row for row, value in enumerate(values) if type(value) not in allowed)
+        holds = _HOLDS.get(type(values[row]), type(values[row]).__name__)
+        raise InvalidInput(f"input '{name}': datatype {datatype}, but row {row} holds {holds}")
+    if datatype.startswith("UINT"):
+        negative = [row for row, value in enumerate(values) if value is not None and value < 0]
+        if negative:
+            raise InvalidInput(f"input '{name}': datatype {datatype}, but row {negative[0]} holds a negative number")
 
 
 def _v1_response(bundle: Bundle, predictions: np.ndarray, probabilities: np.ndarray | None) -> dict[str, Any]:
@@ -196,14 +303,22 @@ def _tensor(name: str, values: np.ndarray) -> InferOutput:
     return InferOutput(name=name, shape=[len(data)], datatype=datatype, data=data)
 
 
-def _request_id(headers: Mapping[str, str], payload: dict[str, Any] | InferRequest) -> str:
+def request_id(headers: Mapping[str, str], payload: dict[str, Any] | InferRequest) -> tuple[str, str]:
+    """The id a request is answered and reported under (x-request-id, else ce-id, else a V2 body's id, else a new
+    one), and why the id it came with was replaced by a new one ("" when it was not)."""
     lowered = {key.lower(): value for key, value in headers.items()}
-    for header in ("x-request-id", "ce-id"):
-        if lowered.get(header):
-            return lowered[header]
-    if isinstance(payload, InferRequest) and payload.id:
-        return str(payload.id)
-    return uuid.uuid4().hex
+    sent = [("x-request-id", lowered.get("x-request-id")), ("ce-id", lowered.get("ce-id"))]
+    if isinstance(payload, InferRequest):
+        sent.append(("the V2 id", payload.id))
+    for source, value in sent:
+        if value:
+            if _REQUEST_ID.fullmatch(str(value)):
+                return str(value), ""
+            return uuid.uuid4().hex, (
+                f"{source} was not used: request ids are 1 to {MAX_REQUEST_ID} characters of "
+                f"{REQUEST_ID_CHARACTERS}; x-request-id holds the one used"
+            )
+    return uuid.uuid4().hex, ""
 
 
 def _explain(checked: Checked) -> str:

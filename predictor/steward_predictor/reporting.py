@@ -1,9 +1,11 @@
 """Reporting every prediction to the monitor, in the background: batched, retried while the monitor is away, and
 never in the way of serving. The queue is bounded: a monitor away long enough to fill it costs the oldest
-events, which are counted."""
+events, which are counted. The monitor stores or refuses each event on its own; refused ones are logged with the
+reason and counted, and never cost the rest of their batch."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -25,11 +27,14 @@ BATCH = 500
 INTERVAL = 0.5
 """Longest an event waits before it is sent, in seconds."""
 MAX_BACKOFF = 30.0
+LOGGED = 5
+"""Refusals quoted in the log line of one batch (all are counted)."""
 
 
 class Reporter:
     """Sends `{"model", "namespace", "version", "variant", "requestId", "prediction", "score"}` events to the
-    monitor's POST /v1/predictions from a thread of its own."""
+    monitor's POST /v1/predictions from a thread of its own, presenting `token`: the monitor's token for this
+    model (`namespace/model/digest`, which the operator derives from the monitor's ingest key)."""
 
     def __init__(
         self,
@@ -37,19 +42,25 @@ class Reporter:
         *,
         model: str,
         namespace: str,
+        token: str | None = None,
         capacity: int = CAPACITY,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/predictions"
         self.model, self.namespace = model, namespace
+        self._headers = {"content-type": "application/json"}
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
+        else:
+            logger.warning("no token for the monitor: one that holds an ingest key refuses these prediction events")
         self._pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.events = Counter(
             "steward_predictor_reported_events",
-            "Prediction events for the monitor: sent, refused by it (malformed), or dropped when the queue was full "
-            "while it was away.",
+            "Prediction events for the monitor: sent (stored, or stored already), refused by it (each with its "
+            "reason in the log), or dropped when the queue was full while it was away.",
             ["result"],
             registry=registry,
         )
@@ -100,9 +111,10 @@ class Reporter:
                 if self._stop.is_set():
                     return
                 continue
-            result = self._post(batch)
-            if result != "failed":
-                self.events.labels(result).inc(len(batch))
+            refused = self._post(batch)
+            if refused is not None:
+                self.events.labels("sent").inc(len(batch) - refused)
+                self.events.labels("refused").inc(refused)
                 backoff = INTERVAL
                 if len(self._pending) >= BATCH:
                     self._wake.set()
@@ -119,22 +131,53 @@ class Reporter:
             time.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _post(self, batch: list[dict[str, Any]]) -> str:
-        """sent, refused (sending again would not help) or failed (it may, later)."""
+    def _post(self, batch: list[dict[str, Any]]) -> int | None:
+        """How many events of the batch the monitor refused (sending them again would not help); None when it could
+        not take the batch now (it may, later)."""
         request = urllib.request.Request(  # noqa: S310 -- the monitor's URL, from the operator
-            self.endpoint,
-            data=json.dumps(batch).encode(),
-            method="POST",
-            headers={"content-type": "application/json"},
+            self.endpoint, data=json.dumps(batch).encode(), method="POST", headers=self._headers
         )
         try:
-            with urllib.request.urlopen(request, timeout=10):  # noqa: S310
-                return "sent"
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return _refusals(batch, response.read(), unread=0)
         except urllib.error.HTTPError as error:
-            if 400 <= error.code < 500:
-                logger.error("the monitor refused %d prediction events: %s", len(batch), error.read()[:500])
-                return "refused"
+            if error.code == 401:
+                logger.error("the monitor refused the token: %d prediction events lost (%s)", len(batch), _read(error))
+                return len(batch)
+            if 400 <= error.code < 500:  # Nothing of the batch was stored.
+                _refusals(batch, _read(error), unread=len(batch))
+                return len(batch)
             logger.warning("the monitor answered %d; prediction events wait", error.code)
-        except (urllib.error.URLError, OSError) as error:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             logger.warning("the monitor at %s cannot be reached (%s); prediction events wait", self.endpoint, error)
-        return "failed"
+        return None
+
+
+def _refusals(batch: list[dict[str, Any]], body: bytes, *, unread: int) -> int:
+    """How many events the monitor's answer says it refused (`unread` when the answer says nothing readable), with
+    the first refusals logged: which request, and why."""
+    try:
+        answer = json.loads(body)
+        refused = max(0, min(len(batch), int(answer["refused"])))
+        quoted = "; ".join(
+            f"{_request_id(batch, refusal['index'])}: {refusal['error']}" for refusal in answer["refusals"][:LOGGED]
+        )
+    except (ValueError, TypeError, KeyError, IndexError):
+        if unread:
+            logger.error("the monitor refused %d prediction events: %s", unread, body[:500])
+        return unread
+    if refused:
+        logger.error("the monitor refused %d of %d prediction events: %s", refused, len(batch), quoted)
+    return refused
+
+
+def _read(error: urllib.error.HTTPError) -> bytes:
+    try:
+        return error.read()
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _request_id(batch: list[dict[str, Any]], index: int) -> str:
+    """The request id of a refused event, as short as a log line needs."""
+    return repr(str(batch[index].get("requestId", ""))[:80])

@@ -135,6 +135,30 @@ def test_request_ids_are_honoured_or_made(servers: dict[str, Predictor], trained
     assert first["x-request-id"] != second["x-request-id"]
     assert first["x-steward-variant"] == "challenger"
     assert first["x-steward-model-version"] == "v1"
+    assert "x-steward-request-id-replaced" not in first
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    ["a" * 300, "two words", "caf\u00e9", 'quote"d', "tab\there"],
+    ids=["long", "space", "accent", "quote", "tab"],
+)
+def test_an_unusable_request_id_is_replaced_and_the_answer_says_so(
+    servers: dict[str, Predictor], trained: dict[str, Trained], unusable: str
+) -> None:
+    # An id the monitor would refuse would cost every event in the batch it travels in: it is never passed on.
+    predictor = servers["wine"]
+    frame = trained["wine"].x_test.iloc[:2]
+    _, headers, _ = predictor.post(
+        "/v1/models/wine:predict", {"instances": records(frame)}, {"x-request-id": unusable.encode().decode("latin-1")}
+    )
+    assert headers["x-request-id"] != unusable
+    assert len(headers["x-request-id"]) == 32
+    assert "x-request-id" in headers["x-steward-request-id-replaced"]
+    status, headers, body = predictor.post("/v2/models/wine/infer", {"id": unusable, "inputs": _v2_inputs(frame)})
+    assert status == 200, body
+    assert json.loads(body)["id"] == headers["x-request-id"] != unusable
+    assert "the V2 id" in headers["x-steward-request-id-replaced"]
 
 
 def test_bad_values_are_refused_naming_field_and_row(

@@ -8,8 +8,9 @@ import json
 import shutil
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sklearn.compose import ColumnTransformer
@@ -18,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from steward_harness.predictors import Predictor
-from steward_predictor.bundles import build_bundle
+from steward_predictor.bundles import _write_manifest, build_bundle
 from tests.support.models import Trained
 
 FEATURES_MODULE = "steward_test_features"
@@ -147,3 +148,70 @@ def test_a_pickled_pipeline_needs_an_explicit_opt_in(trained: dict[str, Trained]
         assert "which can run any code when loaded" in _not_ready_reason(predictor)
     with Predictor(str(path), name="diabetes", env={"STEWARD_ALLOW_PICKLE": "true"}) as predictor:
         assert predictor.ready()[0], predictor.tail()
+
+
+def _golden(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def tamper(bundle: Path) -> None:
+        golden = json.loads((bundle / "golden.json").read_text())
+        change(golden)
+        (bundle / "golden.json").write_text(json.dumps(golden))
+
+    return tamper
+
+
+def _corrupt_pipeline(bundle: Path) -> None:
+    (bundle / "pipeline.skops").write_bytes(b"not a skops file at all")
+
+
+def _no_golden_examples(golden: dict[str, Any]) -> None:
+    golden.update(inputs=[], predictions=[], probabilities=[])
+
+
+def _fewer_predictions(golden: dict[str, Any]) -> None:
+    golden["predictions"].pop()
+
+
+def _wider_probabilities(golden: dict[str, Any]) -> None:
+    golden["probabilities"] = [[*row, 0.0] for row in golden["probabilities"]]
+
+
+def _ragged_probabilities(golden: dict[str, Any]) -> None:
+    golden["probabilities"][3] = golden["probabilities"][3][:1]
+
+
+def _inputs_not_records(golden: dict[str, Any]) -> None:
+    golden["inputs"] = "none"
+
+
+# Each defect, and what the reason must say. The manifest is sealed again after tampering, so the digest check
+# passes and the defect itself is what the predictor meets.
+DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a corrupt pipeline.skops": (_corrupt_pipeline, "File is not a zip file"),
+    "no golden examples": (_golden(_no_golden_examples), "the bundle holds no golden examples"),
+    "fewer golden predictions than inputs": (_golden(_fewer_predictions), "32 golden inputs but 31 predictions"),
+    "golden probabilities wider than the classes": (
+        _golden(_wider_probabilities),
+        "golden probabilities have 3 columns where the model has 2 classes",
+    ),
+    "ragged golden probabilities": (
+        _golden(_ragged_probabilities),
+        "golden probabilities have 1 or 2 columns where the model has 2 classes",
+    ),
+    "golden inputs that are not records": (_golden(_inputs_not_records), "validation error for Golden"),
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_a_defective_bundle_keeps_the_server_up_and_not_ready_saying_why(
+    trained: dict[str, Trained], tmp_path: Path, defect: str
+) -> None:
+    tamper, says = DEFECTS[defect]
+    bundle = _copy(trained["breast-cancer"].path, tmp_path)
+    tamper(bundle)
+    _write_manifest(bundle)
+    with Predictor(str(bundle), name="breast-cancer") as predictor:
+        reason = _not_ready_reason(predictor)
+        assert says in reason, reason
+        assert predictor.get("/v2/health/live")[0] == 200
+        status, _, body = predictor.post("/v1/models/breast-cancer:predict", {"instances": [[1.0] * 11]})
+        assert status == 503, body

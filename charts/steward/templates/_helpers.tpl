@@ -114,3 +114,8 @@ app.kubernetes.io/component: monitor
 {{- define "steward.monitorImage" -}}
 {{- printf "%s:%s" .Values.monitor.image.repository (default .Chart.AppVersion .Values.monitor.image.tag) }}
 {{- end }}
+
+{{/* The Secret holding the monitor's ingest key: the one named in values, or the one the chart generates. */}}
+{{- define "steward.ingestKeySecret" -}}
+{{- .Values.monitor.ingestKeySecret | default (printf "%s-ingest-key" (include "steward.monitorName" .)) }}
+{{- end }}
