@@ -2,20 +2,26 @@
 
 | # | stage | when | decision |
 |---|---|---|---|
-| 1 | any | the metric provider could not be read (the stage's evidence is None) | pause |
-| 2 | any | the release has run longer than rollout.maxDuration | rollback |
-| 3 | Validating | either version's held-out result not known yet | hold |
-| 3 | Validating | the challenger worse than the incumbent by more than the tolerance | rollback |
-| 3 | Validating | otherwise | advance |
-| 4 | Shadowing, Canary | any guardrail credibly worse, however little evidence there is | rollback |
-| 5 | Shadowing, Canary | minimum duration over, and an arm answered no requests | continue |
-| 6 | Shadowing, Canary | minimum requests or minimum duration not reached | continue |
-| 7 | Shadowing, Canary | not the last stage | advance |
-| 8 | Shadowing, Canary | last stage, error rate credibly not worse than the incumbent's + margin | promote |
-| 8 | Shadowing, Canary | last stage, not yet credibly not worse | continue |
+| 1 | Canary | a step of 100 % (the API refuses one; an older resource may hold it) after a judged stage | promote |
+| 1 | Canary | a step of 100 % that no earlier stage judged the challenger on live traffic before | rollback |
+| 2 | any | the metric provider could not be read (the stage's evidence is None) | pause |
+| 3 | Shadowing, Canary | a reading cannot be used (NaN, negative, errors above requests, a bucket above +Inf) | pause |
+| 4 | any | the release has run longer than rollout.maxDuration | rollback |
+| 5 | Validating | no later stage can judge the challenger live (online, no shadow, its only step 100 %) | rollback |
+| 5 | Validating | either version's held-out result not known yet | hold |
+| 5 | Validating | the challenger worse than the incumbent by more than the tolerance | rollback |
+| 5 | Validating | otherwise | advance |
+| 6 | Shadowing, Canary | any guardrail credibly worse, however little evidence there is | rollback |
+| 7 | Shadowing, Canary | minimum duration over, and an arm answered no requests | continue |
+| 8 | Shadowing, Canary | minimum requests or minimum duration not reached | continue |
+| 9 | Shadowing, Canary | a guardrail has no data on a version (no latency histogram, no predictions) | hold |
+| 10 | Shadowing, Canary | not the last stage | advance |
+| 11 | Shadowing, Canary | last stage, error rate credibly not worse than the incumbent's + margin | promote |
+| 11 | Shadowing, Canary | last stage, not yet credibly not worse | continue |
 
-The first row that applies decides. The last stage is the last canary step online, and the shadow stage in batch
-(batch has no canary: its challenger scores the same batches in shadow, then takes over).
+The first row that applies decides. The last stage is the last canary step below 100 % online (the shadow stage
+when every step is 100 %), and the shadow stage in batch (batch has no canary: its challenger scores the same
+batches in shadow, then takes over).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 
 from steward_operator import specs
@@ -56,6 +63,11 @@ REGRESSOR_METRICS = ("rmse", "mae", "r2")
 _LARGEST_ALPHA = 0.499
 _GATE = "errorRateNonInferiority"
 _WAIT = "an outage neither promotes nor rolls back, so the release waits until they can be read again"
+_UNUSABLE = "a reading that cannot be used is no reading: the release waits until the counts can be used again"
+# A canary step at this weight leaves the incumbent no traffic to compare the challenger with.
+_FULL = 100
+# Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
+_LARGEST_COUNT = 2**53
 
 
 # --- what goes in -------------------------------------------------------------------------------------------
@@ -157,44 +169,63 @@ def decide(
     its own. None means the metric provider could not be read (MetricsUnavailableError); a result not reported
     yet is a None inside Holdouts. The first rule that applies decides:
 
-    1. No data: the stage's evidence is None -> pause. An outage neither promotes nor rolls back, not even once
+    1. A canary step of 100 %: the incumbent answers nothing there, so nothing can be compared; the API refuses
+       such a step, and one an older resource still holds is taken as the promotion. After a stage that judged
+       the challenger on live traffic (an earlier step, or shadow) -> promote: that stage was the last one, with
+       the promotion gate. Without one -> rollback: a challenger is never left serving unjudged.
+    2. No data: the stage's evidence is None -> pause. An outage neither promotes nor rolls back, not even once
        the maximum duration has passed: it pauses the release until the metrics can be read again.
-    2. Maximum duration: the release has run longer than rollout.maxDuration -> rollback. Without a verdict by
+    3. Unusable reading: a count the stage needs is not a whole, finite, non-negative number (NaN, inf,
+       negative, fractional), errors outnumber requests or slow requests timed ones, the latency buckets are not
+       cumulative (a bucket above the next, or above +Inf; +Inf not the timed requests), the versions counted
+       slow requests above different thresholds, or the provider reported a reading it could not use -> pause,
+       naming the reading. Like an outage, it neither promotes nor rolls back.
+    4. Maximum duration: the release has run longer than rollout.maxDuration -> rollback. Without a verdict by
        then the incumbent stays (futility).
-    3. Validating, on held-out results: the metric is rollout.validation.metric or, unset, the first of rocAuc,
-       accuracy, logLoss (a classifier) or rmse, mae, r2 (a regressor) that both versions report. accuracy, rocAuc
-       and r2 are better higher; logLoss, mae and rmse lower. Either version's result not known yet -> hold. The
-       challenger worse than the incumbent by more than validation.tolerance x |incumbent's value| -> rollback;
-       otherwise -> advance. The rule says whether both were measured on the same held-out data (equal
-       fingerprints) or across different held-out sets; the verdict is the same either way. With validation
-       disabled -> advance, before any other rule: there is nothing to wait for.
+    5. Validating, on held-out results: online, without shadow, and the only canary step is 100 % -> rollback
+       (no stage could judge the challenger on live traffic). The metric is rollout.validation.metric or, unset,
+       the first of rocAuc, accuracy, logLoss (a classifier) or rmse, mae, r2 (a regressor) that both versions
+       report. accuracy, rocAuc and r2 are better higher; logLoss, mae and rmse lower. Either version's result not
+       known yet (or not a finite number) -> hold. The challenger worse than the incumbent by more than
+       validation.tolerance x |incumbent's value| -> rollback; otherwise -> advance. The rule says whether both
+       were measured on the same held-out data (equal fingerprints) or across different held-out sets; the
+       verdict is the same either way. With validation disabled -> advance: there is nothing to wait for.
 
     Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests; slowRequests:
     requests slower than the threshold the caller applied or else the incumbent's p95 latency in the same window,
-    among timed requests; predictionShift: total variation
-    between the predictions per bin) is an anytime-valid test at its share of alpha = 1 - rollout.confidence
-    (split equally, Bonferroni), against its own tolerance. After rules 1 and 2:
+    among timed requests; predictionShift: total variation between the predictions per bin) is an anytime-valid
+    test at its share of alpha = 1 - rollout.confidence (split equally, Bonferroni), against its own tolerance.
+    After rules 1 to 4:
 
-    4. Any guardrail credibly worse -> rollback, at once: a credibly worse challenger never waits for the stage's
+    6. Any guardrail credibly worse -> rollback, at once: a credibly worse challenger never waits for the stage's
        minimum evidence.
-    5. No traffic: the stage's minimum duration is over and the challenger or the incumbent answered no request
+    7. No traffic: the stage's minimum duration is over and the challenger or the incumbent answered no request
        -> continue: silence is not evidence.
-    6. Minimum evidence: fewer challenger requests than the stage's minimum (shadow.minRequests,
+    8. Minimum evidence: fewer challenger requests than the stage's minimum (shadow.minRequests,
        canary.minRequestsPerStep), or less time in the stage than its minimum (shadow.minDuration,
        canary.minStepDuration) -> continue.
-    7. Any stage but the last -> advance.
-    8. The last stage (the last canary step; the shadow stage in batch) is the quality gate: the error rate
-       credibly not worse than the incumbent's + margin (non-inferiority at the full alpha; the margin is the
-       errorRate guardrail's tolerance, or DEFAULT_MARGIN when that is 0 or there is no such guardrail)
-       -> promote; otherwise -> continue, until the maximum duration ends the release.
+    9. A guardrail without data on either version (no latency histogram, no bucket at the incumbent's p95, no
+       predictions) -> hold, naming each guardrail and what it waits for: no data is not a pass.
+    10. Any stage but the last -> advance.
+    11. The last stage (the last canary step below 100 %, or the shadow stage when there is none; the shadow
+        stage in batch) is the quality gate: the error rate credibly not worse than the incumbent's + margin
+        (non-inferiority at the full alpha; the margin is the errorRate guardrail's tolerance, or DEFAULT_MARGIN
+        when that is 0 or there is no such guardrail) -> promote; otherwise -> continue, until the maximum
+        duration ends the release.
 
-    Raises ValueError for a phase no release decides in, or a canary stage without a valid step.
+    Raises ValueError for a phase no release decides in, or a canary stage without a valid step; never for what
+    the evidence holds.
     """
     if phase == "Validating":
         return _validate(policy, timing, holdouts)
     stage = _stage(policy, phase, step)
+    if stage.full is not None:
+        return stage.full
     if window is None:
         return Verdict("pause", f"metrics are unavailable: the live counts of {stage.name} could not be read; {_WAIT}")
+    unusable = _unusable_readings(policy.rollout, window)
+    if unusable:
+        return Verdict("pause", f"unusable reading: {'; '.join(unusable)}; {_UNUSABLE}")
     return _watch(policy, stage, timing, window)
 
 
@@ -204,6 +235,13 @@ def decide(
 def _validate(policy: Policy, timing: Timing, holdouts: Holdouts | None) -> Verdict:
     validation = policy.rollout.validation
     following = _first_live_stage(policy)
+    if not _shadowed(policy) and _judged_steps(policy.rollout) == 0:
+        rule = (
+            f"no stage would judge the challenger on live traffic: the only one is {following}, where the incumbent"
+            " answers nothing, and there is no shadow stage; it never receives traffic (canary steps must be below"
+            " 100%, or add rollout.shadow)"
+        )
+        return Verdict("rollback", rule)
     if not validation.enabled:
         return Verdict("advance", f"offline validation is disabled (rollout.validation.enabled): on to {following}")
     if holdouts is None:
@@ -261,7 +299,18 @@ def _reported(held_out: HeldOut | None) -> dict[str, float] | None:
     """The results a version reported; a value that is not a finite number proves nothing, as if not reported."""
     if held_out is None:
         return None
-    return {name: value for name, value in held_out.metrics.items() if math.isfinite(value)}
+    found = {name: _finite(value) for name, value in held_out.metrics.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _default_metric(incumbent: Mapping[str, float] | None, challenger: Mapping[str, float] | None) -> str | None:
@@ -287,6 +336,8 @@ class _Stage:
     """The stage after this one, in words; None when promotion follows."""
     min_requests: int
     min_duration: timedelta
+    full: Verdict | None = None
+    """The verdict on a canary step of 100 %, which no evidence changes; None for any other stage."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +345,12 @@ class _Check:
     guardrail: specs.Guardrail
     alpha: float
     comparison: Comparison
+    waiting: str | None = None
+    """Why the comparison has no data, in words; None when it has."""
+
+
+# What each guardrail compares, so what it waits for without data.
+_NEEDS = {"errorRate": "requests", "slowRequests": "latency", "predictionShift": "predictions"}
 
 
 def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Verdict:
@@ -308,30 +365,53 @@ def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Ver
         return Verdict("rollback", _breach(stage, failed), evidence)
 
     elapsed = max(timing.now - timing.stage_started, timedelta(0))
+    collecting = _collecting(stage, elapsed, window)
+    if collecting is not None:
+        return Verdict("continue", collecting, evidence)
+
     challenger = window.challenger.requests
+    met = f"{stage.name} has its minimum evidence ({challenger:,} challenger requests in {_span(elapsed)})"
+    waiting = [
+        f"guardrail {check.guardrail.name} waits for {_NEEDS[check.guardrail.name]}: {check.waiting}"
+        for check in checks
+        if check.waiting is not None
+    ]
+    if waiting:
+        rule = (
+            f"{met}, but {'; '.join(waiting)}; no data is not a pass, so {stage.name} holds until every"
+            " guardrail can compare the versions"
+        )
+        return Verdict("hold", rule, evidence)
+    if stage.following is not None:
+        return Verdict("advance", f"{met} and no guardrail failed: on to {stage.following}", evidence)
+    return _gate(rollout, met, window, evidence)
+
+
+def _collecting(stage: _Stage, elapsed: timedelta, window: Window) -> str | None:
+    """The rule while the stage still collects its minimum evidence, or a version answers nothing; else None."""
+    silent = _silent(window)
+    if silent and elapsed >= stage.min_duration:
+        return (
+            f"no traffic: {silent} answered no requests in {_span(elapsed)} of {stage.name};"
+            " silence is not evidence, so the stage goes on"
+        )
+    short = []
+    challenger = window.challenger.requests
+    if challenger < stage.min_requests:
+        short.append(f"{challenger:,} of {stage.min_requests:,} challenger requests")
+    if elapsed < stage.min_duration:
+        short.append(f"{_span(elapsed)} of {_span(stage.min_duration)}")
+    return f"collecting evidence in {stage.name}: {' and '.join(short)} so far" if short else None
+
+
+def _silent(window: Window) -> str | None:
+    """The versions that answered no requests, in words; None when both answered some."""
     silent = [
         arm
         for arm, counts in (("challenger", window.challenger), ("incumbent", window.incumbent))
         if not counts.requests
     ]
-    if silent and elapsed >= stage.min_duration:
-        rule = (
-            f"no traffic: the {' and the '.join(silent)} answered no requests in {_span(elapsed)} of {stage.name};"
-            " silence is not evidence, so the stage goes on"
-        )
-        return Verdict("continue", rule, evidence)
-    short = []
-    if challenger < stage.min_requests:
-        short.append(f"{challenger:,} of {stage.min_requests:,} challenger requests")
-    if elapsed < stage.min_duration:
-        short.append(f"{_span(elapsed)} of {_span(stage.min_duration)}")
-    if short:
-        return Verdict("continue", f"collecting evidence in {stage.name}: {' and '.join(short)} so far", evidence)
-
-    met = f"{stage.name} has its minimum evidence ({challenger:,} challenger requests in {_span(elapsed)})"
-    if stage.following is not None:
-        return Verdict("advance", f"{met} and no guardrail failed: on to {stage.following}", evidence)
-    return _gate(rollout, met, window, evidence)
+    return f"the {' and the '.join(silent)}" if silent else None
 
 
 def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
@@ -352,28 +432,55 @@ def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
                 tolerance=tolerance,
                 alpha=alpha,
             )
+            silent = _silent(window)
+            waiting = None if silent is None else f"{silent} answered none"
         elif guardrail.name == "slowRequests":
-            comparison = _slow_requests(incumbent, challenger, tolerance, alpha)
+            comparison, waiting = _slow_requests(incumbent, challenger, tolerance, alpha)
         else:
-            comparison = _prediction_shift(incumbent, challenger, tolerance, alpha)
-        checks.append(_Check(guardrail, alpha, comparison))
+            comparison, waiting = _prediction_shift(incumbent, challenger, tolerance, alpha)
+        checks.append(_Check(guardrail, alpha, comparison, waiting if comparison.verdict == "noData" else None))
     return checks
 
 
-def _slow_requests(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:
+def _slow_requests(
+    incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float
+) -> tuple[Comparison, str | None]:
+    """The slowRequests comparison, and why it has no data (None when it has)."""
     # `slow` is counted among the timed requests, so those are its denominator.
     if incumbent.slow_after is not None and challenger.slow_after is not None:
         slow_i, slow_c = incumbent.slow, challenger.slow
     else:
         threshold = slow_threshold(incumbent)
-        if threshold is None or threshold not in challenger.latency:
+        missing = _no_threshold(incumbent, challenger, threshold)
+        if threshold is None or missing is not None:
             # No latency threshold can be applied: zero slow requests would be false reassurance.
-            return Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
+            comparison = Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
+            return comparison, missing
         slow_i = incumbent.timed - incumbent.latency[threshold]
         slow_c = challenger.timed - challenger.latency[threshold]
-    return compare_rates(
+    comparison = compare_rates(
         "slowRequests", slow_i, incumbent.timed, slow_c, challenger.timed, tolerance=tolerance, alpha=alpha
     )
+    untimed = [arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.timed]
+    return comparison, f"the {' and the '.join(untimed)} timed no requests" if untimed else None
+
+
+def _no_threshold(incumbent: ArmCounts, challenger: ArmCounts, threshold: float | None) -> str | None:
+    """Why the incumbent's p95 cannot be applied to both versions' latency histograms; None when it can."""
+    unhistogrammed = [
+        arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.latency
+    ]
+    if len(unhistogrammed) == 2:
+        return "neither version's requests carry a latency histogram"
+    if unhistogrammed:
+        return f"the {unhistogrammed[0]}'s requests carry no latency histogram"
+    if not incumbent.timed:
+        return "the incumbent timed no requests"
+    if threshold is None:
+        return "the incumbent's p95 latency lies above its largest finite latency bucket, so no threshold applies"
+    if threshold not in challenger.latency:
+        return f"the challenger's histogram has no latency bucket at the incumbent's p95 ({threshold:g} s)"
+    return None
 
 
 def slow_threshold(incumbent: ArmCounts, quantile: float = 0.95) -> float | None:
@@ -386,7 +493,10 @@ def slow_threshold(incumbent: ArmCounts, quantile: float = 0.95) -> float | None
     return found if found is not None and math.isfinite(found) else None
 
 
-def _prediction_shift(incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float) -> Comparison:
+def _prediction_shift(
+    incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float
+) -> tuple[Comparison, str | None]:
+    """The predictionShift comparison, and why it has no data (None when it has)."""
     bins = sorted({*incumbent.predictions, *challenger.predictions})
     counts_i = [incumbent.predictions.get(name, 0) for name in bins]
     counts_c = [challenger.predictions.get(name, 0) for name in bins]
@@ -394,7 +504,11 @@ def _prediction_shift(incumbent: ArmCounts, challenger: ArmCounts, tolerance: fl
     while len(counts_i) < 2:
         counts_i.append(0)
         counts_c.append(0)
-    return compare_distributions("predictionShift", counts_i, counts_c, tolerance=tolerance, alpha=alpha)
+    comparison = compare_distributions("predictionShift", counts_i, counts_c, tolerance=tolerance, alpha=alpha)
+    unpredicted = [arm for arm, counts in (("challenger", counts_c), ("incumbent", counts_i)) if not sum(counts)]
+    if len(unpredicted) == 2:
+        return comparison, "neither version reported any"
+    return comparison, f"the {unpredicted[0]} reported none" if unpredicted else None
 
 
 def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[specs.Evidence, ...]) -> Verdict:
@@ -446,16 +560,137 @@ def _breach(stage: _Stage, failed: list[_Check]) -> str:
     return f"guardrail {guardrail.name} failed in {stage.name}: {what}{also}; roll back"
 
 
+# --- readings the engine cannot use -------------------------------------------------------------------------
+
+
+def _unusable_readings(rollout: specs.Rollout, window: Window) -> list[str]:
+    """What keeps the readings this stage decides on from being used, each naming the reading; empty when every
+    one can be. Only what the rollout's guardrails and the stage's own rules read is looked at."""
+    guardrails = {guardrail.name for guardrail in rollout.guardrails}
+    fields = {"requests"} | {_NEEDS[name] for name in guardrails if name != "errorRate"}
+    found = []
+    for arm, counts in (("incumbent", window.incumbent), ("challenger", window.challenger)):
+        found += [f"the {arm}'s {name}: {what}" for name, what in counts.unusable.items() if name in fields]
+        found += _unusable_requests(arm, counts)
+        if "slowRequests" in guardrails:
+            found += _unusable_latency(arm, counts)
+        if "predictionShift" in guardrails:
+            found += [
+                f"the {arm}'s predictions in bin {name!r} ({_amount(value)}) are {flaw}"
+                for name, value in counts.predictions.items()
+                if (flaw := _flaw(value)) is not None
+            ]
+    thresholds = (window.incumbent.slow_after, window.challenger.slow_after)
+    if "slowRequests" in guardrails and None not in thresholds and thresholds[0] != thresholds[1]:
+        found.append(
+            f"the versions counted slow requests above different thresholds ({thresholds[0]:g} s and"
+            f" {thresholds[1]:g} s)"
+        )
+    return found
+
+
+def _unusable_requests(arm: str, counts: ArmCounts) -> list[str]:
+    found = [
+        f"the {arm}'s {name} ({_amount(value)}) are {flaw}"
+        for name, value in (("requests", counts.requests), ("errors", counts.errors))
+        if (flaw := _flaw(value)) is not None
+    ]
+    if not found and counts.errors > counts.requests:
+        found.append(f"the {arm}'s errors ({counts.errors:,}) outnumber its requests ({counts.requests:,})")
+    return found
+
+
+def _unusable_latency(arm: str, counts: ArmCounts) -> list[str]:
+    found = [
+        f"the {arm}'s {name} ({_amount(value)}) are {flaw}"
+        for name, value in (("timed requests", counts.timed), ("slow requests", counts.slow))
+        if (flaw := _flaw(value)) is not None and (name == "timed requests" or counts.slow_after is not None)
+    ]
+    if counts.slow_after is not None:
+        if isinstance(counts.slow_after, bool) or not (
+            isinstance(counts.slow_after, int | float) and counts.slow_after >= 0
+        ):
+            found.append(f"the {arm}'s slow-request threshold ({counts.slow_after!r}) is not a latency")
+        elif not found and counts.slow > counts.timed:
+            found.append(f"the {arm}'s slow requests ({counts.slow:,}) outnumber its timed requests ({counts.timed:,})")
+    if not counts.latency:
+        return found
+    if any(
+        isinstance(bound, bool) or not isinstance(bound, int | float) or math.isnan(bound) for bound in counts.latency
+    ):
+        return [*found, f"the {arm}'s latency has a bucket boundary that is not a number"]
+    buckets = sorted(counts.latency.items())
+    flawed = [
+        f"the {arm}'s latency bucket le={_le(bound)} ({_amount(value)}) is {flaw}"
+        for bound, value in buckets
+        if (flaw := _flaw(value)) is not None
+    ]
+    if flawed:
+        return [*found, *flawed]
+    # Cumulative buckets: each holds the requests of every bucket below it, and +Inf holds every timed request.
+    found += [
+        f"the {arm}'s latency bucket le={_le(bound)} ({value:,}) is above the bucket le={_le(above)} ({more:,})"
+        for (bound, value), (above, more) in pairwise(buckets)
+        if value > more
+    ]
+    if math.inf not in counts.latency:
+        found.append(f"the {arm}'s latency has no +Inf bucket")
+    elif counts.latency[math.inf] != counts.timed and _flaw(counts.timed) is None:
+        found.append(
+            f"the {arm}'s +Inf latency bucket ({counts.latency[math.inf]:,}) disagrees with its timed requests"
+            f" ({counts.timed:,})"
+        )
+    return found
+
+
+def _flaw(value: object) -> str | None:
+    """What keeps `value` from being a count: None for a whole, finite, non-negative number a float holds exactly."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+    ):
+        return "not a number"
+    if value < 0:
+        return "negative"
+    if isinstance(value, float) and math.isinf(value):
+        return "not finite"
+    if value != int(value):
+        return "not a whole number"
+    if value > _LARGEST_COUNT:
+        return "too many to count exactly"
+    return None
+
+
+def _amount(value: object) -> str:
+    """A reading as a person reads it: whole counts with thousands separators, anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if abs(value) <= _LARGEST_COUNT:
+        return f"{value:,}"
+    try:
+        return f"{value:.3g}"
+    except OverflowError:  # An int beyond any float.
+        return f"{'-' if value < 0 else ''}more than 1e308"
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else f"{bound:g}"
+
+
 # --- shared pieces ------------------------------------------------------------------------------------------
 
 
 def _stage(policy: Policy, phase: specs.Phase, step: int | None) -> _Stage:
     """The live stage at `phase` and `step`, as releasing.stages() lays them out."""
     rollout, online = policy.rollout, policy.mode == "online"
+    judged = _judged_steps(rollout)
     if phase == "Shadowing":
         # Batch shadows even without rollout.shadow; its defaults then set the minimum evidence.
         shadow = rollout.shadow or specs.Shadow()
-        following = _canary_step(rollout, 0) if online else None
+        following = _canary_step(rollout, 0) if online and judged else None
         return _Stage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration))
     if phase == "Canary":
         if not online:
@@ -465,20 +700,44 @@ def _stage(policy: Policy, phase: specs.Phase, step: int | None) -> _Stage:
         canary = rollout.canary
         # A step past the end (steps shortened mid-release) is the last step, as the traffic split treats it.
         index = min(step, len(canary.steps) - 1)
-        following = _canary_step(rollout, index + 1) if index + 1 < len(canary.steps) else None
-        return _Stage(
-            _canary_step(rollout, index),
-            following,
-            canary.min_requests_per_step,
-            specs.as_timedelta(canary.min_step_duration),
-        )
+        name = _canary_step(rollout, index)
+        following = _canary_step(rollout, index + 1) if index + 1 < judged else None
+        full = _full_step(policy, name) if canary.steps[index] >= _FULL else None
+        return _Stage(name, following, canary.min_requests_per_step, specs.as_timedelta(canary.min_step_duration), full)
     raise ValueError(f"no release decides in phase {phase}")
 
 
+def _full_step(policy: Policy, name: str) -> Verdict:
+    """A canary step of 100 %: the incumbent answers nothing, so it is the promotion, judged by the stage before."""
+    judged = _judged_steps(policy.rollout)
+    before = _canary_step(policy.rollout, judged - 1) if judged else "shadow" if _shadowed(policy) else None
+    if before is not None:
+        rule = (
+            f"{name} gives the challenger all traffic, as promotion does, and leaves the incumbent none to compare"
+            f" with: it was judged up to {before}, the last stage where both answered; promote"
+        )
+        return Verdict("promote", rule)
+    rule = (
+        f"{name} leaves the incumbent no traffic, and no earlier stage compared the challenger with it on live"
+        " traffic: it cannot be judged, so it is rolled back and the incumbent stays (canary steps must be below"
+        " 100%, or add rollout.shadow)"
+    )
+    return Verdict("rollback", rule)
+
+
+def _judged_steps(rollout: specs.Rollout) -> int:
+    """How many canary steps leave the incumbent traffic to compare with: those before the first of 100 %."""
+    steps = rollout.canary.steps
+    return next((index for index, weight in enumerate(steps) if weight >= _FULL), len(steps))
+
+
+def _shadowed(policy: Policy) -> bool:
+    """Whether a release of this policy has a shadow stage: online with rollout.shadow, and always in batch."""
+    return policy.rollout.shadow is not None or policy.mode != "online"
+
+
 def _first_live_stage(policy: Policy) -> str:
-    if policy.rollout.shadow is not None or policy.mode != "online":
-        return "shadow"
-    return _canary_step(policy.rollout, 0)
+    return "shadow" if _shadowed(policy) else _canary_step(policy.rollout, 0)
 
 
 def _canary_step(rollout: specs.Rollout, index: int) -> str:

@@ -12,11 +12,12 @@ import kopf
 import prometheus_client
 
 from steward_operator import metrics, reconciling, specs
-from steward_operator.kubernetes import MODEL_DEPLOYMENT, ApiError, Cluster
+from steward_operator.kubernetes import MODEL_COMMAND, MODEL_DEPLOYMENT, ApiError, Cluster
 from steward_operator.metric_providers import MetricProvider, metric_provider
 from steward_operator.settings import METRICS_PORT, PROMETHEUS_URL, RESYNC_SECONDS
 
 MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
+MODEL_COMMANDS = (specs.GROUP, specs.VERSION, specs.COMMAND_PLURAL)
 INFERENCE_SERVICES = ("serving.kserve.io", "v1beta1", "inferenceservices")
 STATE_PREFIX = specs.GROUP
 
@@ -71,10 +72,11 @@ async def model_deployment(namespace: str | None, name: str | None, retry: int, 
         raise kopf.TemporaryError(f"will retry: {error}", delay=min(60, 2**retry)) from error
 
 
-@kopf.on.event(*MODEL_DEPLOYMENTS, when=lambda status, **_: _command_waiting(status))
-async def command(namespace: str | None, name: str | None, **_: Any) -> None:
-    """A command from kubectl steward changes only status, which the handlers above do not follow."""
-    await _reconcile(namespace, name)
+@kopf.on.event(*MODEL_COMMANDS, when=lambda status, **_: not (status or {}).get("handledAt"))
+async def command(namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
+    """A ModelCommand from kubectl steward that is not answered yet (new, or left when the operator stopped): it
+    is carried out by its ModelDeployment's next reconcile, and answered in its own status."""
+    await _reconcile(namespace, spec.get("modelDeployment"), dict(body))
 
 
 @kopf.on.event(*INFERENCE_SERVICES, labels={"steward.dev/model": kopf.PRESENT})
@@ -93,13 +95,13 @@ async def deleted(namespace: str | None, name: str | None, **_: Any) -> None:
     _locks.pop((namespace or "", name or ""), None)
 
 
-async def _reconcile(namespace: str | None, name: str | None) -> None:
+async def _reconcile(namespace: str | None, name: str | None, command: dict[str, Any] | None = None) -> None:
     if namespace is None or name is None:
         return  # ModelDeployments are namespaced; nothing else reaches here.
     if _cluster is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
-        await reconciling.reconcile(_cluster, namespace, name, _evidence_source)
+        await reconciling.reconcile(_cluster, namespace, name, _evidence_source, command)
 
 
 async def _resync(cluster: Cluster, namespaces: list[str]) -> None:
@@ -109,21 +111,27 @@ async def _resync(cluster: Cluster, namespaces: list[str]) -> None:
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
-            found = []
+            found, commands = [], []
             for namespace in namespaces if plain else [None]:
                 found += await cluster.list(MODEL_DEPLOYMENT, namespace)
+                commands += await cluster.list(MODEL_COMMAND, namespace)
             for item in found:
                 namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
-                if not namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in namespaces):
+                if _served(namespace, namespaces):
                     await _reconcile(namespace, name)
+            # A command whose first attempt failed (the API server was away, say) is carried out now.
+            for item in commands:
+                namespace = item["metadata"]["namespace"]
+                if _served(namespace, namespaces) and not (item.get("status") or {}).get("handledAt"):
+                    command = {"apiVersion": MODEL_COMMAND.api_version, "kind": MODEL_COMMAND.kind, **item}
+                    await _reconcile(namespace, item["spec"].get("modelDeployment"), command)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             logging.getLogger(__name__).warning("resync failed, next in %.0f s: %s", RESYNC_SECONDS, error)
 
 
+def _served(namespace: str, namespaces: list[str]) -> bool:
+    return not namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in namespaces)
+
+
 def _globbed(pattern: str) -> bool:
     return bool(set(pattern) & set("*?["))
-
-
-def _command_waiting(status: dict[str, Any]) -> bool:
-    operation = status.get("operation") or {}
-    return bool(operation) and not operation.get("handledAt")

@@ -53,6 +53,7 @@ class Kind:
 
 
 MODEL_DEPLOYMENT = Kind(f"{specs.GROUP}/{specs.VERSION}", specs.KIND, specs.PLURAL)
+MODEL_COMMAND = Kind(f"{specs.GROUP}/{specs.VERSION}", specs.COMMAND_KIND, specs.COMMAND_PLURAL)
 INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices")
 CHILD_KINDS = (
     INFERENCE_SERVICE,
@@ -62,7 +63,7 @@ CHILD_KINDS = (
 )
 JOB = Kind("batch/v1", "Job", "jobs")
 """Retraining Jobs: owned like children, but never pruned; each is a record of a run."""
-_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, JOB)}
+_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, MODEL_COMMAND, *CHILD_KINDS, JOB)}
 
 
 def kind_of(body: dict[str, Any]) -> Kind:
@@ -121,6 +122,12 @@ class Cluster:
         metadata = body["metadata"]
         path = kind_of(body).path(metadata["namespace"], metadata["name"], "status")
         return await self._request("PUT", path, {**body, "status": status})
+
+    async def merge(self, body: dict[str, Any], patch: dict[str, Any], subresource: str | None = None) -> None:
+        """A JSON merge patch of the object (or its `subresource`): the fields `patch` names; the rest stay."""
+        metadata = body["metadata"]
+        path = kind_of(body).path(metadata["namespace"], metadata["name"], subresource)
+        await self._request("PATCH", path, patch, "application/merge-patch+json")
 
     async def delete(self, body: dict[str, Any]) -> None:
         metadata = body["metadata"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,13 @@ def child_name(model: str, version: str) -> str:
     return name
 
 
+def monitor_token(key: str, namespace: str, model: str) -> str:
+    """The token the monitor takes one ModelDeployment's predictions with, and no other's:
+    `namespace/model/hex(HMAC-SHA256(key, "namespace/model"))`, as the monitor derives it from the same key."""
+    scope = f"{namespace}/{model}"
+    return f"{scope}/{hmac.new(key.encode(), scope.encode(), hashlib.sha256).hexdigest()}"
+
+
 def retraining_job(
     owner: Owner, retraining: specs.Retraining, version: str, reason: str, message: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -177,6 +185,8 @@ def cron_job(
     arguments = ["batch", "--bundle", live.bundle]
     if live.digest:
         arguments += ["--digest", live.digest]
+    for name in spec.model.trusted_types:
+        arguments += ["--trust-type", name]
     output, rejects = batch.output, batch.rejects
     if variant == "shadow":
         output = shadow_location(output, live.version)
@@ -266,6 +276,8 @@ def inference_service(
     ]
     if live.digest:
         environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
+    if spec.model.trusted_types:
+        environment.append({"name": "STEWARD_TRUSTED_TYPES", "value": ",".join(spec.model.trusted_types)})
     drift = spec.monitoring.drift
     if drift.enabled:
         # The monitor judges this version's drift by the thresholds its predictors publish.
@@ -280,6 +292,9 @@ def inference_service(
         # Every prediction goes to the monitor, filed under this deployment's namespace and name.
         environment.append({"name": "STEWARD_MONITOR_URL", "value": settings.MONITOR_URL})
         environment.append({"name": "STEWARD_NAMESPACE", "value": owner.namespace})
+        if settings.MONITOR_INGEST_KEY:
+            token = monitor_token(settings.MONITOR_INGEST_KEY, owner.namespace, owner.name)
+            environment.append({"name": "STEWARD_MONITOR_TOKEN", "value": token})
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {
         "name": "kserve-container",

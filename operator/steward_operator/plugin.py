@@ -1,10 +1,10 @@
-"""kubectl steward: read a ModelDeployment's release and steer it. Commands are written to status through the
-status subresource, never to spec, so Git keeps owning spec; the operator carries them out."""
+"""kubectl steward: read a ModelDeployment's release and steer it. A command is a ModelCommand object, never a
+write to the ModelDeployment, so Git keeps owning spec and only the operator writes status; the operator carries
+it out and answers in the command's status."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import shutil
 import subprocess
@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from steward_operator import specs
 
 RESOURCE = f"{specs.PLURAL}.{specs.GROUP}"
+COMMAND_RESOURCE = f"{specs.COMMAND_PLURAL}.{specs.GROUP}"
 EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
 COMMANDS = {
     "promote": "move the release to its next stage (--full: straight to 100%)",
@@ -37,7 +38,8 @@ examples:
   kubectl steward status churn -n ml
   kubectl steward promote churn -n ml            # next canary step
   kubectl steward rollback churn --to 2024-06-01
-Each command is one status write; `kubectl steward CMD --help` shows the kubectl patch it makes."""
+Each command creates one ModelCommand; `kubectl steward CMD --help` shows it. Sending one needs the
+steward-command role (see the README), not the right to edit ModelDeployments."""
 
 
 class KubectlError(RuntimeError):
@@ -115,39 +117,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def operation(action: str, to_version: str | None, now: datetime, who: str) -> dict[str, Any]:
-    """The status.operation a command writes. handledAt and result are cleared: the operator fills them."""
+def command_object(name: str, action: str, to_version: str | None, who: str | None) -> dict[str, Any]:
+    """The ModelCommand a command creates for the ModelDeployment `name`; the operator answers in its status."""
+    spec: dict[str, Any] = {"modelDeployment": name, "action": action}
+    if to_version is not None:
+        spec["toVersion"] = to_version
+    if who:
+        spec["requestedBy"] = who
     return {
-        "action": action,
-        "toVersion": to_version,
-        "requestedAt": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "requestedBy": who,
-        "handledAt": None,
-        "result": None,
+        "apiVersion": f"{specs.GROUP}/{specs.VERSION}",
+        "kind": specs.COMMAND_KIND,
+        "metadata": {"generateName": f"{name}-{action.lower()}-"},
+        "spec": spec,
     }
 
 
 def _command(kubectl: Kubectl, args: argparse.Namespace) -> int:
     action = "promoteFull" if args.command == "promote" and args.full else args.command
-    wanted = operation(action, getattr(args, "to", None), datetime.now(UTC), getpass.getuser())
-    kubectl.get(args.name)  # A clear "not found" before anything is written.
-    kubectl.patch_status(args.name, {"status": {"operation": wanted}})
-    print(f"{action} requested for {args.name}")
+    kubectl.get(args.name)  # A clear "not found" before anything is sent.
+    sent = kubectl.create(command_object(args.name, action, getattr(args, "to", None), kubectl.whoami()))
+    command = sent["metadata"]["name"]
+    print(f"{action} requested for {args.name} ({specs.COMMAND_PLURAL}/{command})")
     if args.no_wait:
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        body = kubectl.get(args.name)
-        current = (body.get("status") or {}).get("operation") or {}
-        if _moment(current.get("requestedAt")) != _moment(wanted["requestedAt"]):
-            print("a newer command replaced this one", file=sys.stderr)
-            return EXIT_REFUSED
-        if current.get("handledAt"):
-            result = current.get("result") or "done"
-            refused = result.startswith("refused")
-            print(result, file=sys.stderr if refused else sys.stdout)
-            print(_summary(body))
+        answer = kubectl.get(command, COMMAND_RESOURCE).get("status") or {}
+        if answer.get("handledAt"):
+            refused = answer.get("outcome") == "Refused"
+            print(answer.get("result") or "done", file=sys.stderr if refused else sys.stdout)
+            print(_summary(kubectl.get(args.name)))
             return EXIT_REFUSED if refused else 0
     print(
         f"the operator has not picked it up within {args.timeout:.0f} s; it will when it runs"
@@ -302,35 +302,39 @@ class Kubectl:
             if value:
                 self.base += [flag, value]
 
-    def get(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = json.loads(self._run("get", RESOURCE, name, "-o", "json"))
+    def get(self, name: str, resource: str = RESOURCE) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self._run("get", resource, name, "-o", "json"))
         return found
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = json.loads(self._run("create", "-o", "json", "-f", "-", stdin=json.dumps(body)))
+        return created
+
+    def whoami(self) -> str | None:
+        """The user name the API server knows this kubeconfig by; None where it cannot say."""
+        try:
+            return self._run("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").strip() or None
+        except KubectlError:
+            return None
 
     def raw(self, path: str) -> str:
         """GET a raw API path, such as a Service proxied by the API server."""
         return self._run("get", "--raw", path)
 
-    def patch_status(self, name: str, patch: dict[str, Any]) -> None:
-        self._run("patch", RESOURCE, name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
-
-    def _run(self, *args: str) -> str:
-        result = subprocess.run([*self.base, *args], capture_output=True, text=True, check=False)
+    def _run(self, *args: str, stdin: str | None = None) -> str:
+        result = subprocess.run([*self.base, *args], input=stdin, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise KubectlError(result.stderr.strip() or f"kubectl {' '.join(args)} failed")
         return result.stdout
 
 
 def _equivalent(action: str) -> str:
-    sample = {"action": action, "requestedAt": "2026-01-01T00:00:00Z"}
+    spec = {"modelDeployment": "NAME", "action": action, "requestedBy": "YOUR-USER-NAME"}
     if action == "rollback":
-        sample["toVersion"] = "VERSION"
-    body = json.dumps({"status": {"operation": {**sample, "handledAt": None, "result": None}}})
-    return f"kubectl patch {RESOURCE} NAME --subresource=status --type=merge -p '{body}'"
-
-
-def _moment(value: str | None) -> datetime | None:
-    """A timestamp as written by either side (the API server drops a zero fraction of a second)."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+        spec["toVersion"] = "VERSION"
+    body = {"apiVersion": f"{specs.GROUP}/{specs.VERSION}", "kind": specs.COMMAND_KIND, "metadata": {}, "spec": spec}
+    body["metadata"] = {"generateName": f"NAME-{action.lower()}-"}
+    return f"kubectl create -f - <<'EOF'\n  {json.dumps(body)}\n  EOF"
 
 
 def _phase(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> str:
@@ -352,10 +356,13 @@ def _summary(body: dict[str, Any]) -> str:
 
 
 def _served(version: specs.ServedVersion | None) -> str:
+    """A version, and whether replicas must load one bundle (pinned, by spec or to what its predictors reported
+    first) or whatever its URI holds (unpinned, until its predictors report)."""
     if version is None:
         return "-"
     since = f", since {_time(version.since)}" if version.since else ""
-    return f"{version.version} {_digest(version.digest)} ({version.bundle}){since}"
+    pinned = f"pinned to {_digest(version.digest)}" if version.digest else "unpinned"
+    return f"{version.version} {pinned} ({version.bundle}){since}"
 
 
 def _digest(digest: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -27,19 +28,26 @@ CONFLICT_RETRIES = 5
 
 
 async def reconcile(
-    cluster: Cluster, namespace: str, name: str, evidence_source: MetricProvider | None = None
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    evidence_source: MetricProvider | None = None,
+    command: dict[str, Any] | None = None,
 ) -> releasing.Step | None:
     """Bring one ModelDeployment's children and status to where its spec and status say they should be; with an
-    `evidence_source`, releases move on the decision engine's verdicts as well as on commands. A concurrent
-    write to it (a command from kubectl steward, a spec change) means starting over from a fresh read, a few
-    times, waiting longer each time."""
+    `evidence_source`, releases move on the decision engine's verdicts as well as on commands. A `command` (a
+    ModelCommand for it) is carried out in the same step and answered in its own status. A concurrent write to
+    the ModelDeployment (a spec change) means starting over from a fresh read, a few times, waiting longer each
+    time."""
     started = time.perf_counter()
     for attempt in range(CONFLICT_RETRIES):
         body = await cluster.get(MODEL_DEPLOYMENT, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            if command is not None:
+                await _answer(cluster, command, None, f"refused: there is no ModelDeployment {name} in {namespace}")
             return None
         try:
-            step = await _reconcile_once(cluster, body, evidence_source)
+            step = await _reconcile_once(cluster, body, evidence_source, command)
         except ConflictError:
             metrics.RECONCILES.labels("conflict").inc()
             await asyncio.sleep(0.05 * 2**attempt)
@@ -54,15 +62,23 @@ async def reconcile(
 
 
 async def _reconcile_once(
-    cluster: Cluster, body: dict[str, Any], evidence_source: MetricProvider | None
+    cluster: Cluster, body: dict[str, Any], evidence_source: MetricProvider | None, command: dict[str, Any] | None
 ) -> releasing.Step:
     deployment = specs.ModelDeployment.model_validate(body)
     metadata = body["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    taken = _taken(deployment.status.operation, command)
+    if taken is not None:
+        deployment = deployment.model_copy(update={"status": deployment.status.model_copy(update={"operation": taken})})
     children = await _observe(cluster, namespace, name, uid)
     now = datetime.now(UTC)
-    evidence = None if evidence_source is None else await gather(evidence_source, deployment, namespace, now)
-    observed = releasing.Observed(metadata.get("generation", 0), now, _ready(children), evidence)
+    evidence, digests = None, {}
+    if evidence_source is not None:
+        evidence = await gather(evidence_source, deployment, namespace, now)
+        digests = await reported_digests(evidence_source, deployment, namespace, now)
+    observed = releasing.Observed(
+        metadata.get("generation", 0), now, _ready(children), evidence, digests, _ready(children, current=False)
+    )
 
     step = releasing.advance(deployment.spec, deployment.status, observed)
     plan = planners.Plan()
@@ -73,7 +89,7 @@ async def _reconcile_once(
         ready = observed.ready | _ready(applied)
         if ready != observed.ready:
             # What was just applied may be ready at once (a CronJob is); take the step that allows now.
-            observed = releasing.Observed(observed.generation, observed.now, ready, observed.evidence)
+            observed = replace(observed, ready=ready)
             again = releasing.advance(deployment.spec, step.status, observed)
             step = releasing.Step(again.status, (*step.decisions, *again.decisions))
             plan = _plan(deployment, namespace, name, uid, step)
@@ -87,12 +103,48 @@ async def _reconcile_once(
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
         await cluster.replace_status(body, status)
+    operation = step.status.operation
+    answered = operation is not None and operation.handled_at is not None
+    if command is not None and answered and operation and operation.command == command["metadata"]["name"]:
+        await _answer(cluster, command, body, operation.result or "done")
     await _prune(cluster, children, plan)
     for decision in step.decisions:
         metrics.DECISIONS.labels(decision.reason).inc()
         await cluster.record(body, decision.reason, decision.message, decision.warning)
     metrics.observe(namespace, name, step.status)
     return step
+
+
+def _taken(current: specs.Operation | None, command: dict[str, Any] | None) -> specs.Operation | None:
+    """The operation a ModelCommand asks for, unless status already records it (carried out before its answer
+    could be written): a command is carried out once."""
+    if command is None:
+        return None
+    if current is not None and current.command == command["metadata"]["name"]:
+        return None
+    parsed = specs.ModelCommand.model_validate(command)
+    return specs.Operation(
+        action=parsed.spec.action,
+        to_version=parsed.spec.to_version,
+        requested_at=command["metadata"]["creationTimestamp"],
+        requested_by=parsed.spec.requested_by,
+        command=command["metadata"]["name"],
+    )
+
+
+async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[str, Any] | None, result: str) -> None:
+    """Write what became of a ModelCommand into its status, and tie it to its ModelDeployment so it goes with it."""
+    refused = result.startswith("refused")
+    answer = {"outcome": "Refused" if refused else "Done", "handledAt": _now_text(), "result": result[:1024]}
+    await cluster.merge(command, {"status": answer}, "status")
+    if deployment is not None:
+        metadata = deployment["metadata"]
+        owner = {"apiVersion": deployment["apiVersion"], "kind": deployment["kind"], "name": metadata["name"]}
+        await cluster.merge(command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}})
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _plan(
@@ -136,6 +188,26 @@ async def gather(
         return releasing.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
     except MetricsUnavailableError:
         return releasing.Evidence(challenger.version, stage, since)
+
+
+async def reported_digests(
+    source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
+) -> dict[str, frozenset[str]]:
+    """The bundle digests reported by the predictors of each online version that is not pinned yet: what it will
+    be pinned to. Nothing while the metrics cannot be read."""
+    status, name = deployment.status, deployment.metadata["name"]
+    unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
+    if deployment.spec.serving.mode != "online":
+        return {}
+    found = {}
+    try:
+        for version in unpinned:
+            results = await source.held_out(name, version, now, namespace=namespace)
+            if results is not None and results.digests:
+                found[version] = results.digests
+    except MetricsUnavailableError:
+        return {}
+    return found
 
 
 def _held_out(found: HeldOutResults | None) -> deciding.HeldOut | None:
@@ -224,9 +296,10 @@ async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> lis
     return found
 
 
-def _ready(children: list[dict[str, Any]]) -> frozenset[str]:
+def _ready(children: list[dict[str, Any]], *, current: bool = True) -> frozenset[str]:
     """Versions whose serving child is ready: an InferenceService whose Ready condition holds for its current
-    generation, or a CronJob that exists."""
+    generation (with `current` False: for any generation, as while a change rolls out), or a CronJob that
+    exists."""
     ready = set()
     for child in children:
         version = child["metadata"].get("labels", {}).get("steward.dev/version")
@@ -236,9 +309,9 @@ def _ready(children: list[dict[str, Any]]) -> frozenset[str]:
             ready.add(version)
         elif child["kind"] == "InferenceService":
             status = child.get("status") or {}
-            current = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
+            latest = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
             conditions = {condition.get("type"): condition.get("status") for condition in status.get("conditions", [])}
-            if current and conditions.get("Ready") == "True":
+            if (latest or not current) and conditions.get("Ready") == "True":
                 ready.add(version)
     return frozenset(ready)
 

@@ -9,8 +9,8 @@ so an operator that restarts at any point recomputes the same next step from wha
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -31,6 +31,16 @@ class Observed:
     evidence: Evidence | None = None
     """What the metrics showed of the current stage; None when none was gathered (no metric provider is
     configured, or the stage is not one the engine decides): then only commands move the release."""
+    digests: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """The bundle digests the predictors of a version not pinned yet report, by version."""
+    answering: frozenset[str] | None = None
+    """Versions whose serving children still report Ready, if perhaps for an older generation while a change
+    rolls out (KServe's own canary changes the InferenceService itself); None: exactly the ready ones."""
+
+    @property
+    def serving(self) -> frozenset[str]:
+        """Versions that can answer the traffic they have."""
+        return self.ready if self.answering is None else self.answering | self.ready
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
         _carry_out_operation,
         _finish_switch,
         _follow_spec,
+        _pin,
         _judge,
         _move_traffic,
         _settle,
@@ -268,6 +279,44 @@ def _release(draft: _Draft) -> _Draft:
     )
 
 
+def _pin(draft: _Draft) -> _Draft:
+    """A version not pinned by spec is pinned to the bundle its predictors report, the first time they all report
+    the same one: a replica started later must load exactly that bundle, and a rollback to the version gets it
+    too. A challenger whose replicas loaded different bundles (its URI was written to meanwhile) is rolled back."""
+    status, digests = draft.status, draft.observed.digests
+    challenger, incumbent = status.challenger, status.incumbent
+    if challenger is not None and challenger.digest is None and status.phase in RELEASE_PHASES:
+        found = digests.get(challenger.version, frozenset())
+        if len(found) > 1:
+            rolled = _roll_back(draft, "rolledBack")
+            message = (
+                f"{challenger.version} rolled back: its replicas loaded different bundles ({', '.join(sorted(found))});"
+                f" {challenger.bundle} changed after it was released"
+            )
+            return rolled.with_status(Decision("RolledBack", message, warning=True))
+        if len(found) == 1:
+            (digest,) = found
+            pinned = challenger.model_copy(update={"digest": digest})
+            draft = draft.with_status(Decision("DigestPinned", _pinned(challenger.version, digest)), challenger=pinned)
+    if incumbent is not None and incumbent.digest is None and len(digests.get(incumbent.version, ())) == 1:
+        (digest,) = digests[incumbent.version]
+        history = [
+            entry.model_copy(update={"digest": digest})
+            if entry.version == incumbent.version and entry.ended is None
+            else entry
+            for entry in status.history
+        ]
+        pinned = incumbent.model_copy(update={"digest": digest})
+        draft = draft.with_status(
+            Decision("DigestPinned", _pinned(incumbent.version, digest)), incumbent=pinned, history=history
+        )
+    return draft
+
+
+def _pinned(version: str, digest: str) -> str:
+    return f"{version} is pinned to bundle {digest}: every replica started from now on must load exactly it"
+
+
 def _judge(draft: _Draft) -> _Draft:
     """The decision engine's verdict on the current stage's evidence, carried out: advance, promote or roll back;
     or just recorded (continue, hold, and pause while the metrics cannot be read)."""
@@ -278,7 +327,7 @@ def _judge(draft: _Draft) -> _Draft:
     phase = status.phase or "Validating"
     judged = draft.with_status(last_analysis=verdict.analysis(now, phase))
     if verdict.decision in {"advance", "promote"}:
-        moved = _next_stage(judged, full=False)
+        moved = _next_stage(judged, full=verdict.decision == "promote")
         if isinstance(moved, str):
             return judged  # Not ready to take all traffic: the same verdict comes again once it is.
         return _retold(moved, len(judged.decisions), verdict.rule)
@@ -322,14 +371,28 @@ def _retold(draft: _Draft, since: int, why: str) -> _Draft:
 
 
 def _move_traffic(draft: _Draft) -> _Draft:
-    """Traffic follows the stage, but never reaches a challenger that is not ready."""
-    target = target_weights(draft.spec, draft.status)
-    current = draft.status.weights or ALL_TO_INCUMBENT
+    """Traffic follows the stage, but never reaches a challenger that is not ready. One that stops being ready
+    loses its share and its mirror at once (the gateway's errors for it would reach no guardrail), and one not
+    ready within rollout.progressDeadline of its stage's split is rolled back: a version that stops answering
+    counts against itself."""
+    status, now = draft.status, draft.observed.now
+    target = target_weights(draft.spec, status)
+    current = status.weights or ALL_TO_INCUMBENT
+    challenger = status.challenger
+    answering = challenger is not None and challenger.version in draft.observed.serving
+    if challenger is not None and not answering and (current.challenger or current.shadow):
+        message = f"{challenger.version} is not ready: its traffic is back on the incumbent until it is"
+        return draft.with_status(Decision("ChallengerUnavailable", message, warning=True), weights=ALL_TO_INCUMBENT)
+    ready = challenger is not None and challenger.version in draft.observed.ready
+    if challenger is not None and not ready and status.phase in {"Shadowing", "Canary"} and target != current:
+        deadline = draft.spec.rollout.progress_deadline
+        if status.stage_started is not None and now - status.stage_started >= specs.as_timedelta(deadline):
+            rolled = _roll_back(draft, "rolledBack")
+            message = f"{challenger.version} rolled back: it was not ready within rollout.progressDeadline ({deadline})"
+            return rolled.with_status(Decision("RolledBack", message, warning=True))
     if target == current:
         return draft
-    challenger = draft.status.challenger
-    needs_challenger = target.challenger > 0 or target.shadow > 0
-    if needs_challenger and (challenger is None or challenger.version not in draft.observed.ready):
+    if (target.challenger or target.shadow) and not ready:
         return draft
     message = f"incumbent {target.incumbent}%, challenger {target.challenger}%, shadow {target.shadow}%"
     return draft.with_status(Decision("TrafficShifted", message), weights=target)
@@ -378,6 +441,8 @@ def _conditions(draft: _Draft) -> _Draft:
         analysis = status.last_analysis
         if status.weights != target_weights(spec, status):
             message += f"; waiting for {status.challenger.version} to become ready before traffic moves"
+            if status.phase in {"Shadowing", "Canary"}:
+                message += f" (rolled back if it is not ready within {spec.rollout.progress_deadline})"
         elif status.paused:
             message += "; paused: it waits for `kubectl steward resume` or a command"
         elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:

@@ -103,12 +103,15 @@ def difference_bounds(
     Each bound on its own holds at every look at once with probability at least 1 - alpha; together they form a
     1 - 2 alpha confidence sequence. NaN where an arm has no observations. Like any bound built on a plug-in
     variance, they are not exactly monotone in the counts while a few hundred requests leave them wide.
+    Raises ValueError for counts that are not finite, are negative, or have more events than samples.
     """
     _check_alpha(alpha)
     x_i, n_i, x_c, n_c = (
         np.asarray(value, dtype=np.float64)
         for value in (incumbent_events, incumbent_samples, challenger_events, challenger_samples)
     )
+    if not all(np.isfinite(value).all() for value in (x_i, n_i, x_c, n_c)):
+        raise ValueError("counts must be finite numbers, not NaN or infinite")
     if np.any(n_i < 0) or np.any(n_c < 0) or np.any(x_i < 0) or np.any(x_c < 0):
         raise ValueError("counts must not be negative")
     if np.any(x_i > n_i) or np.any(x_c > n_c):
@@ -138,7 +141,9 @@ def compare_rates(
 
     Tests H0: p_challenger - p_incumbent <= tolerance at every look; `fail` when the lower bound of the difference
     is above the tolerance, `pass` when the upper bound is below it, `noData` when an arm has no observations, and
-    `inconclusive` otherwise or while either arm has fewer than `minimum_samples`.
+    `inconclusive` otherwise or while either arm has fewer than `minimum_samples`. Raises ValueError for counts
+    that are not finite, are negative, or have more events than samples, even without data: such a count is no
+    evidence of anything, not even of nothing.
     """
     rate_i = incumbent_events / incumbent_samples if incumbent_samples > 0 else None
     rate_c = challenger_events / challenger_samples if challenger_samples > 0 else None
@@ -207,6 +212,8 @@ def compare_distributions(
     counts_c = np.asarray(challenger_counts, dtype=np.float64)
     if counts_i.ndim != 1 or counts_i.shape != counts_c.shape or counts_i.size < 2:
         raise ValueError("both arms need counts for the same bins, at least two of them")
+    if not (np.isfinite(counts_i).all() and np.isfinite(counts_c).all()):
+        raise ValueError("counts must be finite numbers, not NaN or infinite")
     if not 0 <= tolerance <= 1:
         raise ValueError(f"tolerance is a total variation distance in [0, 1], got {tolerance}")
     n_i, n_c = int(counts_i.sum()), int(counts_c.sum())

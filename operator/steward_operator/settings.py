@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 PREDICTOR_IMAGE = os.environ.get("STEWARD_PREDICTOR_IMAGE", "ghcr.io/steward-dev/predictor:0.1.0")
 """Image of the predictor every InferenceService and batch CronJob runs (predictor/Dockerfile)."""
@@ -21,3 +22,8 @@ PROMETHEUS_URL = os.environ.get("STEWARD_PROMETHEUS_URL", "http://prometheus-ope
 automatic decisions; releases move only on `kubectl steward` commands."""
 MONITOR_URL = os.environ.get("STEWARD_MONITOR_URL", "")
 """Base URL of the monitor the predictors report every prediction to; empty: they report none."""
+MONITOR_INGEST_KEY_FILE = os.environ.get("STEWARD_MONITOR_INGEST_KEY_FILE", "")
+"""File holding the monitor's ingest key (the chart mounts the monitor's Secret). Each ModelDeployment's predictors
+get a token derived from it, valid for that ModelDeployment's predictions only; empty: they get none, and the
+monitor refuses their reports."""
+MONITOR_INGEST_KEY = Path(MONITOR_INGEST_KEY_FILE).read_text().strip() if MONITOR_INGEST_KEY_FILE else ""

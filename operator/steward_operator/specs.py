@@ -20,6 +20,9 @@ VERSION = "v1alpha1"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 SHORT_NAMES = ["md", "mdep"]
+COMMAND_KIND = "ModelCommand"
+COMMAND_PLURAL = "modelcommands"
+COMMAND_SHORT_NAMES = ["mcmd"]
 
 _DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -36,6 +39,7 @@ Quantity = Annotated[
     str,
     Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$", max_length=32),
 ]
+_PYTHON_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 Metric = Literal["accuracy", "rocAuc", "logLoss", "mae", "rmse", "r2"]
 
 
@@ -106,7 +110,14 @@ class ModelRef(Model):
     KServe's storage initializer places it at /mnt/models in the predictor."""
     digest: str | None = Field(None, pattern=r"^sha256:[a-f0-9]{64}$")
     """Optional sha256 digest of the bundle manifest (sha256:<64 hex digits>). When set, the predictor refuses
-    to become ready if the bundle it loaded does not match."""
+    to become ready if the bundle it loaded does not match. Unset: Steward pins the version to the digest its
+    predictors first report (while it is validated, for a new version), and every later replica must match it."""
+    trusted_types: list[Annotated[str, Field(pattern=_PYTHON_NAME, max_length=256)]] = Field(
+        default_factory=list, max_length=32
+    )
+    """Types the bundle's pipeline holds beyond those Steward trusts (scikit-learn's estimators and transformers,
+    and its trees once checked): a team's own transformer or function, by its full name (features.clean_text).
+    Loading one runs its code, so name only what you reviewed."""
 
 
 # --- spec.serving -------------------------------------------------------------------------------------------
@@ -332,12 +343,20 @@ class Canary(Model):
         json_schema_extra={
             "x-kubernetes-list-type": "set",
             "x-kubernetes-validations": [
-                cel("self.isSorted()", "canary steps must be strictly increasing, each within 1..100")
+                cel("self.isSorted()", "canary steps must be strictly increasing, each within 1..99"),
+                cel(
+                    "self.all(step, step < 100)",
+                    "canary steps must be below 100: at 100% the incumbent answers nothing, so the challenger"
+                    " could not be compared with it; promotion after the last step gives it all traffic",
+                ),
             ],
         },
     )
-    """Challenger weights in percent, strictly increasing within 1..100. After the last step the challenger
-    is promoted to 100%."""
+    """Challenger weights in percent, strictly increasing within 1..100 but never 100 itself: at a step the
+    challenger answers that share while the incumbent answers the rest, so the two can be compared. After the
+    last step the challenger is promoted to 100%. A step of 100 (which the API refuses; an older resource may
+    still hold one) is taken as that promotion: the step before it is the last one judged, and without a stage
+    before it that compared the two (a lower step, or shadow) the challenger is rolled back."""
     min_requests_per_step: int = Field(500, ge=1)
     """Requests the challenger must answer at a step before the step can end."""
     min_step_duration: Duration = "5m"
@@ -348,14 +367,19 @@ class Guardrail(Model):
     """A live check that rolls the challenger back as soon as it is credibly worse than the incumbent."""
 
     name: Literal["errorRate", "slowRequests", "predictionShift"]
-    """errorRate: share of requests answered with 5xx. slowRequests: share of requests slower than the
-    incumbent's p95 latency. predictionShift: distance between the two prediction distributions."""
+    """errorRate: share of requests answered with 5xx. slowRequests: share of timed requests slower than the
+    incumbent's p95 latency (the smallest latency bucket boundary holding 95% of its requests in the same
+    window). predictionShift: total variation distance between the two prediction distributions. A guardrail
+    without data on both versions holds the release: no data is not a pass."""
     tolerance: float = Field(0.0, ge=0, le=1)
-    """How much worse the challenger may be before it counts as a breach (absolute, in the metric's units)."""
+    """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
+    share of requests, or a distance). 0: any credible increase. For slowRequests, whose incumbent share is at
+    most 5% by construction, 0.05 misses a 30% slower challenger; 0 catches it, with false rollbacks still
+    within 1 - confidence."""
 
 
 def _default_guardrails() -> list[Guardrail]:
-    return [Guardrail(name="errorRate"), Guardrail(name="slowRequests", tolerance=0.05)]
+    return [Guardrail(name="errorRate"), Guardrail(name="slowRequests")]
 
 
 def _confidence_range(value: float) -> float:
@@ -403,13 +427,16 @@ class Rollout(Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     """Checks that roll the challenger back when it is credibly worse. The significance level is split
-    across them."""
+    across them. Unset: errorRate and slowRequests, both with tolerance 0."""
     # The range is a CEL rule in the CRD: the API server's own bound check prints 0.999 as 0.
     confidence: Annotated[float, AfterValidator(_confidence_range)] = 0.95
     """Confidence of every automatic decision (1 - alpha), 0.5-0.999. The checks are anytime-valid, so
     looking after every scrape does not inflate false alarms."""
     max_duration: Duration = "24h"
     """Longest a release may take. When it runs out without a verdict, the incumbent stays."""
+    progress_deadline: Duration = "10m"
+    """How long the challenger may be not ready in a stage that sends it traffic (shadow or canary) before it is
+    rolled back: it gets no traffic meanwhile, and a version that stops answering counts against itself."""
     rollback_window: Duration = "168h"
     """How long a replaced version stays known-good: re-applying it within this window switches back at
     once, without a new release."""
@@ -688,10 +715,14 @@ class HistoryEntry(Model):
     """How its time ended."""
 
 
-class Operation(Model):
-    """A manual command (kubectl steward ...), written to status so spec stays Git's."""
+Action = Literal["promote", "promoteFull", "abort", "retry", "pause", "resume", "rollback", "retrain"]
+"""What a command asks for."""
 
-    action: Literal["promote", "promoteFull", "abort", "retry", "pause", "resume", "rollback", "retrain"]
+
+class Operation(Model):
+    """The latest manual command, as the operator took it from its ModelCommand."""
+
+    action: Action
     """The command."""
     to_version: str | None = None
     """Target version, for rollback."""
@@ -703,11 +734,13 @@ class Operation(Model):
     """When Steward carried it out or refused it. Unset while it waits; a new command is written without it."""
     result: str | None = Field(None, max_length=1024)
     """What Steward made of it, in words."""
+    command: str | None = Field(None, max_length=253)
+    """The ModelCommand it came from."""
 
 
 class ModelDeploymentStatus(Model):
-    """What Steward observes and decides. Written only by Steward and kubectl steward, through the status
-    subresource."""
+    """What Steward observes and decides. Written only by the operator: rollback targets are taken from here, so
+    no user role may write the status subresource (commands travel as ModelCommands)."""
 
     observed_generation: int | None = Field(None, ge=0)
     """metadata.generation the status reflects."""
@@ -754,6 +787,10 @@ class ModelDeployment(Model):
                 "self.metadata.name.size() <= 40",
                 "metadata.name must be at most 40 characters: child objects append the version",
             ),
+            cel(
+                "!self.metadata.name.contains('--')",
+                "metadata.name must not contain '--': child objects are named <name>--<version>",
+            ),
         )
     )
 
@@ -762,3 +799,46 @@ class ModelDeployment(Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+
+# --- ModelCommand ---------------------------------------------------------------------------------------------
+
+
+class ModelCommandSpec(Model):
+    """What is asked of one ModelDeployment. A command cannot be changed once sent: send a new one."""
+
+    model_deployment: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    """The ModelDeployment, in this namespace."""
+    action: Action
+    """promote, promoteFull, abort, retry, pause, resume, rollback or retrain."""
+    to_version: str | None = Field(None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+    """For rollback: the version to switch back to, which must be in the ModelDeployment's history. Unset: the
+    version served before the incumbent."""
+    requested_by: str | None = Field(None, max_length=256)
+    """Who asked. With the chart's admission policy in place, the API server refuses any name but the sender's
+    own."""
+
+
+class ModelCommandStatus(Model):
+    """What the operator made of the command. Written only by the operator."""
+
+    outcome: Literal["Done", "Refused"] | None = None
+    """Done, or Refused with the reason in result. Unset while the command waits."""
+    handled_at: datetime | None = None
+    """When the operator carried it out or refused it."""
+    result: str | None = Field(None, max_length=1024)
+    """What the operator made of it, in words."""
+
+
+class ModelCommand(Model):
+    """A manual command for a ModelDeployment (kubectl steward promote, abort, rollback ...): who may send one is
+    granted apart from who may edit ModelDeployments, and no one but the operator writes a ModelDeployment's
+    status."""
+
+    api_version: Literal["steward.dev/v1alpha1"] = "steward.dev/v1alpha1"
+    kind: Literal["ModelCommand"] = "ModelCommand"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelCommandSpec = Field(
+        json_schema_extra=validations(cel("self == oldSelf", "a command cannot be changed once sent: send a new one"))
+    )
+    status: ModelCommandStatus = Field(default_factory=ModelCommandStatus)

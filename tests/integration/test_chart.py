@@ -242,11 +242,13 @@ def test_the_operator_runs_once_non_root_on_a_read_only_file_system(helm: Helm) 
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
-    # The only writable path is an emptyDir at /tmp.
-    (mount,) = container["volumeMounts"]
-    assert mount["mountPath"] == "/tmp"
+    # The only writable path is an emptyDir at /tmp; the monitor's ingest key is mounted read-only.
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert set(mounts) == {"/tmp", "/var/run/steward-ingest"}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    assert "emptyDir" in volumes[mount["name"]]
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert mounts["/var/run/steward-ingest"]["readOnly"] is True
+    assert volumes[mounts["/var/run/steward-ingest"]["name"]]["secret"]["secretName"] == "steward-monitor-ingest-key"
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 
 
@@ -267,6 +269,7 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
         "STEWARD_RESYNC_SECONDS": "60",
         "STEWARD_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
         "STEWARD_MONITOR_URL": "http://steward-monitor.steward-system.svc:8080",
+        "STEWARD_MONITOR_INGEST_KEY_FILE": "/var/run/steward-ingest/ingest-key",
         "STEWARD_METRICS_PORT": "9090",
         "STEWARD_HEALTH_PORT": "8081",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -282,6 +285,7 @@ def test_the_operator_is_configured_through_its_environment(helm: Helm) -> None:
     )
     assert environment["STEWARD_PROMETHEUS_URL"] == ""  # Commands only.
     assert environment["STEWARD_MONITOR_URL"] == ""  # No monitor: predictions are not reported.
+    assert "STEWARD_MONITOR_INGEST_KEY_FILE" not in environment
     assert environment["STEWARD_NAMESPACES"] == "team-a,team-b"
     assert environment["STEWARD_RESYNC_SECONDS"] == "15"
     assert environment["STEWARD_PREDICTOR_IMAGE"] == "ghcr.io/steward-dev/predictor:2.0.0"
@@ -387,6 +391,8 @@ def test_the_helm_test_script_passes_only_on_the_operators_metrics(helm: Helm, e
 _ALLOWED = [
     *((verb, "modeldeployments.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
     *((verb, "modeldeployments.steward.dev", "status") for verb in ("get", "patch", "update")),
+    *((verb, "modelcommands.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
+    ("patch", "modelcommands.steward.dev", "status"),
     *(
         (verb, resource, "")
         for resource in (
@@ -409,6 +415,8 @@ _DENIED = [
     ("create", "modeldeployments.steward.dev", ""),
     ("update", "modeldeployments.steward.dev", ""),
     ("delete", "modeldeployments.steward.dev", ""),
+    ("create", "modelcommands.steward.dev", ""),
+    ("delete", "modelcommands.steward.dev", ""),
     ("update", "inferenceservices.serving.kserve.io", ""),
     ("delete", "jobs.batch", ""),
     ("list", "events", ""),
@@ -436,6 +444,8 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
         assert rules == {
             ("steward.dev", "modeldeployments"): ["get", "list", "patch", "watch"],
             ("steward.dev", "modeldeployments/status"): ["get", "patch", "update"],
+            ("steward.dev", "modelcommands"): ["get", "list", "patch", "watch"],
+            ("steward.dev", "modelcommands/status"): ["patch"],
             ("serving.kserve.io", "inferenceservices"): ["create", "delete", "get", "list", "patch", "watch"],
             ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
             ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
@@ -511,6 +521,17 @@ def test_the_operator_runs_on_the_charts_rbac_alone(
             '{"spec":{"model":{"version":"v2","bundle":"s3://models/churn/v2/"}}}',
         )
         wait_until(lambda: phase("churn") == "Validating")
+        command = {
+            "apiVersion": "steward.dev/v1alpha1",
+            "kind": "ModelCommand",
+            "metadata": {"name": "churn-promote", "namespace": namespace},
+            "spec": {"modelDeployment": "churn", "action": "promote", "requestedBy": "steward-admin"},
+        }
+        cluster.run("apply", "-f", "-", stdin=json.dumps(command))
+        wait_until(lambda: phase("churn") == "Canary")
+        answered = cluster.json("get", "modelcommand", "churn-promote", "-n", namespace)
+        assert answered["status"]["outcome"] == "Done"
+        assert answered["metadata"]["ownerReferences"][0]["name"] == "churn"
         assert "Forbidden" not in operator.log.read_text()
     finally:
         if operator is not None:
@@ -524,7 +545,7 @@ def test_the_operator_runs_on_the_charts_rbac_alone(
 
 def test_the_monitor_keeps_its_sqlite_store_on_a_volume_and_needs_no_api_access(helm: Helm) -> None:
     documents = _documents(helm, component="monitor")
-    assert set(documents) == {"Deployment", "Service", "PersistentVolumeClaim"}
+    assert set(documents) == {"Deployment", "Service", "PersistentVolumeClaim", "Secret"}
     deployment = documents["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -538,7 +559,7 @@ def test_the_monitor_keeps_its_sqlite_store_on_a_volume_and_needs_no_api_access(
     assert environment["STEWARD_MONITOR_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
     assert environment["STEWARD_MONITOR_DRIFT_WINDOW_SECONDS"] == "3600"
     assert "STEWARD_MONITOR_TOKEN_FILE" not in environment  # No token: outcomes are refused.
-    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp", "/data"}
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp", "/data", "/var/run/steward-ingest"}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "steward-monitor"
     claim = documents["PersistentVolumeClaim"]
@@ -555,7 +576,7 @@ def test_the_monitor_stores_in_postgresql_and_takes_its_token_from_secrets(helm:
     documents = _documents(
         helm, "--set", "monitor.storeUrlSecret.name=monitor-db,monitor.tokenSecret=monitor-token", component="monitor"
     )
-    assert set(documents) == {"Deployment", "Service"}  # No claim: the data is in PostgreSQL.
+    assert set(documents) == {"Deployment", "Service", "Secret"}  # No claim: the data is in PostgreSQL.
     pod = documents["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     environment = {variable["name"]: variable for variable in container["env"]}

@@ -724,3 +724,29 @@ def test_a_child_someone_else_holds_is_neither_adopted_nor_overwritten(deploy: A
     cluster.run("delete", "inferenceservice", "case2--v1", "-n", other.namespace)
     case2.wait("Stable", incumbent=100)
     assert case2.services() == ["case2--v1"]
+
+
+def test_a_challenger_that_stops_answering_loses_its_traffic_until_it_is_back(
+    deploy: Any, cluster: Kubectl, data_plane: DataPlane
+) -> None:
+    churn = deploy(example("online.yaml"))
+    churn.wait("Stable")
+    churn.apply(version(churn.manifest, "v2"))
+    churn.wait("Validating")
+    churn.steward("promote")
+    churn.wait("Canary", incumbent=95, challenger=5)
+    wait_until(lambda: churn.route_weights() == [95, 5])
+
+    # Its InferenceService is deleted; the operator recreates it, and it is not ready for a while.
+    data_plane.held.add("v2")
+    try:
+        cluster.run("delete", "inferenceservice", "churn--v2", "-n", churn.namespace)
+        status = churn.wait("Canary", incumbent=100, challenger=0)
+        wait_until(lambda: churn.route_weights() == [100, 0])
+        assert "ChallengerUnavailable" in churn.reasons()
+        message = {c["type"]: c for c in status["conditions"]}["Reconciling"]["message"]
+        assert "waiting for v2 to become ready before traffic moves" in message
+    finally:
+        data_plane.held.discard("v2")
+    churn.wait("Canary", incumbent=95, challenger=5)
+    wait_until(lambda: churn.route_weights() == [95, 5])

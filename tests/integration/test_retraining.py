@@ -5,6 +5,7 @@ someone asks with `kubectl steward retrain`, and then only one at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
@@ -27,6 +29,7 @@ from steward_harness.kubectl import Kubectl
 from steward_harness.monitors import Monitor
 from steward_harness.operators import Operator
 from steward_harness.prometheus import Prometheus
+from steward_harness.servers import http_get
 from tests.support import models
 from tests.support.waiting import wait_until
 
@@ -75,14 +78,18 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iter
     )
     data_plane = DataPlane(control_plane.server, control_plane.ssl_context(), prefix=PREFIX, prometheus=prometheus)
     data_plane.predictor_namespaces.add(namespace)
-    operator = Operator(
-        control_plane.kubeconfig, [namespace], prometheus=prometheus.url, env={"STEWARD_RESYNC_SECONDS": "2"}
-    )
+    operator = Operator(control_plane.kubeconfig, [namespace], prometheus=prometheus.url)
     try:
         monitor.start()
         # The monitor's series carry the model's namespace themselves: its target gets no namespace label.
         prometheus.add_target(monitor.url.removeprefix("http://"))
         data_plane.start()
+        # As the chart runs it: predictors report to the monitor with a token the operator derives from its key.
+        operator.env.update(
+            STEWARD_RESYNC_SECONDS="2",
+            STEWARD_MONITOR_URL=monitor.url,
+            STEWARD_MONITOR_INGEST_KEY_FILE=str(monitor.directory / "ingest-key-file"),
+        )
         operator.start()
         yield namespace, data_plane, monitor.url
     finally:
@@ -91,6 +98,17 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iter
         monitor.stop()
         prometheus.stop()
         print(f"\noperator log: {operator.log}")
+
+
+def _monitor_events(monitor: str) -> dict[str, float]:
+    """The monitor's count of prediction records, by result (stored, duplicate, rejected)."""
+    _, text = http_get(f"{monitor}/metrics")
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "steward_monitor_events_total" and sample.labels.get("kind") == "prediction"
+    }
 
 
 def _complete(cluster: Kubectl, namespace: str, job: str) -> None:
@@ -176,12 +194,14 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     stop = threading.Event()
 
     def send(name: str, seed: int) -> None:
-        predictor = data_plane.predictor(namespace, f"{name}--v1")
-        assert predictor is not None
         rng = np.random.default_rng(seed)
         while not stop.is_set():
             rows = streams[name].iloc[rng.integers(0, len(streams[name]), 25)]
-            predictor.post(f"/v1/models/{name}:predict", {"instances": models.records(rows)})
+            # Found anew each time, as a Service would: pinning the version's digest rolls its predictor once.
+            predictor = data_plane.predictor(namespace, f"{name}--v1")
+            with contextlib.suppress(OSError):
+                if predictor is not None:
+                    predictor.post(f"/v1/models/{name}:predict", {"instances": models.records(rows)})
             stop.wait(0.05)
 
     senders = [threading.Thread(target=send, args=(name, index), daemon=True) for index, name in enumerate(streams)]
@@ -209,6 +229,11 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     assert (run["job"], run["reason"], run["outcome"]) == (metadata["name"], "drift", "running")
     events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")["items"]
     assert "RetrainingStarted" in {event["reason"] for event in events}
+
+    # Every answer was reported to the monitor under the predictors' own token, and taken.
+    events = _monitor_events(monitor)
+    assert events.get("stored", 0) > 0
+    assert events.get("rejected", 0) == 0
 
     _complete(cluster, namespace, metadata["name"])
     runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]

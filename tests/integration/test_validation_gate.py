@@ -53,6 +53,8 @@ def test_a_challenger_is_judged_on_its_held_out_results(prometheus: PrometheusSe
         assert found is not None
         assert found.metrics["logLoss"] == pytest.approx(model.bundle.holdout["logLoss"])
         assert found.data == model.bundle.holdout["fingerprint"].removeprefix("sha256:")[:16]
+        # The bundle each version's predictor loaded: what the operator pins the version to.
+        assert found.digests == {model.bundle.digest}
 
     rollout = specs.Rollout.model_validate({"validation": {"metric": "logLoss", "tolerance": 0.05}})
     timing = deciding.Timing(now - timedelta(minutes=5), now - timedelta(minutes=5), now)

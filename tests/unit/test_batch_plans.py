@@ -398,3 +398,12 @@ def test_a_batch_release_plans_the_challenger_from_validation_to_promotion() -> 
     assert job["metadata"]["name"] == "credit-limits--v13"
     assert job["metadata"]["labels"]["steward.dev/variant"] == "incumbent"
     assert _parsed(job).output == "s3://scores/credit-limits/"
+
+
+def test_types_a_team_trusts_by_name_reach_the_batch_command() -> None:
+    spec = _spec()
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"trusted_types": ["features.clean_text"]})})
+    (job,) = _jobs(Release(V12), spec)
+    arguments = _container(job)["args"]
+    assert arguments[arguments.index("--trust-type") + 1] == "features.clean_text"
+    assert parser().parse_args(arguments).trust_type[-1] == "features.clean_text"

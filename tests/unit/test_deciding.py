@@ -1,12 +1,14 @@
-"""The release decision: every rule, the order they are taken in, the evidence each verdict carries, and seeded
-looks at A/A releases showing that checking after every scrape does not roll good challengers back."""
+"""The release decision: every rule, the order they are taken in, the evidence each verdict carries, what it makes
+of readings it cannot use, and seeded looks at A/A releases showing that checking after every scrape does not
+roll good challengers back."""
 
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from steward_operator.deciding import (
 )
 from steward_operator.metric_providers.base import ArmCounts
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
+from steward_predictor.metrics import LATENCY_BUCKETS
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 ACTIONS = typing.get_args(Action)
@@ -36,7 +39,7 @@ ACTIONS = typing.get_args(Action)
 
 def rollout(**fields: object) -> specs.Rollout:
     """A rollout as a manifest writes it (camelCase), defaults elsewhere: no shadow, canary 5/25/50, errorRate
-    and slowRequests (tolerance 0.05) guardrails, confidence 0.95, maxDuration 24h."""
+    and slowRequests guardrails (tolerance 0 each), confidence 0.95, maxDuration 24h."""
     return specs.Rollout.model_validate(fields)
 
 
@@ -343,7 +346,7 @@ class TestGuardrails:
         assert verdict.decision == "rollback"
         assert verdict.rule.startswith("guardrail slowRequests failed")
         assert "timed requests" in verdict.rule
-        assert "tolerance of 5.00 percentage points" in verdict.rule
+        assert "tolerance of 0.00 percentage points" in verdict.rule
 
     def test_a_prediction_shift_rolls_back(self) -> None:
         policy = Policy(rollout(guardrails=[{"name": "predictionShift", "tolerance": 0.1}]))
@@ -418,13 +421,13 @@ class TestGuardrails:
         policy = Policy(rollout(confidence=0.5, guardrails=[{"name": "errorRate"}]))
         assert live(alike(500_000, 500_000), step=2, policy=policy).decision == "promote"
 
-    def test_slow_requests_without_a_threshold_are_no_data(self) -> None:
+    def test_slow_requests_without_a_threshold_are_no_data_and_hold(self) -> None:
         window = Window(arm(10_000, slow=0, slow_after=None), arm(10_000, slow=0, slow_after=None))
         verdict = live(window)
         slow = evidence_of(verdict, "slowRequests")
         assert slow.verdict == "noData"
         assert (slow.incumbent_samples, slow.challenger_samples) == (10_000, 10_000)
-        assert verdict.decision == "advance"
+        assert verdict.decision == "hold"
 
     def test_without_a_threshold_slow_means_slower_than_the_incumbents_p95(self) -> None:
         def timed(under_10ms: int, under_25ms: int) -> ArmCounts:
@@ -737,3 +740,364 @@ class TestProperties:
         assert first.decision in ACTIONS
         assert first.rule
         assert live(window, phase, step, SHADOWED, timing(in_stage, in_stage)) == first
+
+
+def lognormal_latency(requests: int, p95: float, slower: float = 1.0, sigma: float = 0.5) -> ArmCounts:
+    """One version's expected counts when its latency is log-normal with the given p95 (times `slower`), in the
+    predictor's latency buckets, every request timed."""
+    normal = NormalDist()
+    median = p95 * slower / math.exp(normal.inv_cdf(0.95) * sigma)
+    latency = {
+        bound: round(requests * normal.cdf(math.log(bound / median) / sigma)) if math.isfinite(bound) else requests
+        for bound in (*LATENCY_BUCKETS, math.inf)
+    }
+    return ArmCounts(requests=requests, timed=requests, latency=latency)
+
+
+class TestFullCanaryStep:
+    """A step of 100 % leaves the incumbent nothing to answer: the API refuses it, and one an older resource still
+    holds is taken as the promotion, judged by the stage before it."""
+
+    LEGACY = Policy(rollout(canary={"steps": [5, 25, 100]}))
+    ONLY_FULL = Policy(rollout(canary={"steps": [100]}))
+
+    def test_the_step_before_it_is_the_promotion_gate(self) -> None:
+        verdict = live(alike(100_000, 100_000), step=1, policy=self.LEGACY)
+        assert verdict.decision == "promote"
+        assert evidence_of(verdict, "errorRateNonInferiority").verdict == "pass"
+
+    def test_the_step_before_it_promotes_only_a_challenger_credibly_not_worse(self) -> None:
+        assert live(alike(2_000, 1_000), step=1, policy=self.LEGACY).decision == "continue"
+
+    def test_the_step_before_it_still_rolls_back_a_failing_challenger(self) -> None:
+        window = Window(arm(10_000, errors=100), arm(1_000, errors=1_000))
+        assert live(window, step=1, policy=self.LEGACY).decision == "rollback"
+
+    def test_reached_after_a_judged_stage_it_completes_the_promotion(self) -> None:
+        silent_incumbent = Window(arm(0), arm(1_000))
+        verdict = live(silent_incumbent, step=2, policy=self.LEGACY)
+        assert verdict.decision == "promote"
+        assert "canary step 3 of 3 (100%)" in verdict.rule
+        assert "canary step 2 of 3 (25%)" in verdict.rule
+
+    def test_without_any_earlier_live_stage_a_failing_challenger_is_rolled_back_at_once(self) -> None:
+        # The case a 100 % step used to leave open: no incumbent traffic, every comparison noData, until maxDuration.
+        failing = Window(arm(0), arm(5_000, errors=5_000))
+        verdict = live(failing, step=0, policy=self.ONLY_FULL, when=timing(in_stage=timedelta(minutes=1)))
+        assert verdict.decision == "rollback"
+        assert "cannot be judged" in verdict.rule
+        assert "below 100%" in verdict.rule
+
+    def test_a_metrics_outage_does_not_hold_a_challenger_at_100_percent_unjudged(self) -> None:
+        assert live(None, step=0, policy=self.ONLY_FULL).decision == "rollback"
+
+    def test_validation_keeps_a_challenger_no_stage_could_judge_from_traffic(self) -> None:
+        verdict = validate(held_out(rocAuc=0.90), held_out(rocAuc=0.95), self.ONLY_FULL)
+        assert verdict.decision == "rollback"
+        assert "never receives traffic" in verdict.rule
+
+    def test_a_shadow_stage_judges_it_and_promotes(self) -> None:
+        policy = Policy(rollout(shadow={}, canary={"steps": [100]}))
+        assert validate(held_out(rocAuc=0.9), held_out(rocAuc=0.9), policy).decision == "advance"
+        assert live(alike(100_000, 100_000), "Shadowing", None, policy).decision == "promote"
+        assert live(Window(arm(0), arm(1_000)), "Canary", 0, policy).decision == "promote"
+
+    def test_the_default_steps_are_all_below_100(self) -> None:
+        assert all(step < 100 for step in rollout().canary.steps)
+
+
+class TestGuardrailWithoutData:
+    """No data is not a pass: a guardrail that cannot compare the versions holds the stage, and says why."""
+
+    def test_a_challenger_without_a_latency_histogram_holds(self) -> None:
+        incumbent = lognormal_latency(20_000, p95=0.04)
+        window = Window(incumbent, ArmCounts(requests=1_000, timed=0))
+        verdict = live(window)
+        assert verdict.decision == "hold"
+        assert "guardrail slowRequests waits for latency" in verdict.rule
+        assert "the challenger" in verdict.rule
+        assert evidence_of(verdict, "slowRequests").verdict == "noData"
+
+    def test_a_challenger_without_predictions_holds(self) -> None:
+        policy = Policy(rollout(guardrails=[{"name": "predictionShift", "tolerance": 0.1}]))
+        window = Window(arm(5_000, predictions={"0": 4_000, "1": 1_000}), arm(5_000))
+        verdict = live(window, policy=policy)
+        assert verdict.decision == "hold"
+        assert "guardrail predictionShift waits for predictions: the challenger reported none" in verdict.rule
+
+    def test_no_data_at_the_last_step_never_promotes(self) -> None:
+        window = Window(arm(500_000, errors=5_000, slow_after=None), arm(500_000, errors=5_000, slow_after=None))
+        verdict = live(window, step=2)
+        assert verdict.decision == "hold"
+        assert "neither version's requests carry a latency histogram" in verdict.rule
+        incumbent_only = Window(arm(500_000, errors=5_000, slow_after=None), lognormal_latency(500_000, p95=0.04))
+        assert "the incumbent's requests carry no latency histogram" in live(incumbent_only, step=2).rule
+
+    def test_an_incumbent_p95_beyond_the_last_bucket_is_named(self) -> None:
+        slow = ArmCounts(requests=10_000, timed=10_000, latency={1.0: 100, 10.0: 9_000, math.inf: 10_000})
+        verdict = live(Window(slow, slow))
+        assert verdict.decision == "hold"
+        assert "above its largest finite latency bucket" in verdict.rule
+
+    def test_a_challenger_without_the_incumbents_bucket_is_named(self) -> None:
+        incumbent = lognormal_latency(20_000, p95=0.04)
+        other = ArmCounts(requests=1_000, timed=1_000, latency={0.03: 900, math.inf: 1_000})
+        verdict = live(Window(incumbent, other))
+        assert verdict.decision == "hold"
+        assert "no latency bucket at the incumbent's p95 (0.05 s)" in verdict.rule
+
+    def test_every_waiting_guardrail_is_named(self) -> None:
+        policy = Policy(rollout(guardrails=[{"name": "slowRequests"}, {"name": "predictionShift"}]))
+        window = Window(arm(5_000, slow_after=None), arm(5_000, slow_after=None))
+        rule = live(window, policy=policy).rule
+        assert "guardrail slowRequests waits for latency" in rule
+        assert "guardrail predictionShift waits for predictions" in rule
+
+    def test_before_the_minimum_evidence_it_is_just_collecting(self) -> None:
+        window = Window(lognormal_latency(20_000, p95=0.04), ArmCounts(requests=100, timed=0))
+        assert live(window).rule.startswith("collecting evidence")
+
+
+def hostile_number() -> st.SearchStrategy[float]:
+    """Counts as a broken exporter or a confused query could give them."""
+    return st.one_of(
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([math.nan, math.inf, -math.inf, -1, 0.5, 2**53 + 1, 10**400]),
+    )
+
+
+@st.composite
+def plausible(draw: st.DrawFn) -> ArmCounts:
+    """Counts one version could really serve: errors among requests, cumulative latency buckets up to +Inf."""
+    requests = draw(st.integers(0, 50_000))
+    timed = draw(st.sampled_from([0, requests]))
+    latency: dict[float, int] = {}
+    if draw(st.booleans()):
+        cumulative = sorted(draw(st.lists(st.integers(0, timed), min_size=len(LATENCY_BUCKETS), max_size=13)))
+        latency = {**dict(zip(LATENCY_BUCKETS, cumulative, strict=True)), math.inf: timed}
+    return ArmCounts(
+        requests=requests,
+        errors=draw(st.integers(0, requests)),
+        timed=timed,
+        slow=draw(st.integers(0, timed)),
+        slow_after=draw(st.sampled_from([None, 0.25])),
+        latency=latency,
+        predictions=draw(st.dictionaries(st.sampled_from(["0", "1", "2"]), st.integers(0, 10_000), max_size=3)),
+    )
+
+
+def spoilers(counts: ArmCounts) -> st.SearchStrategy[dict[str, typing.Any]]:
+    """Ways one reading of `counts` can be spoilt, as a broken exporter or query would spoil it; {} leaves it."""
+    latency, bounds = counts.latency, sorted(counts.latency)
+    ways: list[st.SearchStrategy[dict[str, typing.Any]]] = [
+        st.just({}),
+        st.sampled_from(["requests", "errors", "timed", "slow"]).flatmap(
+            lambda name: hostile_number().map(lambda value: {name: value})
+        ),
+        st.integers(1, 10).map(lambda extra: {"errors": counts.requests + extra}),
+        st.sampled_from([math.nan, -1.0, 0.5, math.inf]).map(lambda threshold: {"slow_after": threshold}),
+        hostile_number().map(lambda value: {"predictions": {**counts.predictions, "1": value}}),
+        st.sampled_from(["requests", "latency", "predictions", "scores"]).map(
+            lambda name: {"unusable": {name: "a sample of NaN"}}
+        ),
+    ]
+    if bounds:
+        ways += [
+            st.tuples(st.sampled_from(bounds), hostile_number()).map(
+                lambda spoilt: {"latency": {**latency, **dict([spoilt])}}
+            ),
+            st.just({"latency": {bound: value for bound, value in latency.items() if bound != math.inf}}),
+            st.just({"latency": {**latency, math.nan: 0}}),
+        ]
+    if len(bounds) > 2:
+        # The lowest bucket above the highest finite one: not cumulative.
+        ways.append(st.just({"latency": {**latency, bounds[0]: latency[bounds[-2]] + 1}}))
+    return st.one_of(ways)
+
+
+def readings() -> st.SearchStrategy[ArmCounts]:
+    """Plausible counts, often with one reading spoilt."""
+    return plausible().flatmap(lambda counts: spoilers(counts).map(lambda changes: replace(counts, **changes)))
+
+
+def is_count(value: object) -> bool:
+    """What the engine may count with: a whole, finite, non-negative number a float holds exactly."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0 and value == int(value) and value <= 2**53
+    except OverflowError:
+        return False
+
+
+def usable(counts: ArmCounts, guardrails: set[str]) -> bool:
+    """An oracle written apart from the engine: whether the readings the guardrails need can be used."""
+    needed = {"requests"}
+    if "slowRequests" in guardrails:
+        needed.add("latency")
+    if "predictionShift" in guardrails:
+        needed.add("predictions")
+    requests = is_count(counts.requests) and is_count(counts.errors) and counts.errors <= counts.requests
+    latency = "slowRequests" not in guardrails or latency_usable(counts)
+    predictions = "predictionShift" not in guardrails or all(map(is_count, counts.predictions.values()))
+    return not needed & set(counts.unusable) and requests and latency and predictions
+
+
+def latency_usable(counts: ArmCounts) -> bool:
+    """Timed requests are a count, slow ones too where counted, and the latency buckets are cumulative up to +Inf,
+    which holds every timed request."""
+    if not is_count(counts.timed):
+        return False
+    slow = counts.slow_after is None or (
+        is_count(counts.slow) and counts.slow <= counts.timed and counts.slow_after >= 0
+    )
+    if not counts.latency:
+        return slow
+    if any(math.isnan(bound) for bound in counts.latency) or not all(map(is_count, counts.latency.values())):
+        return False
+    cumulative = [counts.latency[bound] for bound in sorted(counts.latency)]
+    return slow and cumulative == sorted(cumulative) and counts.latency.get(math.inf) == counts.timed
+
+
+def comparable(incumbent: ArmCounts, challenger: ArmCounts, guardrails: set[str]) -> bool:
+    """Both versions' readings can be used, and slow requests, where both counted them, at one threshold."""
+    thresholds = {incumbent.slow_after, challenger.slow_after}
+    same_threshold = "slowRequests" not in guardrails or None in thresholds or len(thresholds) == 1
+    return usable(incumbent, guardrails) and usable(challenger, guardrails) and same_threshold
+
+
+class TestUnusableReadings:
+    """A reading the engine cannot use pauses the release and names the reading: it never raises out of the
+    reconcile, and never advances or promotes."""
+
+    @pytest.mark.parametrize(
+        ("incumbent", "challenger", "named"),
+        [
+            (arm(10_000, errors=100), arm(10_000, errors=math.nan), "the challenger's errors (nan) are not a number"),  # type: ignore[arg-type]
+            (
+                arm(10_000, errors=100),
+                arm(1_000, errors=1_200),
+                "the challenger's errors (1,200) outnumber its requests (1,000)",
+            ),
+            (arm(-5), arm(1_000), "the incumbent's requests (-5) are negative"),
+            (arm(10_000, errors=100), arm(10_000, errors=math.inf), "the challenger's errors (inf) are not finite"),  # type: ignore[arg-type]
+            (arm(10_000), arm(1_000.5), "the challenger's requests (1,000.5) are not a whole number"),  # type: ignore[arg-type]
+            (arm(10**30), arm(1_000), "the incumbent's requests (1e+30) are too many to count exactly"),
+            (
+                arm(10_000, slow=11_000),
+                arm(1_000),
+                "the incumbent's slow requests (11,000) outnumber its timed requests",
+            ),
+        ],
+    )
+    def test_a_count_that_cannot_be_used_pauses_and_is_named(
+        self, incumbent: ArmCounts, challenger: ArmCounts, named: str
+    ) -> None:
+        verdict = live(Window(incumbent, challenger), step=2)
+        assert verdict.decision == "pause"
+        assert verdict.rule.startswith("unusable reading:")
+        assert named in verdict.rule
+
+    def test_a_nan_error_count_used_to_advance(self) -> None:
+        verdict = live(Window(arm(20_000, errors=200), arm(1_000, errors=math.nan)))  # type: ignore[arg-type]
+        assert verdict.decision == "pause"
+
+    @pytest.mark.parametrize(
+        ("latency", "named"),
+        [
+            ({0.05: 9_600, 0.1: 9_900, math.inf: 9_000}, "the incumbent's latency bucket le=0.1 (9,900) is above"),
+            ({0.05: 9_600, 0.1: 9_500, math.inf: 10_000}, "the incumbent's latency bucket le=0.05 (9,600) is above"),
+            ({0.05: 9_600, 0.1: 9_900}, "the incumbent's latency has no +Inf bucket"),
+            ({0.05: 9_600, math.inf: 9_999}, "the incumbent's +Inf latency bucket (9,999) disagrees"),
+            ({math.nan: 9_600, math.inf: 10_000}, "the incumbent's latency has a bucket boundary that is not a number"),
+            ({0.05: -1, math.inf: 10_000}, "the incumbent's latency bucket le=0.05 (-1) is negative"),
+        ],
+    )
+    def test_a_latency_histogram_that_cannot_be_used_pauses_and_is_named(
+        self, latency: dict[float, int], named: str
+    ) -> None:
+        incumbent = ArmCounts(requests=10_000, timed=10_000, latency=latency)
+        verdict = live(Window(incumbent, lognormal_latency(1_000, p95=0.04)))
+        assert verdict.decision == "pause"
+        assert named in verdict.rule
+
+    def test_a_broken_histogram_no_guardrail_reads_changes_nothing(self) -> None:
+        policy = Policy(rollout(guardrails=[{"name": "errorRate"}]))
+        broken = ArmCounts(requests=20_000, errors=200, timed=10_000, latency={0.05: 9_600, math.inf: 10})
+        assert live(Window(broken, arm(1_000, errors=10)), policy=policy).decision == "advance"
+
+    def test_what_the_provider_could_not_read_pauses_and_is_named(self) -> None:
+        challenger = replace(arm(1_000), unusable={"requests": "a sample of NaN in steward_predictor_requests_total"})
+        verdict = live(Window(arm(20_000), challenger))
+        assert verdict.decision == "pause"
+        assert "the challenger's requests: a sample of NaN in steward_predictor_requests_total" in verdict.rule
+
+    def test_readings_at_different_slow_thresholds_cannot_be_compared(self) -> None:
+        verdict = live(Window(arm(20_000, slow_after=0.25), arm(1_000, slow_after=0.5)))
+        assert verdict.decision == "pause"
+        assert "slow requests above different thresholds (0.25 s and 0.5 s)" in verdict.rule
+
+    def test_an_unusable_reading_waits_even_past_the_maximum_duration(self) -> None:
+        # Like an outage: a reading that cannot be used is no reading, and no reading never rolls back by itself.
+        overdue = timing(in_release=timedelta(hours=48))
+        verdict = live(Window(arm(20_000), arm(1_000, errors=2_000)), when=overdue)
+        assert verdict.decision == "pause"
+
+    @pytest.mark.parametrize("value", [math.nan, math.inf, "0.9", None, 10**400])
+    def test_a_held_out_result_that_is_not_a_number_is_not_reported(self, value: object) -> None:
+        verdict = validate(held_out(rocAuc=0.9), HeldOut({"rocAuc": value}, "d"))  # type: ignore[dict-item]
+        assert verdict.decision == "hold"
+        assert "the challenger has not reported rocAuc" in verdict.rule
+
+    @given(
+        incumbent=readings(),
+        challenger=readings(),
+        stage=st.sampled_from([("Shadowing", None), ("Canary", 0), ("Canary", 1), ("Canary", 2)]),
+        guardrails=st.sets(st.sampled_from(["errorRate", "slowRequests", "predictionShift"])),
+        tolerance=st.sampled_from([0.0, 0.01, 0.2]),
+        in_stage=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=30)),
+    )
+    @settings(derandomize=True, max_examples=300, deadline=None)
+    def test_any_reading_gets_a_verdict_and_an_unusable_one_never_moves_the_release_on(
+        self,
+        *,
+        incumbent: ArmCounts,
+        challenger: ArmCounts,
+        stage: tuple[specs.Phase, int | None],
+        guardrails: set[str],
+        tolerance: float,
+        in_stage: timedelta,
+    ) -> None:
+        policy = Policy(
+            rollout(shadow={}, guardrails=[{"name": name, "tolerance": tolerance} for name in sorted(guardrails)])
+        )
+        phase, step = stage
+        verdict = live(Window(incumbent, challenger), phase, step, policy, timing(in_stage, in_stage))
+        assert verdict.decision in ACTIONS
+        assert verdict.rule
+        if not comparable(incumbent, challenger, guardrails):
+            assert verdict.decision == "pause"
+            assert verdict.rule.startswith("unusable reading:")
+        else:
+            assert not verdict.rule.startswith("unusable reading:")
+
+
+class TestSlowRequestsDefault:
+    """The default slowRequests guardrail catches a challenger 30 % slower, in the predictor's own buckets."""
+
+    def test_a_30_percent_slower_challenger_is_rolled_back(self) -> None:
+        # p95 40 ms: the incumbent's p95 bucket is 50 ms, above which 1.8 % of its requests finish; 30 % slower, the
+        # challenger has 5.9 % there. An absolute tolerance of 0.05 lets that pass for ever.
+        window = Window(lognormal_latency(20_000, p95=0.04), lognormal_latency(20_000, p95=0.04, slower=1.3))
+        verdict = live(window)
+        assert verdict.decision == "rollback"
+        assert verdict.rule.startswith("guardrail slowRequests failed")
+
+    def test_an_equally_fast_challenger_goes_on(self) -> None:
+        window = Window(lognormal_latency(20_000, p95=0.04), lognormal_latency(20_000, p95=0.04))
+        assert live(window).decision == "advance"
+
+    def test_the_default_is_what_a_bare_guardrail_gets(self) -> None:
+        (default,) = [guardrail for guardrail in rollout().guardrails if guardrail.name == "slowRequests"]
+        assert default == specs.Guardrail(name="slowRequests")

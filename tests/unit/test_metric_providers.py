@@ -211,6 +211,28 @@ def test_a_restart_and_a_gap_are_reported() -> None:
     assert (counts.resets, counts.gaps, counts.slow, counts.slow_after) == (1, 3, 0, None)
 
 
+@pytest.mark.parametrize("spoilt", [math.nan, math.inf, -math.inf, -3.0])
+def test_a_sample_that_is_no_count_is_named_not_raised(spoilt: float) -> None:
+    series = [
+        _series(READY, "a", _scrapes(0, 5, 10)),
+        _series(f"{REQUESTS}_total", "a", [(0, 1), (5, 4), (10, 6)], code="200"),
+        _series(f"{REQUESTS}_total", "a", [(0, 0), (5, spoilt), (10, 2)], code="500"),
+        _series(f"{LATENCY}_bucket", "a", [(0, 1), (5, 4), (10, 6)], le="+Inf"),
+    ]
+    counts = count(series, start=0.0, since=0.0, slow_after=None)
+    assert (counts.requests, counts.timed, counts.latency) == (5, 5, {math.inf: 5})
+    assert list(counts.unusable) == ["requests"]
+    assert counts.unusable["requests"].startswith(f'{REQUESTS}_total{{code="500",')
+    assert f"has a sample of {spoilt} at 1970-01-01T00:00:05+00:00" in counts.unusable["requests"]
+
+
+def test_samples_that_add_up_to_no_number_are_named_not_raised() -> None:
+    series = [_series(f"{PREDICTIONS}_total", pod, [(0, 0), (5, 1.5e308)], bin="yes") for pod in ("a", "b")]
+    counts = count(series, start=0.0, since=0.0, slow_after=None)
+    assert counts.predictions == {"yes": 0}
+    assert counts.unusable == {"predictions": "its samples add up to inf"}
+
+
 def test_nothing_scraped_is_zero_counts_not_an_error() -> None:
     assert count([], start=10.0, since=0.0, slow_after=0.5) == ArmCounts(slow_after=0.5)
 

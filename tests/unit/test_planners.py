@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from steward_monitor.tokens import IngestKey
 from steward_operator import settings, specs
 from steward_operator.planners import Live, Release, child_name, plan_online
 from tests.conftest import REPOSITORY
@@ -72,6 +73,19 @@ def test_with_a_monitor_every_predictor_reports_to_it_under_its_namespace(monkey
         environment = {item["name"]: item["value"] for item in container["env"]}
         assert environment["STEWARD_MONITOR_URL"] == "http://steward-monitor.steward-system.svc:8080"
         assert environment["STEWARD_NAMESPACE"] == "ml"
+        assert "STEWARD_MONITOR_TOKEN" not in environment  # No key, no token: the monitor refuses their reports.
+
+
+def test_with_the_monitors_key_predictors_get_a_token_for_their_own_model_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "MONITOR_URL", "http://steward-monitor.steward-system.svc:8080")
+    monkeypatch.setattr(settings, "MONITOR_INGEST_KEY", "s3cret")
+    key = IngestKey("s3cret\n")  # As the monitor reads its mounted Secret.
+    for service in plan_online("churn", "ml", "uid-1", _spec(), Release(V1, V2)).inference_services:
+        (container,) = service["spec"]["predictor"]["containers"]
+        token = {item["name"]: item["value"] for item in container["env"]}["STEWARD_MONITOR_TOKEN"]
+        assert key.scope(f"Bearer {token}") == ("ml", "churn")
+    (other,) = plan_online("fraud", "ml", "uid-2", _spec(), Release(V1)).inference_services
+    assert other["spec"]["predictor"]["containers"][0]["env"][-1]["value"] != token
 
 
 def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:
@@ -105,3 +119,18 @@ def test_with_kserve_a_settled_model_runs_its_incumbent_with_all_traffic() -> No
     assert service["metadata"]["name"] == "churn"
     assert "canaryTrafficPercent" not in service["spec"]["predictor"]
     assert service["spec"]["predictor"]["containers"][0]["env"][0]["value"] == V1.bundle
+
+
+def test_types_a_team_trusts_by_name_reach_every_predictor() -> None:
+    spec = _spec()
+    spec = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"trusted_types": ["features.clean_text", "features.Bucket"]})}
+    )
+    for service in plan_online("churn", "ml", "uid-1", spec, Release(V1, V2)).inference_services:
+        (container,) = service["spec"]["predictor"]["containers"]
+        environment = {item["name"]: item["value"] for item in container["env"]}
+        assert environment["STEWARD_TRUSTED_TYPES"] == "features.clean_text,features.Bucket"
+    untrusting = plan_online("churn", "ml", "uid-1", _spec(), Release(V1)).inference_services[0]
+    assert "STEWARD_TRUSTED_TYPES" not in {
+        item["name"] for item in untrusting["spec"]["predictor"]["containers"][0]["env"]
+    }

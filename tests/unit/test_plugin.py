@@ -1,19 +1,19 @@
-"""kubectl steward without kubectl: the command line it accepts, the status.operation a command writes, and
-how it shows a ModelDeployment's release and history."""
+"""kubectl steward without kubectl: the command line it accepts, the ModelCommand a command sends, and how it
+shows a ModelDeployment's release and history."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
-from datetime import UTC, datetime, tzinfo
-from typing import Any, Self
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import yaml
 
 from steward_operator import plugin, specs
-from steward_operator.plugin import COMMANDS, Kubectl, _moment, operation, parser, render_history, render_status
+from steward_operator.plugin import COMMANDS, Kubectl, command_object, parser, render_history, render_status
 from tests.conftest import REPOSITORY
 
 READ = ["status", "history"]
@@ -209,20 +209,16 @@ def test_anything_else_is_a_usage_error(argv: list[str], capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("command", STEER)
-def test_a_commands_help_shows_the_status_patch_it_makes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_commands_help_shows_the_command_it_sends(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parser().parse_args([command, "--help"])
     assert exited.value.code == 0
     shown = capsys.readouterr().out
     assert COMMANDS[command] in shown
-    (patch,) = re.findall(
-        r"kubectl patch modeldeployments\.steward\.dev NAME --subresource=status --type=merge -p '(.+)'", shown
-    )
-    written = json.loads(patch)["status"]["operation"]
-    assert written["action"] == command
-    assert (written["handledAt"], written["result"]) == (None, None)
-    assert ("toVersion" in written) == (command == "rollback")
-    specs.Operation.model_validate(written)
+    (sent,) = re.findall(r"kubectl create -f - <<'EOF'\n  (.+)\n  EOF", shown)
+    written = specs.ModelCommand.model_validate(json.loads(sent.replace("NAME", "churn")))
+    assert (written.spec.model_deployment, written.spec.action) == ("churn", command)
+    assert (written.spec.to_version is not None) == (command == "rollback")
 
 
 def test_the_overview_lists_the_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,74 +229,63 @@ def test_the_overview_lists_the_commands_and_exit_codes(capsys: pytest.CaptureFi
     assert "0 done, 1 refused by the operator, 2 usage or kubectl error, 3 not picked up in time" in shown
 
 
-# --- the operation a command writes --------------------------------------------------------------------------
+# --- the command it sends ------------------------------------------------------------------------------------
 
 
-def test_a_command_writes_an_operation_for_the_operator_to_handle() -> None:
-    assert operation("rollback", "2024-06-01", NOW, "ana") == {
-        "action": "rollback",
-        "toVersion": "2024-06-01",
-        "requestedAt": "2024-07-16T09:41:07.250000Z",
-        "requestedBy": "ana",
-        "handledAt": None,
-        "result": None,
+def test_a_command_is_a_model_command_for_the_operator_to_answer() -> None:
+    assert command_object("churn", "rollback", "2024-06-01", "ana") == {
+        "apiVersion": "steward.dev/v1alpha1",
+        "kind": "ModelCommand",
+        "metadata": {"generateName": "churn-rollback-"},
+        "spec": {"modelDeployment": "churn", "action": "rollback", "toVersion": "2024-06-01", "requestedBy": "ana"},
     }
 
 
 @pytest.mark.parametrize("action", ["promote", "promoteFull", "abort", "retry", "pause", "resume", "rollback"])
-def test_every_operation_is_one_the_api_accepts_and_still_waits(action: str) -> None:
-    written = specs.Operation.model_validate(operation(action, None, NOW, "ana"))
-    assert (written.action, written.to_version, written.requested_at, written.requested_by) == (
-        action,
-        None,
-        NOW,
-        "ana",
-    )
-    assert (written.handled_at, written.result) == (None, None)
-
-
-@pytest.mark.parametrize("moment", [NOW, NOW.replace(microsecond=0)], ids=["fraction", "whole-second"])
-def test_the_requested_time_survives_the_operators_status_write(moment: datetime) -> None:
-    wanted = operation("promote", None, moment, "ana")
-    status = specs.ModelDeploymentStatus.model_validate({"operation": wanted})
-    written = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    assert _moment(written["operation"]["requestedAt"]) == _moment(wanted["requestedAt"]) == moment
+def test_every_command_is_one_the_api_accepts_and_still_waits(action: str) -> None:
+    sent = specs.ModelCommand.model_validate(command_object("churn", action, None, None))
+    assert (sent.spec.model_deployment, sent.spec.action, sent.spec.to_version) == ("churn", action, None)
+    assert sent.status == specs.ModelCommandStatus()
 
 
 class _Cluster(Kubectl):
-    """kubectl against one ModelDeployment whose operator handles a command as soon as it is written, and
-    writes status back in its own (pydantic's) form."""
+    """kubectl against one ModelDeployment whose operator answers a command as soon as it is sent."""
 
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
+    def __init__(self, body: dict[str, Any], outcome: str, result: str) -> None:
+        self.body, self.outcome, self.result = body, outcome, result
+        self.sent: list[dict[str, Any]] = []
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str, resource: str = plugin.RESOURCE) -> dict[str, Any]:
+        if resource == plugin.COMMAND_RESOURCE:
+            (sent,) = [command for command in self.sent if command["metadata"]["name"] == name]
+            return sent
         return copy.deepcopy(self.body)
 
-    def patch_status(self, name: str, patch: dict[str, Any]) -> None:
-        status = specs.ModelDeploymentStatus.model_validate({**self.body["status"], **patch["status"]})
-        assert status.operation is not None
-        handled = status.operation.model_copy(update={"handled_at": NOW, "result": "done"})
-        written = status.model_copy(update={"operation": handled})
-        self.body["status"] = written.model_dump(mode="json", by_alias=True, exclude_none=True)
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["generateName"] + "x7k2q"
+        answer = {"outcome": self.outcome, "handledAt": "2024-07-16T09:41:08Z", "result": self.result}
+        self.sent.append({**body, "metadata": {"name": name}, "status": answer})
+        return self.sent[-1]
+
+    def whoami(self) -> str | None:
+        return "ana@example.com"
 
 
-class _WholeSecond(datetime):
-    @classmethod
-    def now(cls, tz: tzinfo | None = None) -> Self:
-        return cls(2024, 7, 16, 9, 41, 7, tzinfo=tz)
-
-
-def test_a_command_requested_on_a_whole_second_is_seen_handled_not_replaced(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("outcome", "result", "code"),
+    [("Done", "advanced to canary step 3", 0), ("Refused", "refused: no release is in progress", 1)],
+)
+def test_a_command_waits_for_the_operators_answer(
+    outcome: str, result: str, code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(plugin, "datetime", _WholeSecond)
-    cluster = _Cluster(_body(_canary_status()))
+    cluster = _Cluster(_body(_canary_status()), outcome, result)
     args = parser().parse_args(["promote", "house-prices", "-n", "pricing", "--timeout", "5"])
-    assert plugin._command(cluster, args) == 0
+    assert plugin._command(cluster, args) == code
+    (sent,) = cluster.sent
+    assert sent["spec"] == {"modelDeployment": "house-prices", "action": "promote", "requestedBy": "ana@example.com"}
     shown = capsys.readouterr()
-    assert "replaced" not in shown.err
-    assert shown.out.splitlines()[:2] == ["promote requested for house-prices", "done"]
+    assert shown.out.splitlines()[0] == "promote requested for house-prices (modelcommands/house-prices-promote-x7k2q)"
+    assert result in (shown.err if code else shown.out)
 
 
 # --- kubectl steward status ----------------------------------------------------------------------------------
@@ -315,9 +300,11 @@ def test_status_shows_the_release_who_answers_for_it_and_the_evidence() -> None:
     assert fields["desired"] == "2024-07-15 (s3://models/house-prices/2024-07-15/)"
     assert fields["phase"] == "Canary, step 2 of 4"
     assert fields["incumbent"] == (
-        f"2024-06-15 {OLD_DIGEST[:19]}… (s3://models/house-prices/2024-06-15/), since 2024-06-15 09:00:00 UTC"
+        f"2024-06-15 pinned to {OLD_DIGEST[:19]}… (s3://models/house-prices/2024-06-15/), since 2024-06-15 09:00:00 UTC"
     )
-    assert fields["challenger"].startswith("2024-07-15 sha256:0c3f9a1d2e4b… (s3://models/house-prices/2024-07-15/)")
+    assert fields["challenger"].startswith(
+        "2024-07-15 pinned to sha256:0c3f9a1d2e4b… (s3://models/house-prices/2024-07-15/)"
+    )
     assert fields["traffic"] == "incumbent 75%, challenger 25%, shadow 0%"
     assert fields["Ready"] == "False (Canary) releasing 2024-07-15: canary step 2 of 4, 25% of traffic"
     assert fields["Reconciling"].startswith("True (Canary)")

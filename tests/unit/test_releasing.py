@@ -4,6 +4,7 @@ checked to be a fixed point of `advance` for an unchanged world."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -83,6 +84,8 @@ class World:
     generation: int = 1
     evidence: Evidence | None = None
     """What the metrics show of the current stage, as the operator would read it before each reconcile."""
+    digests: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The bundle digests each version's predictors report."""
     spec: specs.ModelDeploymentSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +93,9 @@ class World:
 
     @property
     def observed(self) -> Observed:
-        return Observed(self.generation, self.now, frozenset(self.ready), self.evidence)
+        unpinned = {s.version for s in (self.status.incumbent, self.status.challenger) if s and not s.digest}
+        digests = {version: found for version, found in self.digests.items() if version in unpinned}
+        return Observed(self.generation, self.now, frozenset(self.ready), self.evidence, digests)
 
     def reconcile(self) -> Step:
         """What the operator does with what it sees: the release step, then retraining (no metrics, no Jobs)."""
@@ -354,6 +359,7 @@ def test_traffic_waits_for_the_challenger_to_become_ready() -> None:
     message = _condition(step.status, "Reconciling").message
     assert message == (
         "releasing v2: canary step 1 of 3, 5% of traffic; waiting for v2 to become ready before traffic moves"
+        " (rolled back if it is not ready within 10m)"
     )
     step = world.become_ready("v2")
     assert step.status.weights == _weights(95, 5, 0)
@@ -512,7 +518,7 @@ def test_shadow_traffic_waits_for_the_challenger_to_become_ready() -> None:
     assert step.status.weights == ALL_TO_INCUMBENT
     assert _reasons(step) == ["Advanced"]
     assert _condition(step.status, "Reconciling").message.endswith(
-        "waiting for v2 to become ready before traffic moves"
+        "waiting for v2 to become ready before traffic moves (rolled back if it is not ready within 10m)"
     )
     step = world.become_ready("v2")
     assert step.status.weights == _weights(100, 0, 25)
@@ -535,6 +541,7 @@ def test_promotion_to_all_traffic_is_refused_while_the_challenger_is_not_ready()
     world.become_ready("v2")
     assert world.status.weights == _weights(50, 50, 0)
     world.ready.discard("v2")
+    world.wait()
     before = world.status
     step = world.command("promote")
     assert step.status.operation is not None
@@ -1039,14 +1046,124 @@ def test_a_stall_is_told_once_and_keeps_the_step() -> None:
 # --- readiness and identity of the challenger ----------------------------------------------------------------
 
 
-def test_a_challenger_that_stops_being_ready_keeps_its_traffic() -> None:
-    """Held, not moved back: moving traffic on a readiness blip would flap; guardrails decide rollbacks."""
+def test_a_challenger_that_stops_being_ready_loses_its_traffic_at_once_and_gets_it_back_when_ready() -> None:
+    """A gateway's errors for a dead backend reach no guardrail: its clients are moved off it instead."""
     world = mid_canary()
     world.ready.discard("v2")
     step = world.wait()
-    assert step.status.weights == _weights(75, 25, 0)
-    assert step.decisions == ()
+    assert step.status.weights == ALL_TO_INCUMBENT
+    assert step.decisions == (
+        Decision("ChallengerUnavailable", "v2 is not ready: its traffic is back on the incumbent until it is", True),
+    )
     assert (step.status.phase, step.status.canary_step) == ("Canary", 1)
+    assert "waiting for v2 to become ready before traffic moves" in _condition(step.status, "Reconciling").message
+    assert "rolled back if it is not ready within 10m" in _condition(step.status, "Reconciling").message
+    withdrawn = step.status.stage_started
+    assert withdrawn == world.now
+
+    step = world.become_ready("v2")
+    assert step.status.weights == _weights(75, 25, 0)
+    # The step's evidence counts again from when the split was back in force.
+    assert step.status.stage_started == world.now != withdrawn
+
+
+def test_a_challenger_still_answering_while_a_change_rolls_out_keeps_its_traffic() -> None:
+    """KServe's own canary changes the InferenceService itself: its Ready condition lags the new generation for
+    a moment, while the pods that answer are still there."""
+    world = mid_canary()
+    rolling = Observed(world.generation, world.now, frozenset({"v1"}), answering=frozenset({"v1", "v2"}))
+    step = advance(world.spec, world.status, rolling)
+    assert step.status.weights == _weights(75, 25, 0)
+    assert "ChallengerUnavailable" not in _reasons(step)
+
+
+def test_a_challenger_not_ready_again_within_the_progress_deadline_is_rolled_back() -> None:
+    world = mid_canary()
+    world.ready.discard("v2")
+    world.wait()
+    step = world.wait(timedelta(minutes=9))
+    assert step.status.phase == "Canary"
+    step = world.wait(timedelta(minutes=1))
+    assert step.status.phase == "RolledBack"
+    assert step.status.challenger is None
+    assert step.status.weights == ALL_TO_INCUMBENT
+    assert step.decisions == (
+        Decision("RolledBack", "v2 rolled back: it was not ready within rollout.progressDeadline (10m)", True),
+    )
+    assert step.status.history[-1].outcome == "rolledBack"
+
+
+def test_a_shadow_that_stops_being_ready_loses_its_mirror() -> None:
+    world = stable("full.yaml")
+    world.serve("v2")
+    world.command("promote")
+    world.become_ready("v2")
+    assert world.status.weights == _weights(100, 0, 25)
+    world.ready.discard("v2")
+    step = world.wait()
+    assert step.status.weights == ALL_TO_INCUMBENT
+    assert _reasons(step) == ["ChallengerUnavailable"]
+
+
+D1, D2, D3 = ("sha256:" + digit * 64 for digit in "123")
+
+
+def test_an_incumbent_is_pinned_to_the_bundle_its_predictors_report() -> None:
+    world = stable()
+    assert world.status.incumbent is not None
+    assert world.status.incumbent.digest is None
+    world.digests = {"v1": frozenset({D1})}
+    step = world.wait()
+    assert step.status.incumbent is not None
+    assert step.status.incumbent.digest == D1
+    assert step.status.history[-1].digest == D1
+    assert step.decisions == (
+        Decision(
+            "DigestPinned", f"v1 is pinned to bundle {D1}: every replica started from now on must load exactly it"
+        ),
+    )
+    assert world.wait().decisions == ()
+
+
+def test_a_challenger_is_pinned_to_what_it_was_validated_with_for_the_rest_of_its_life() -> None:
+    world = stable()
+    world.digests = {"v1": frozenset({D1}), "v2": frozenset({D2})}
+    world.serve("v2")
+    world.wait()  # Its predictors report while it is validated.
+    assert world.status.challenger is not None
+    assert world.status.challenger.digest == D2
+    world.become_ready("v2")
+    world.command("promoteFull")
+    assert world.status.incumbent is not None
+    assert world.status.incumbent.digest == D2
+    assert [(entry.version, entry.digest) for entry in world.status.history] == [("v1", D1), ("v2", D2)]
+    # Rolled back to, v1 comes back with the bundle it served with, whatever is at its URI now.
+    world.digests = {"v1": frozenset({D3})}
+    world.command("rollback")
+    assert world.status.incumbent is not None
+    assert (world.status.incumbent.version, world.status.incumbent.digest) == ("v1", D1)
+
+
+def test_a_challenger_whose_replicas_loaded_different_bundles_is_rolled_back() -> None:
+    world = stable()
+    world.serve("v2")
+    world.digests = {"v2": frozenset({D2, D3})}
+    step = world.wait()
+    assert step.status.phase == "RolledBack"
+    assert step.status.challenger is None
+    (decision,) = step.decisions
+    assert decision.reason == "RolledBack"
+    assert f"its replicas loaded different bundles ({D2}, {D3})" in decision.message
+
+
+def test_a_digest_pinned_by_spec_is_never_replaced() -> None:
+    world = stable()
+    world.spec = world.spec.model_copy(update={"model": _model("online.yaml", "v2", D2)})
+    world.generation += 1
+    world.digests = {"v2": frozenset({D3})}
+    step = world.wait()
+    assert step.status.challenger is not None
+    assert step.status.challenger.digest == D2
 
 
 VERSION_REUSED = (
@@ -1099,7 +1216,8 @@ def test_a_new_bundle_under_the_challengers_version_stalls_the_release_where_it_
 
 
 def _counts(requests: int, errors: int = 0) -> ArmCounts:
-    return ArmCounts(requests=requests, errors=errors, timed=requests, predictions={"yes": requests})
+    latency = {0.1: requests, math.inf: requests}
+    return ArmCounts(requests=requests, errors=errors, timed=requests, latency=latency, predictions={"yes": requests})
 
 
 def _live(world: World, incumbent: ArmCounts, challenger: ArmCounts) -> Evidence:
@@ -1235,7 +1353,8 @@ def test_evidence_that_is_not_this_stages_decides_nothing(case: str) -> None:
         world.command("promote")
         world.evidence = _live(world, _counts(40_000, 40), _counts(40_000, 4_000))
         assert world.status.weights == ALL_TO_INCUMBENT
-    step = world.wait(timedelta(hours=1))
+    # Within the progress deadline, so that only the evidence could end the stage.
+    step = world.wait(timedelta(minutes=5) if case == "traffic not moved" else timedelta(hours=1))
     assert step.status.phase == "Shadowing"
     assert step.decisions == ()
 

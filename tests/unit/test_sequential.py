@@ -218,6 +218,24 @@ class TestCompareRates:
         with pytest.raises(ValueError, match="outnumber"):
             compare_rates("errorRate", 3, 0, 0, 0)
 
+    @pytest.mark.parametrize(
+        "counts",
+        [
+            (math.nan, 100, 1, 100),
+            (1, 100, math.nan, 100),
+            (1, math.nan, 1, 100),
+            (1, 100, 1, math.inf),
+            (math.inf, math.inf, 1, 100),
+            (math.nan, 0, 0, 0),
+        ],
+    )
+    def test_counts_that_are_not_finite_numbers_are_refused(self, counts: tuple[float, ...]) -> None:
+        # A NaN count used to pass every check (every comparison with NaN is false) and read as inconclusive.
+        with pytest.raises(ValueError, match="finite"):
+            compare_rates("e", *counts)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="finite"):
+            non_inferiority("e", *counts, margin=0.01)  # type: ignore[arg-type]
+
     def test_reports_what_evidence_records(self) -> None:
         result = compare_rates("errorRate", 10, 1000, 30, 1500)
         assert result.incumbent == pytest.approx(0.01)
@@ -301,6 +319,13 @@ class TestCompareDistributions:
     def test_rejects_malformed_input(self, incumbent: list[int], challenger: list[int], tolerance: float) -> None:
         with pytest.raises(ValueError, match=r"bins|tolerance"):
             compare_distributions("p", incumbent, challenger, tolerance=tolerance)
+
+    @pytest.mark.parametrize("spoilt", [math.nan, math.inf, -math.inf])
+    def test_rejects_counts_that_are_not_finite_numbers(self, spoilt: float) -> None:
+        with pytest.raises(ValueError, match="finite"):
+            compare_distributions("p", [10, spoilt], [10, 10])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="finite"):
+            compare_distributions("p", [10, 10], [spoilt, 10])  # type: ignore[list-item]
 
     def test_false_alarms_stay_within_alpha_when_looking_after_every_batch(self) -> None:
         rng = np.random.default_rng(11)

@@ -50,15 +50,22 @@ class ArmCounts:
     gap, but what a pod served after its last scrape before a restart is lost."""
     newest: datetime | None = None
     """When the newest scrape that reported this version began; None when no pod reported it at all."""
+    unusable: dict[str, str] = field(default_factory=dict)
+    """Readings that could not be used, by the field they would have counted into (requests, latency,
+    predictions, scores), with what was wrong, such as a sample that is not a finite number. That field's count
+    leaves them out, so it is incomplete: the decision engine does not decide on it."""
 
 
 @dataclass(frozen=True)
 class HeldOutResults:
-    """A version's held-out results as its predictor publishes them, and a name for the rows they were
-    computed on (equal names: the same held-out data)."""
+    """A version's held-out results as its predictor publishes them, a name for the rows they were computed on
+    (equal names: the same held-out data), and the digests of the bundles its predictors loaded."""
 
     metrics: dict[str, float]
     data: str
+    digests: frozenset[str] = frozenset()
+    """One digest when every replica loaded the same bundle; more when the bundle at the version's URI changed
+    between replicas' starts."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ Then, per series:
   scrapes). Otherwise, e.g. a new pod that exports no `*_created` series and took traffic before its first
   scrape, counting starts at its first sample;
 - a scrape gap (the pod, or Prometheus itself, was down) only means fewer samples, and a longer step: nothing
-  is interpolated, and the first scrape after the gap catches up.
+  is interpolated, and the first scrape after the gap catches up;
+- a sample that is no count (NaN, an infinity, a negative number) leaves its series out, and the field it
+  counts into is named in ArmCounts.unusable with the series and the sample, so nothing is decided on it.
 
 Series are summed over pods (and variants) to give one version's counts.
 """
@@ -51,6 +53,8 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_LOOKBACK = timedelta(minutes=5)
 # A spacing between a pod's scrapes longer than this many times its shortest one means scrapes were missed.
 _GAP_FACTOR = 1.5
+# The ArmCounts field each counter family counts into.
+_FIELDS = {REQUESTS: "requests", LATENCY: "latency", PREDICTIONS: "predictions", SCORES: "scores"}
 
 Sample = tuple[float, float]
 """One raw sample: (unix seconds, value)."""
@@ -126,7 +130,12 @@ class Prometheus:
         # Every pod of a version serves the same bundle, so any pod's figures are the version's.
         fingerprint = samples[0][0].get("data", "")
         metrics = {labels["metric"]: value for labels, value in samples if labels.get("data", "") == fingerprint}
-        return HeldOutResults(metrics=metrics, data=fingerprint)
+        info = await self._query(f"steward_predictor_model_info{_matchers(model, version, namespace)}", at.timestamp())
+        try:
+            digests = frozenset(item["metric"]["digest"] for item in info["result"] if item["metric"].get("digest"))
+        except (KeyError, TypeError) as error:
+            raise MetricsUnavailableError(f"Prometheus answered an unreadable vector: {error!r}") from None
+        return HeldOutResults(metrics=metrics, data=fingerprint, digests=digests)
 
     async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
         found = await self._instant(f"steward_monitor_drift_alerting{_matchers(model, version, namespace)} == 1")
@@ -322,6 +331,18 @@ def count(series: Sequence[Series], start: float, since: float, slow_after: floa
         if not one.samples:
             continue
         family = one.name.removesuffix("_total").removesuffix("_bucket")
+        spoilt = next(
+            ((moment, value) for moment, value in one.samples if not (math.isfinite(value) and value >= 0)), None
+        )
+        if spoilt is not None:
+            # A counter is a finite, non-negative number: one that is not cannot be counted with, nor be left
+            # out silently. Its field is marked, so no decision is taken on the rest.
+            field_name = _FIELDS.get(family)
+            if field_name is not None:
+                tally.unusable.setdefault(
+                    field_name, f"{_shown(one)} has a sample of {spoilt[1]} at {_moment(spoilt[0])}"
+                )
+            continue
         births = created.get((family, _without_le(one.labels)), {})
         first = one.samples[0][0]
         zero_at = zero_point(first, since, births.get(first), ordered[one.target])
@@ -335,20 +356,22 @@ def count(series: Sequence[Series], start: float, since: float, slow_after: floa
         for bound, grown in histogram.items():
             buckets[bound] += grown
     newest = max((moments[-1] for moments in ordered.values() if moments), default=None)
+    whole = tally.whole
     return ArmCounts(
-        requests=round(tally.requests),
-        errors=round(tally.errors),
-        timed=round(timed),
-        slow=round(slow),
+        requests=whole(tally.requests, "requests"),
+        errors=whole(tally.errors, "requests"),
+        timed=whole(timed, "latency"),
+        slow=whole(slow, "latency"),
         slow_after=applied,
-        latency={bound: round(value) for bound, value in sorted(buckets.items())},
-        predictions={label: round(value) for label, value in sorted(tally.predictions.items())},
-        scores={label: round(value) for label, value in sorted(tally.scores.items())},
+        latency={bound: whole(value, "latency") for bound, value in sorted(buckets.items())},
+        predictions={label: whole(value, "predictions") for label, value in sorted(tally.predictions.items())},
+        scores={label: whole(value, "scores") for label, value in sorted(tally.scores.items())},
         targets=sum(1 for moments in ordered.values() if moments and moments[-1] > start),
         series=len(counters),
         resets=sum(restarts(seen) for seen in tally.resets.values()),
         gaps=sum(missed_scrapes(moments, start) for moments in ordered.values()),
         newest=None if newest is None else datetime.fromtimestamp(newest, UTC),
+        unusable=dict(tally.unusable),
     )
 
 
@@ -366,6 +389,15 @@ class _Tally:
     )
     # Per pod: where each of its counters was seen to restart.
     resets: dict[_Target, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    # Per ArmCounts field: what could not be counted into it.
+    unusable: dict[str, str] = field(default_factory=dict)
+
+    def whole(self, value: float, field_name: str) -> int:
+        """`value` as a count; 0, with the field marked unusable, when the samples added up to no finite number."""
+        if math.isfinite(value):
+            return round(value)
+        self.unusable.setdefault(field_name, f"its samples add up to {value}")
+        return 0
 
     def add(self, family: str, one: Series, increase: float) -> None:
         if family == REQUESTS:
@@ -395,6 +427,18 @@ class _Tally:
                 applied.add(bound)
                 slow += everything - histogram.get(bound, everything)
         return timed, slow, max(applied) if applied else slow_after
+
+
+def _shown(one: Series) -> str:
+    """A series as PromQL writes it, so a person can look it up."""
+    return one.name + "{" + ",".join(f"{key}={quote(value)}" for key, value in sorted(one.labels.items())) + "}"
+
+
+def _moment(unix: float) -> str:
+    try:
+        return datetime.fromtimestamp(unix, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return f"unix time {unix}"
 
 
 def _without_le(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
