@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,32 +24,8 @@ from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
 from tests.conftest import REPOSITORY
+from tests.integration.conftest import CHART, Helm
 from tests.support.waiting import wait_until
-
-CHART = REPOSITORY / "charts" / "steward"
-
-Helm = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """The pinned helm (built from the Go module proxy on first use), with its own empty homes so a user's
-    repositories and plugins never leak in."""
-    binary = helm_builds.ensure_helm()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(binary), *args], env=env, cwd=REPOSITORY, capture_output=True, text=True, timeout=120, check=False
-        )
-
-    return run
 
 
 def _rendered(helm: Helm, namespace: str) -> str:

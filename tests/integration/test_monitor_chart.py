@@ -5,44 +5,17 @@ into the monitor; the monitor's limits are values."""
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
-from steward_harness import helm as helm_builds
 from steward_harness.kubectl import Kubectl
-from tests.conftest import REPOSITORY
+from tests.integration.conftest import CHART, Helm
 
-CHART = REPOSITORY / "charts" / "steward"
 GENERATED = "steward-monitor-ingest-key"
 """The Secret the chart generates for the ingest key of release `steward`."""
-
-Helm = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """The pinned helm, with homes of its own."""
-    binary = helm_builds.ensure_helm()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(binary), *args], env=env, cwd=REPOSITORY, capture_output=True, text=True, timeout=120, check=False
-        )
-
-    return run
 
 
 def _monitor(helm: Helm, *values: str) -> dict[str, dict[str, Any]]:
