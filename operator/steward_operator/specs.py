@@ -1,4 +1,5 @@
-"""The ModelDeployment API (steward.dev/v1alpha1): the typed view of the resource, and the source of its CRD.
+"""Steward's API (steward.dev/v1alpha1), ModelDeployment and ModelCommand: the typed view of each resource, and
+the source of its CRD.
 
 Every field's docstring is its description in the CRD, so `kubectl explain` reads what is written here.
 Rules that span several fields are CEL expressions attached to the class that holds them; the API server
