@@ -71,7 +71,7 @@ class Kubectl:
 
 def _items(found: dict[str, Any]) -> list[dict[str, Any]]:
     """The objects of a `kubectl get -o json`: a List's items, or the one object."""
-    items: list[dict[str, Any]] = found.get("items", [found]) if found.get("kind") == "List" else [found]
+    items: list[dict[str, Any]] = found["items"] if found.get("kind") == "List" else [found]
     return items
 
 

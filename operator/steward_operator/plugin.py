@@ -329,11 +329,7 @@ class Kubectl:
 
 
 def _equivalent(action: str) -> str:
-    spec = {"modelDeployment": "NAME", "action": action, "requestedBy": "YOUR-USER-NAME"}
-    if action == "rollback":
-        spec["toVersion"] = "VERSION"
-    body = {"apiVersion": f"{specs.GROUP}/{specs.VERSION}", "kind": specs.COMMAND_KIND, "metadata": {}, "spec": spec}
-    body["metadata"] = {"generateName": f"NAME-{action.lower()}-"}
+    body = command_object("NAME", action, "VERSION" if action == "rollback" else None, "YOUR-USER-NAME")
     return f"kubectl create -f - <<'EOF'\n  {json.dumps(body)}\n  EOF"
 
 

@@ -104,8 +104,7 @@ async def _reconcile_once(
     if status != body.get("status"):
         await cluster.replace_status(body, status)
     operation = step.status.operation
-    answered = operation is not None and operation.handled_at is not None
-    if command is not None and answered and operation and operation.command == command["metadata"]["name"]:
+    if command is not None and operation and operation.handled_at and operation.command == command["metadata"]["name"]:
         await _answer(cluster, command, body, operation.result or "done")
     await _prune(cluster, children, plan)
     for decision in step.decisions:
@@ -135,16 +134,13 @@ def _taken(current: specs.Operation | None, command: dict[str, Any] | None) -> s
 async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[str, Any] | None, result: str) -> None:
     """Write what became of a ModelCommand into its status, and tie it to its ModelDeployment so it goes with it."""
     refused = result.startswith("refused")
-    answer = {"outcome": "Refused" if refused else "Done", "handledAt": _now_text(), "result": result[:1024]}
+    handled = datetime.now(UTC).isoformat(timespec="seconds")
+    answer = {"outcome": "Refused" if refused else "Done", "handledAt": handled, "result": result[:1024]}
     await cluster.merge(command, {"status": answer}, "status")
     if deployment is not None:
         metadata = deployment["metadata"]
         owner = {"apiVersion": deployment["apiVersion"], "kind": deployment["kind"], "name": metadata["name"]}
         await cluster.merge(command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}})
-
-
-def _now_text() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _plan(
@@ -195,10 +191,10 @@ async def reported_digests(
 ) -> dict[str, frozenset[str]]:
     """The bundle digests reported by the predictors of each online version that is not pinned yet: what it will
     be pinned to. Nothing while the metrics cannot be read."""
-    status, name = deployment.status, deployment.metadata["name"]
-    unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
     if deployment.spec.serving.mode != "online":
         return {}
+    status, name = deployment.status, deployment.metadata["name"]
+    unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
     found = {}
     try:
         for version in unpinned:

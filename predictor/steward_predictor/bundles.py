@@ -402,7 +402,7 @@ def read_skops(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
     """A pipeline from a skops file, if it holds nothing but trusted types and its trees check out. Nothing in the
     file is imported or run before its types are known to be trusted."""
     try:
-        untrusted = trusting.refused(path, trusted_types)
+        untrusted, trusted = trusting.vet(path, trusted_types)
     except Exception as error:  # A hostile file may break the reader in any way.
         raise BundleError(f"{path.name} cannot be read: {type(error).__name__}: {error}") from None
     if untrusted:
@@ -413,7 +413,7 @@ def read_skops(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
             "spec.model.trustedTypes)"
         )
     try:
-        pipeline = trusting.load(path, trusted_types)
+        pipeline = skops.io.load(path, trusted=trusted)
     except Exception as error:
         raise BundleError(f"{path.name} cannot be loaded: {type(error).__name__}: {error}") from None
     problems = trusting.tree_problems(pipeline)

@@ -38,19 +38,15 @@ proves every index in bounds and every path from the root to end at a leaf."""
 _LOADERS = {"FunctionNode": "a function", "TypeNode": "a type", "MethodNode": "a method"}
 
 
-def refused(path: Path, trusted_types: tuple[str, ...] = ()) -> list[str]:
-    """The types in a skops file that Steward would refuse, each with what it is when the file says so."""
+def vet(path: Path, trusted_types: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """What a skops file holds beyond skops' own trusted types, read without loading it: the types Steward
+    refuses, each with what it is when the file says so, and the ones it trusts (to pass to skops.io.load)."""
     names = skops.io.get_untrusted_types(file=path)
     allowed = REVIEWED_CLASSES | CHECKED_CLASSES | set(trusted_types)
-    kinds = _kinds(path)
-    return [f"{name} ({kinds[name]})" if name in kinds else name for name in names if name not in allowed]
-
-
-def load(path: Path, trusted_types: tuple[str, ...] = ()) -> Any:
-    """The pipeline in a skops file whose types `refused` found none to refuse."""
-    names = skops.io.get_untrusted_types(file=path)
-    allowed = REVIEWED_CLASSES | CHECKED_CLASSES | set(trusted_types)
-    return skops.io.load(path, trusted=[name for name in names if name in allowed])
+    refused = [name for name in names if name not in allowed]
+    kinds = _kinds(path) if refused else {}
+    described = [f"{name} ({kinds[name]})" if name in kinds else name for name in refused]
+    return described, [name for name in names if name in allowed]
 
 
 def tree_problems(pipeline: Any) -> list[str]:

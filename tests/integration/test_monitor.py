@@ -245,13 +245,7 @@ def test_a_monitor_killed_mid_stream_loses_nothing_it_acknowledged(monitor: Moni
         stop.set()
         for thread in senders:
             thread.join(timeout=60)
-    engine = sa.create_engine(store)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sa.select(PREDICTIONS.c.model, PREDICTIONS.c.request_id)).all()
-    finally:
-        engine.dispose()
-    kept = [f"{model}/{request}" for model, request in rows]
+    kept = [f"{model}/{request}" for model, request in _rows(store, PREDICTIONS.c.model, PREDICTIONS.c.request_id)]
     assert len(kept) == len(set(kept))
     assert before <= set(kept), f"{len(before - set(kept))} acknowledged events were lost"
     assert acknowledged <= set(kept)
@@ -402,14 +396,19 @@ def _calibration_error(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(total)
 
 
-def _events(store: str) -> list[tuple[str, str, str, str]]:
+def _rows(store: str, *columns: sa.ColumnElement[Any]) -> list[tuple[Any, ...]]:
+    """The stored values of `columns`, read straight from the store."""
     engine = sa.create_engine(store)
     try:
         with engine.connect() as connection:
-            columns = (PREDICTIONS.c.namespace, PREDICTIONS.c.model, PREDICTIONS.c.version, PREDICTIONS.c.request_id)
             return [tuple(row) for row in connection.execute(sa.select(*columns))]
     finally:
         engine.dispose()
+
+
+def _events(store: str) -> list[tuple[Any, ...]]:
+    columns = PREDICTIONS.c
+    return _rows(store, columns.namespace, columns.model, columns.version, columns.request_id)
 
 
 def test_kserve_payload_logger_events_are_stored_once(tmp_path: Path) -> None:
@@ -558,12 +557,7 @@ def test_predictions_need_the_token_of_their_own_model(monitor: Monitor, store: 
     )
     # The real event is stored as what it is.
     assert _sent(monitor, _predictions(1)) == (200, _answer(1, 0))
-    engine = sa.create_engine(store)
-    try:
-        with engine.connect() as connection:
-            kept = connection.execute(sa.select(PREDICTIONS.c.model, PREDICTIONS.c.prediction)).all()
-    finally:
-        engine.dispose()
+    kept = _rows(store, PREDICTIONS.c.model, PREDICTIONS.c.prediction)
     assert sorted(kept) == [("churn", '"no"'), ("other", '"no"'), ("other", '"yes"')]
 
 
