@@ -213,7 +213,11 @@ def custom_resource_definition(resource: Resource = MODEL_DEPLOYMENTS) -> dict[s
     }
     root["properties"]["metadata"] = {"type": "object"}
     # Steward always writes status whole; server-side defaults there would only add noise to every read.
-    root["properties"]["status"] = _without_defaults(root["properties"]["status"])
+    status = root["properties"]["status"] = _without_defaults(root["properties"]["status"])
+    if "observedGeneration" in status.get("properties", {}):
+        # Until the operator's first write, a new object reads as not yet observed, so kstatus (Flux) says
+        # InProgress as Argo CD's health check does, rather than Current.
+        status["default"] = {"observedGeneration": 0}
     root["required"] = ["spec"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -59,8 +59,13 @@ CHILD_KINDS = (
     INFERENCE_SERVICE,
     Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
     Kind("networking.istio.io/v1", "VirtualService", "virtualservices"),
+    Kind("traefik.io/v1alpha1", "TraefikService", "traefikservices"),
+    Kind("traefik.io/v1alpha1", "IngressRoute", "ingressroutes"),
     Kind("batch/v1", "CronJob", "cronjobs"),
 )
+GATEWAY = Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways")
+GATEWAY_CLASS = Kind("gateway.networking.k8s.io/v1", "GatewayClass", "gatewayclasses")
+"""Read only: what implements the Gateway an HTTPRoute attaches to."""
 JOB = Kind("batch/v1", "Job", "jobs")
 """Retraining Jobs: owned like children, but never pruned; each is a record of a run."""
 _KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, MODEL_COMMAND, *CHILD_KINDS, JOB)}
@@ -92,7 +97,8 @@ class Cluster:
         if self._session is not None:
             await self._session.close()
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it (or its kind) does not exist; `namespace` None for a cluster-scoped kind."""
         try:
             return await self._request("GET", kind.path(namespace, name))
         except NotFoundError:

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 from steward_operator import deciding, metrics, planners, releasing, retraining, specs
 from steward_operator.kubernetes import (
     CHILD_KINDS,
+    GATEWAY,
+    GATEWAY_CLASS,
     JOB,
     MODEL_DEPLOYMENT,
     ApiError,
@@ -22,7 +24,8 @@ from steward_operator.kubernetes import (
     kind_of,
 )
 from steward_operator.metric_providers import HeldOutResults, MetricProvider, MetricsUnavailableError
-from steward_operator.providers.base import Owner
+from steward_operator.providers import gateway_api
+from steward_operator.providers.base import MirrorRefusal, Owner, parent
 
 CONFLICT_RETRIES = 5
 
@@ -77,7 +80,13 @@ async def _reconcile_once(
         evidence = await gather(evidence_source, deployment, namespace, now)
         digests = await reported_digests(evidence_source, deployment, namespace, now)
     observed = releasing.Observed(
-        metadata.get("generation", 0), now, _ready(children), evidence, digests, _ready(children, current=False)
+        metadata.get("generation", 0),
+        now,
+        _ready(children),
+        evidence,
+        digests,
+        _ready(children, current=False),
+        mirroring_refused=await _mirroring_refused(cluster, deployment, namespace),
     )
 
     step = releasing.advance(deployment.spec, deployment.status, observed)
@@ -281,6 +290,35 @@ def _job(body: dict[str, Any]) -> retraining.Job:
     )
 
 
+async def _mirroring_refused(
+    cluster: Cluster, deployment: specs.ModelDeployment, namespace: str
+) -> MirrorRefusal | None:
+    """Why the gateway-api provider may not write a RequestMirror filter: the parent Gateway's class does not
+    declare mirroring, or cannot be read. Read only while a release is under way or about to start; a route
+    attached to no Gateway carries no live traffic to take down."""
+    spec, status = deployment.spec, deployment.status
+    gateway = parent(spec.rollout.traffic.gateway, namespace)
+    releasing_now = status.challenger is not None or not releasing.same_model(status.incumbent, spec.model)
+    if spec.rollout.traffic.provider != gateway_api.GatewayApi.name or gateway is None or not releasing_now:
+        return None
+    where = f"{gateway[0]}/{gateway[1]}"
+    try:
+        found = await cluster.get(GATEWAY, *gateway)
+        name = gateway_api.class_name(found)
+        gateway_class = await cluster.get(GATEWAY_CLASS, None, name) if name else None
+    except ApiError as error:
+        if error.status not in (401, 403):
+            raise
+        unreadable = (
+            f"the operator may not read the Gateway or its GatewayClass ({error.status} {error.reason}): grant it"
+            " get on gateways and gatewayclasses, as the chart does"
+        )
+        seen = gateway_api.GatewayClass(where, unreadable=unreadable)
+    else:
+        seen = gateway_api.GatewayClass.read(where, found, gateway_class)
+    return gateway_api.mirror_refusal(seen, releasing.shadow_percent(spec))
+
+
 async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
     """The children this ModelDeployment owns, of every kind Steward makes."""
     found = []
@@ -339,8 +377,8 @@ class _RefusedError(Exception):
         if isinstance(error, NotFoundError):
             return cls(
                 "KindNotInstalled",
-                f"{kind} ({api_version}) is not installed in this cluster: install it (KServe, Gateway API or "
-                "Istio), or choose another spec.rollout.traffic.provider",
+                f"{kind} ({api_version}) is not installed in this cluster: install it (KServe, Gateway API, "
+                "Istio or Traefik), or choose another spec.rollout.traffic.provider",
             )
         return cls("ChildRefused", f"the API server refused {kind} {child['metadata']['name']}: {error.message}")
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal
 
 from steward_operator import deciding, specs
+from steward_operator.providers.base import MirrorRefusal
 
 RELEASE_PHASES = frozenset({"Validating", "Shadowing", "Canary"})
 ALL_TO_INCUMBENT = specs.Weights(incumbent=100, challenger=0, shadow=0)
@@ -36,6 +37,9 @@ class Observed:
     answering: frozenset[str] | None = None
     """Versions whose serving children still report Ready, if perhaps for an older generation while a change
     rolls out (KServe's own canary changes the InferenceService itself); None: exactly the ready ones."""
+    mirroring_refused: MirrorRefusal | None = None
+    """Why no request may be mirrored to the challenger where its routes attach (the gateway's implementation
+    does not declare mirroring, or that cannot be read); None: nothing stands in the way."""
 
     @property
     def serving(self) -> frozenset[str]:
@@ -156,12 +160,16 @@ def target_weights(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymen
     if status.challenger is None or status.phase not in RELEASE_PHASES:
         return ALL_TO_INCUMBENT
     if status.phase == "Shadowing":
-        shadow = spec.rollout.shadow.percent if spec.rollout.shadow else 100
-        return specs.Weights(incumbent=100, challenger=0, shadow=shadow)
+        return specs.Weights(incumbent=100, challenger=0, shadow=shadow_percent(spec))
     if status.phase == "Canary" and status.canary_step is not None:
         weight = spec.rollout.canary.steps[min(status.canary_step, len(spec.rollout.canary.steps) - 1)]
         return specs.Weights(incumbent=100 - weight, challenger=weight, shadow=0)
     return ALL_TO_INCUMBENT
+
+
+def shadow_percent(spec: specs.ModelDeploymentSpec) -> int:
+    """The share of requests the shadow stage mirrors to the challenger."""
+    return spec.rollout.shadow.percent if spec.rollout.shadow else 100
 
 
 def same_model(served: specs.ServedVersion | None, model: specs.ModelRef) -> bool:
@@ -377,6 +385,8 @@ def _move_traffic(draft: _Draft) -> _Draft:
     counts against itself."""
     status, now = draft.status, draft.observed.now
     target = target_weights(draft.spec, status)
+    if target.shadow and draft.observed.mirroring_refused is not None:
+        target = target.model_copy(update={"shadow": 0})  # The shadow stage holds without its mirror.
     current = status.weights or ALL_TO_INCUMBENT
     challenger = status.challenger
     answering = challenger is not None and challenger.version in draft.observed.serving
@@ -436,18 +446,7 @@ def _conditions(draft: _Draft) -> _Draft:
         message = f"switching back to {status.challenger.version}; it takes all traffic once it is ready"
         found = _three(False, True, False, "RollingBack", message)
     elif status.challenger is not None:
-        stage = Stage(status.phase or "Validating", status.canary_step)
-        message = f"releasing {status.challenger.version}: {_describe(spec, stage)}"
-        analysis = status.last_analysis
-        if status.weights != target_weights(spec, status):
-            message += f"; waiting for {status.challenger.version} to become ready before traffic moves"
-            if status.phase in {"Shadowing", "Canary"}:
-                message += f" (rolled back if it is not ready within {spec.rollout.progress_deadline})"
-        elif status.paused:
-            message += "; paused: it waits for `kubectl steward resume` or a command"
-        elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:
-            message += f"; automatic decisions wait: {analysis.rule}"
-        found = _three(False, True, False, status.phase or "Releasing", message)
+        draft, found = _releasing(draft, status.challenger)
     elif same_model(status.rolled_back, spec.model):
         incumbent = status.incumbent.version if status.incumbent else "the incumbent"
         message = (
@@ -463,6 +462,31 @@ def _conditions(draft: _Draft) -> _Draft:
         message = f"{spec.model.version} serves all traffic"
         found = _three(True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else ""))
     return _with_conditions(draft, found)
+
+
+def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, list[tuple[str, bool, str, str]]]:
+    """The conditions of a release under way: its stage and what it waits for. A shadow stage whose mirror may
+    not be written where the routes attach is Stalled, and told as a Warning Event once."""
+    spec, status = draft.spec, draft.status
+    refused = draft.observed.mirroring_refused
+    if refused is not None and status.phase == "Shadowing" and not (status.weights or ALL_TO_INCUMBENT).shadow:
+        message = f"releasing {challenger.version}, held at the shadow stage: {refused.message}"
+        told = {condition.type: condition for condition in status.conditions}.get("Stalled")
+        if told is None or (told.status, told.reason, told.message) != ("True", refused.reason, message):
+            draft = draft.with_status(Decision(refused.reason, refused.message, warning=True))
+        return draft, _three(False, False, True, refused.reason, message)
+    stage = Stage(status.phase or "Validating", status.canary_step)
+    message = f"releasing {challenger.version}: {_describe(spec, stage)}"
+    analysis = status.last_analysis
+    if status.weights != target_weights(spec, status):
+        message += f"; waiting for {challenger.version} to become ready before traffic moves"
+        if status.phase in {"Shadowing", "Canary"}:
+            message += f" (rolled back if it is not ready within {spec.rollout.progress_deadline})"
+    elif status.paused:
+        message += "; paused: it waits for `kubectl steward resume` or a command"
+    elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:
+        message += f"; automatic decisions wait: {analysis.rule}"
+    return draft, _three(False, True, False, status.phase or "Releasing", message)
 
 
 def stall(spec: specs.ModelDeploymentSpec, step: Step, observed: Observed, reason: str, message: str) -> Step:

@@ -35,6 +35,8 @@ Duration = Annotated[str, Field(pattern=_DURATION_PATTERN, max_length=32)]
 Cron = Annotated[str, Field(pattern=_CRON_PATTERN, max_length=128)]
 Percent = Annotated[int, Field(ge=1, le=100)]
 Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
+HOSTNAME = r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+"""Gateway API's hostname syntax: lowercase DNS labels, the first of which may be the wildcard *."""
 Uri = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^([a-z][a-z0-9+.-]*://\S+|/\S*)$")]
 Quantity = Annotated[
     str,
@@ -301,13 +303,33 @@ class Serving(Model):
 class Traffic(Model):
     """How traffic is split and mirrored between the incumbent and the challenger."""
 
-    provider: Literal["gateway-api", "istio", "kserve"] = "gateway-api"
-    """gateway-api: an HTTPRoute with backend weights and a RequestMirror filter. istio: a VirtualService
-    with weights, mirror and mirrorPercentage. kserve: KServe's own canaryTrafficPercent (no shadow)."""
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.provider != 'traefik' || has(self.gateway) || has(self.hostnames) && size(self.hostnames) > 0",
+                "the traefik provider needs gateway (an HTTPRoute on Traefik's Gateway API) or hostnames (an"
+                " IngressRoute, as on k3s): without either its route would take every request Traefik receives",
+                ".hostnames",
+            ),
+            cel(
+                "self.provider != 'traefik' || !has(self.hostnames) || self.hostnames.all(host, host.matches("
+                # Inside a CEL string literal, each backslash of the pattern is written twice.
+                "'^" + HOSTNAME.replace("\\", "\\\\") + "$'))",
+                "with the traefik provider, hostnames must be DNS names, lowercase, optionally starting with *.",
+                ".hostnames",
+            ),
+        )
+    )
+
+    provider: Literal["gateway-api", "istio", "kserve", "traefik"] = "gateway-api"
+    """gateway-api: an HTTPRoute with backend weights and a RequestMirror filter, written only when the Gateway's
+    class declares mirroring (else the shadow stage holds). istio: a VirtualService with weights, mirror and
+    mirrorPercentage. kserve: KServe's own canaryTrafficPercent (no shadow). traefik: a weighted and a mirroring
+    TraefikService, led to by an HTTPRoute on the gateway or, without one, an IngressRoute for hostnames (k3s)."""
     gateway: str | None = Field(None, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    """The Gateway the route attaches to, as name or namespace/name (gateway-api and istio)."""
+    """The Gateway the route attaches to, as name or namespace/name (gateway-api, istio and traefik)."""
     hostnames: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=16)
-    """Host names the route answers for. Empty: all hosts of the gateway."""
+    """Host names the route answers for. Empty: all hosts of the gateway (traefik without a gateway needs some)."""
 
 
 class Validation(Model):
@@ -396,8 +418,8 @@ class Rollout(Model):
         json_schema_extra=validations(
             cel(
                 "!has(self.shadow) || self.traffic.provider != 'kserve'",
-                "shadow traffic is not supported by the kserve traffic provider: use gateway-api or istio,"
-                " or remove rollout.shadow",
+                "shadow traffic is not supported by the kserve traffic provider: use gateway-api, istio or"
+                " traefik, or remove rollout.shadow",
                 ".shadow",
                 "FieldValueForbidden",
             ),

@@ -7,8 +7,14 @@ from steward_operator.providers.base import Backend, Split, TrafficProvider, Unk
 from steward_operator.providers.gateway_api import GatewayApi
 from steward_operator.providers.istio import Istio
 from steward_operator.providers.kserve import KServe
+from steward_operator.providers.traefik import Traefik
 
-_PROVIDERS: dict[str, type[TrafficProvider]] = {"gateway-api": GatewayApi, "istio": Istio, "kserve": KServe}
+_PROVIDERS: dict[str, type[TrafficProvider]] = {
+    "gateway-api": GatewayApi,
+    "istio": Istio,
+    "kserve": KServe,
+    "traefik": Traefik,
+}
 
 __all__ = ["Backend", "Split", "TrafficProvider", "UnknownProviderError", "provider"]
 

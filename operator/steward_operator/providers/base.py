@@ -47,6 +47,15 @@ class Split:
 
 
 @dataclass(frozen=True)
+class MirrorRefusal:
+    """Why the challenger must not be sent mirrored requests where its routes attach: the reason and message of
+    the Stalled condition that holds the shadow stage, in words a person can act on."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Owner:
     """The ModelDeployment the route objects belong to."""
 
