@@ -6,10 +6,10 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install binaries lint format crds test test-unit test-integration bench cluster demo clean
+.PHONY: help install host-packages binaries images lint format crds test test-unit test-integration e2e bench cluster demo clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## Create .venv with Steward (all parts) and the development tools
 
@@ -19,9 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[operator,predictor,monitor,report,dev]'
 	@touch $@
 
-binaries: install ## Build kube-apiserver, kube-controller-manager, etcd and helm into ~/.cache/steward (once; needs Go)
+host-packages: ## Install the Debian packages the demo and tests run for real, when missing (says which)
+	harness/host-packages.sh test
+
+binaries: install ## Build Kubernetes (control plane and node), etcd, helm, KServe's controller, Traefik and CoreDNS into ~/.cache/steward (once; needs Go)
 	$(BIN)/steward-local build
 	$(BIN)/python -m steward_harness.helm
+	$(BIN)/python -m steward_harness.upstream kserve-manager traefik coredns
+
+images: install host-packages ## Build the predictor, operator, monitor, pause and upstream tools' images offline on a debootstrapped Debian base; checks each, prints sizes
+	$(BIN)/python -m steward_harness.images
 
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
 	$(BIN)/ruff check .
@@ -37,13 +44,17 @@ crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_o
 	$(BIN)/python -m steward_operator.crds crds
 	cp crds/steward.dev_*.yaml charts/steward/crds/
 
-test: lint test-unit test-integration ## Everything: lint, unit and integration tests
+test: ## Everything: lint, unit, integration and end-to-end tests; prints where the time went
+	@MAKE="$(MAKE)" harness/timed-steps.sh install host-packages binaries images lint test-unit test-integration e2e
 
 test-unit: install ## Unit tests: pure logic, no processes, seconds
-	$(BIN)/pytest -m 'not integration' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not integration and not e2e' $(PYTEST_ARGS)
 
 test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+e2e: binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion
 	$(BIN)/python bench/online.py
@@ -53,10 +64,11 @@ bench: install binaries ## Benchmarks: serving and batch scoring against baselin
 	$(BIN)/python bench/monitor.py
 
 demo: binaries ## Play a release story on the local setup: v2 promoted on evidence, a bad v3 rolled back; writes build/demo/timeline.{md,png}
+	harness/host-packages.sh demo
 	$(BIN)/steward-local demo $(DEMO_ARGS)
 
-cluster: binaries ## Start the local control plane with the CRDs installed and print a KUBECONFIG line
-	$(BIN)/steward-local cluster
+cluster: binaries host-packages ## Start a local cluster (a real node with KServe and Traefik; root) with the CRDs installed and print a KUBECONFIG line
+	$(BIN)/steward-local cluster $(if $(NO_NODE),,--node)
 
 clean: ## Remove .venv and caches in the repository (the built binaries in ~/.cache/steward stay)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build

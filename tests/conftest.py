@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,13 +62,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, models.Traine
     }
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A SIGTERM (a CI timeout, `kill`) stops the tests as Ctrl-C does, so every fixture's teardown still runs and
+    nothing a test started outlives it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if _STARTUP_KEY in config.stash:
         terminalreporter.write_line(f"control plane started in {config.stash[_STARTUP_KEY]:.1f} s")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration starts real servers; mark it so `-m "not integration"` skips it."""
+    """Everything under tests/integration starts real servers, and under tests/e2e a whole cluster; mark them so
+    `-m "not integration and not e2e"` selects the unit tests."""
     for item in items:
-        if "integration" in item.path.relative_to(REPOSITORY).parts:
-            item.add_marker(pytest.mark.integration)
+        parts = item.path.relative_to(REPOSITORY).parts
+        for marker in ("integration", "e2e"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))

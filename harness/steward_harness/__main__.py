@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from steward_harness import binaries, demo
+from steward_harness.clusters import LocalCluster
 from steward_harness.controlplane import ControlPlane, ControlPlaneError
 from steward_harness.kubectl import Kubectl, KubectlError
+from steward_harness.node import NodeError
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -23,14 +25,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{binaries.CACHE_DIR}; set STEWARD_CACHE_DIR to move the cache.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "build", help=f"build {', '.join(binaries.BINARIES)} {binaries.KUBERNETES_VERSION} if not cached"
-    )
+    everything = binaries.BINARIES + binaries.NODE_BINARIES
+    commands.add_parser("build", help=f"build {', '.join(everything)} {binaries.KUBERNETES_VERSION} if not cached")
     cluster = commands.add_parser(
         "cluster", help="start the control plane, install Steward's CRDs, print a KUBECONFIG line; Ctrl-C stops it"
     )
     cluster.add_argument("--dir", type=Path, help="keep state and logs here (default: a new temporary directory)")
     cluster.add_argument("--no-crds", action="store_true", help="do not install the CRDs from crds/")
+    cluster.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a real node (containerd, kubelet, kube-proxy, scheduler) with Steward's images, CoreDNS, "
+        "KServe's controller and Traefik; needs root, and removes everything it added to the host when stopped",
+    )
     story = commands.add_parser(
         "demo",
         help="play a release story end to end: v2 promoted on evidence, a bad v3 rolled back automatically",
@@ -42,23 +49,26 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            for name, path in binaries.ensure_binaries().items():
+            for name, path in binaries.ensure_binaries(names=everything).items():
                 print(f"{name + ':':24} {path}")
             return 0
         if args.command == "demo":
             return demo.run(args)
-        return _cluster(args.dir, install_crds=not args.no_crds)
-    except (binaries.BuildError, ControlPlaneError, KubectlError) as error:
+        return _cluster(args.dir, install_crds=not args.no_crds, node=args.node)
+    except (binaries.BuildError, ControlPlaneError, KubectlError, NodeError) as error:
         print(f"steward-local: {error}", file=sys.stderr)
         return 1
 
 
-def _cluster(directory: Path | None, install_crds: bool) -> int:
-    plane = ControlPlane(directory=directory.resolve()) if directory else ControlPlane()
+def _cluster(directory: Path | None, install_crds: bool, node: bool) -> int:
+    server: ControlPlane | LocalCluster = LocalCluster() if node else ControlPlane()
+    if directory:
+        server.directory = directory.resolve()
     # SIGTERM stops the servers as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with plane:
-        print(f"control plane ready at {plane.server} (logs in {plane.directory})", file=sys.stderr)
+    with server:
+        plane = server.plane if isinstance(server, LocalCluster) else server
+        print(f"control plane ready at {plane.server} (logs in {server.directory})", file=sys.stderr)
         if install_crds:
             Kubectl(plane.kubeconfig).install_crds(REPOSITORY / "crds")
             print("installed the CRDs from crds/", file=sys.stderr)

@@ -22,6 +22,8 @@ CACHE_DIR = Path(os.environ.get("STEWARD_CACHE_DIR", Path.home() / ".cache" / "s
 ETCD = "etcd"
 # What the local control plane runs; every name but etcd is a command of k8s.io/kubernetes (cmd/<name>).
 BINARIES = ("kube-apiserver", "kube-controller-manager", ETCD)
+# What a local node adds to it: pods scheduled, run and reached through Services.
+NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy")
 
 _STAGING_REPLACE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", re.MULTILINE)
 _REQUIRE = re.compile(r"^\s*(\S+)\s+(v\S+)", re.MULTILINE)
@@ -79,17 +81,17 @@ def binary_path(name: str, version: str = KUBERNETES_VERSION) -> Path:
     return CACHE_DIR / "bin" / version / name
 
 
-def missing_binaries(version: str = KUBERNETES_VERSION) -> list[str]:
-    """The control-plane binaries the cache does not hold yet for `version`."""
-    return [name for name in BINARIES if not binary_path(name, version).exists()]
+def missing_binaries(version: str = KUBERNETES_VERSION, names: Sequence[str] = BINARIES) -> list[str]:
+    """Which of `names` the cache does not hold yet for `version`."""
+    return [name for name in names if not binary_path(name, version).exists()]
 
 
-def ensure_binaries(version: str = KUBERNETES_VERSION) -> dict[str, Path]:
-    """The path of each control-plane binary by name, building first whichever the cache lacks."""
-    missing = missing_binaries(version)
+def ensure_binaries(version: str = KUBERNETES_VERSION, names: Sequence[str] = BINARIES) -> dict[str, Path]:
+    """The path of each of `names` by name, building first whichever the cache lacks."""
+    missing = missing_binaries(version, names)
     if missing:
         build(version, missing)
-    return {name: binary_path(name, version) for name in BINARIES}
+    return {name: binary_path(name, version) for name in names}
 
 
 def kubernetes_ldflags(version: str, build_date: str) -> str:
@@ -113,12 +115,13 @@ def compilations(names: Sequence[str], version: str, etcd_version: str, build_da
     for name in names:
         if name == ETCD:
             plan.append(Compilation(ETCD, "go.etcd.io/etcd/server/v3", etcd_version, "-s -w"))
-        elif name in BINARIES:
+        elif name in BINARIES + NODE_BINARIES:
             plan.append(
                 Compilation(name, f"k8s.io/kubernetes/cmd/{name}", version, kubernetes_ldflags(version, build_date))
             )
         else:
-            raise BuildError(f"not a control-plane binary: {name!r} (expected one of {', '.join(BINARIES)})")
+            known = ", ".join(BINARIES + NODE_BINARIES)
+            raise BuildError(f"not a Kubernetes binary: {name!r} (expected one of {known})")
     return plan
 
 

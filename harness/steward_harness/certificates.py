@@ -1,5 +1,6 @@
-"""A throwaway PKI for the local control plane: a CA, the API server's serving certificate, an admin client
-certificate in group system:masters, and the service-account signing key."""
+"""A throwaway PKI for the local cluster: a CA, the API server's serving certificate, an admin client certificate in
+group system:masters, the service-account signing key, and further certificates issued by the same CA on demand
+(a node's kubelet, webhooks served from the host)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Pki:
     """Paths of the PEM files the API server and its clients use."""
 
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -29,8 +31,8 @@ class Pki:
     service_account_pub: Path
 
 
-def create(directory: Path) -> Pki:
-    """Write a fresh PKI into `directory`."""
+def create(directory: Path, addresses: tuple[str, ...] = ()) -> Pki:
+    """Write a fresh PKI into `directory`; the API server's certificate also names `addresses`."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "steward-local-ca")])
@@ -55,29 +57,15 @@ def create(directory: Path) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    serving_key = ec.generate_private_key(ec.SECP256R1())
-    serving_cert = (
-        _builder(_name("kube-apiserver"), ca_name, serving_key.public_key(), now)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName("kubernetes.default.svc"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    serving_key, serving_cert = _issue(
+        ca_key,
+        ca_name,
+        _name("kube-apiserver"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "127.0.0.1", "::1", *addresses),
     )
-
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin_cert = (
-        _builder(_name("steward-admin", "system:masters"), ca_name, admin_key.public_key(), now)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    admin_key, admin_cert = _issue(
+        ca_key, ca_name, _name("steward-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
     )
 
     # The API server signs service-account tokens with RSA.
@@ -85,6 +73,7 @@ def create(directory: Path) -> Pki:
 
     pki = Pki(
         ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
         serving_cert=directory / "apiserver.crt",
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
@@ -96,21 +85,69 @@ def create(directory: Path) -> Pki:
     pki.serving_cert.write_bytes(serving_cert.public_bytes(serialization.Encoding.PEM))
     pki.admin_cert.write_bytes(admin_cert.public_bytes(serialization.Encoding.PEM))
     private_keys: list[tuple[Path, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey]] = [
+        (pki.ca_key, ca_key),
         (pki.serving_key, serving_key),
         (pki.admin_key, admin_key),
         (pki.service_account_key, sa_key),
     ]
     for path, key in private_keys:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        path.chmod(0o600)
+        _write_key(path, key)
     pki.service_account_pub.write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return pki
+
+
+def issue(
+    pki: Pki,
+    directory: Path,
+    name: str,
+    subject: tuple[str, str | None],
+    server_names: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """Issue a certificate from `pki`'s CA for the common name and organization `subject`: a server certificate for
+    `server_names` (DNS names or IP addresses) when given, a client certificate otherwise. Returns the paths of the
+    certificate and its key, `<name>.crt` and `<name>.key` in `directory`."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} is not the EC key this PKI writes")
+    ca_name = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+    key, certificate = _issue(ca_key, ca_name, _name(*subject), usage, server_names)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    server_names: tuple[str, ...] = (),
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(subject, ca_name, key.public_key(), datetime.datetime.now(datetime.UTC))
+    if server_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(map(_general_name, server_names))), False)
+    builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:

@@ -1,14 +1,16 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager, with RBAC and an
 admin kubeconfig.
 
-It works the way controller-runtime's envtest does: no nodes, just the API server with its admission, validation,
-defaulting and storage, which is what an operator's correctness depends on, plus only those of Kubernetes' own
-controllers that the tests rely on (CONTROLLERS).
+Like controller-runtime's envtest it needs no node: the API server brings admission, validation, defaulting and
+storage, which is what an operator's correctness depends on. Unlike envtest, Kubernetes' own controllers run too, as
+in any cluster: garbage collection removes what a deleted owner leaves, the Job and CronJob controllers act on what
+is applied, service accounts and their tokens exist.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import shutil
 import ssl
@@ -20,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,12 +30,13 @@ from steward_harness import binaries, certificates
 from steward_harness.servers import Server, free_ports, halt
 
 STARTUP_TIMEOUT = 90.0
-# The controllers kube-controller-manager runs. Each one changes what every test observes (the garbage collector
-# deletes orphans, the job and cronjob controllers run what tests only apply), so one is added deliberately,
-# together with the tests that expect it. clusterrole-aggregation fills the built-in view/edit/admin roles.
-CONTROLLERS = ("clusterrole-aggregation",)
+LOOPBACK = "127.0.0.1"
+# The controllers kube-controller-manager runs: every one a cluster runs by default.
+CONTROLLERS = ("*",)
 # Filled by clusterrole-aggregation alone (the API server creates it empty), so its rules show that controller runs.
 _AGGREGATED_ROLE = "/apis/rbac.authorization.k8s.io/v1/clusterroles/view"
+# Made by the serviceaccount controller; until it exists no pod in the namespace can be admitted.
+_DEFAULT_ACCOUNT = "/api/v1/namespaces/default/serviceaccounts/default"
 
 
 class ControlPlaneError(RuntimeError):
@@ -46,13 +50,17 @@ class ControlPlane(Server):
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-control-plane-")))
     version: str = binaries.KUBERNETES_VERSION
+    address: str = LOOPBACK
+    """Where the API server listens. A cluster with a node gives it the node's address, which pods reach through
+    the `kubernetes` Service; on loopback that Service has no endpoints."""
+    service_cidr: str = "10.0.0.0/24"
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     _api_port: int = field(default=0, init=False)
     _certificates: certificates.Pki | None = field(default=None, init=False)
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self._api_port}"
+        return f"https://{self.address}:{self._api_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -67,7 +75,14 @@ class ControlPlane(Server):
         started = time.monotonic()
         paths = binaries.ensure_binaries(self.version)
         self.directory.mkdir(parents=True, exist_ok=True)
-        pki = self._certificates = certificates.create(self.directory / "pki")
+        # In-cluster clients reach the API server at the first address of the service range.
+        service_address = str(ipaddress.ip_network(self.service_cidr).network_address + 1)
+        pki = self._certificates = certificates.create(
+            self.directory / "pki", addresses=(self.address, service_address)
+        )
+        kubelet_client = certificates.issue(
+            pki, self.directory / "pki", "apiserver-kubelet-client", ("kube-apiserver-kubelet-client", "system:masters")
+        )
         etcd_client, etcd_peer, self._api_port = free_ports(3)
         self._spawn(
             "etcd",
@@ -91,22 +106,28 @@ class ControlPlane(Server):
             [
                 str(paths["kube-apiserver"]),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self._api_port}",
                 f"--cert-dir={self.directory / 'apiserver'}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
-                "--authorization-mode=RBAC",
+                # Node: a kubelet may read only what its own pods need.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
+                # A node's name resolves nowhere; its address is in its status.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--allow-privileged=true",
-                # The serviceaccount controller does not run here, so pods could never be admitted.
-                "--disable-admission-plugins=ServiceAccount",
-                "--endpoint-reconciler-type=none",
+                # On loopback, pods could not reach the address the `kubernetes` Service would point to.
+                f"--endpoint-reconciler-type={'none' if self.address == LOOPBACK else 'lease'}",
                 "--profiling=false",
             ],
         )
@@ -120,6 +141,8 @@ class ControlPlane(Server):
                 f"--kubeconfig={self.kubeconfig}",
                 f"--controllers={','.join(CONTROLLERS)}",
                 "--leader-elect=false",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca_cert}",
                 # Each controller acts as its own service account with its own bootstrap role, as in a real
                 # cluster, rather than with the admin certificate that starts it.
                 "--use-service-account-credentials",
@@ -127,7 +150,13 @@ class ControlPlane(Server):
                 "--secure-port=0",
             ],
         )
-        self._wait("kube-controller-manager", lambda: _has_rules(f"{self.server}{_AGGREGATED_ROLE}", context))
+        self._wait(
+            "kube-controller-manager",
+            lambda: (
+                _has_rules(f"{self.server}{_AGGREGATED_ROLE}", context)
+                and _http_ok(f"{self.server}{_DEFAULT_ACCOUNT}", context)
+            ),
+        )
         return time.monotonic() - started
 
     def stop(self, keep: bool = False) -> None:
@@ -160,18 +189,35 @@ class ControlPlane(Server):
         return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log(name)})"
 
     @property
-    def _pki(self) -> certificates.Pki:
+    def pki(self) -> certificates.Pki:
+        """The cluster's CA and the certificates issued from it."""
         if self._certificates is None:
             raise ControlPlaneError("the control plane has not been started")
         return self._certificates
 
     def ssl_context(self) -> ssl.SSLContext:
         """TLS for talking to the API server as cluster admin."""
-        context = ssl.create_default_context(cafile=str(self._pki.ca_cert))
-        context.load_cert_chain(str(self._pki.admin_cert), str(self._pki.admin_key))
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return context
 
+    def get(self, path: str) -> dict[str, Any] | None:
+        """The object at API `path` as cluster admin, or None when it is not there (yet)."""
+        try:
+            # Only ever this control plane's own URL.
+            with urllib.request.urlopen(f"{self.server}{path}", timeout=5, context=self.ssl_context()) as response:  # noqa: S310
+                found: dict[str, Any] = json.loads(response.read())
+                return found
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return None
+
     def _write_kubeconfig(self) -> None:
+        self.kubeconfig.write_text(self.kubeconfig_for(self.pki.admin_cert, self.pki.admin_key))
+        self.kubeconfig.chmod(0o600)
+
+    def kubeconfig_for(self, cert: Path, key: Path) -> str:
+        """A kubeconfig for this control plane that authenticates with the client certificate `cert`."""
+
         def data(path: Path) -> str:
             return base64.b64encode(path.read_bytes()).decode()
 
@@ -181,15 +227,15 @@ class ControlPlane(Server):
             "clusters": [
                 {
                     "name": "steward-local",
-                    "cluster": {"server": self.server, "certificate-authority-data": data(self._pki.ca_cert)},
+                    "cluster": {"server": self.server, "certificate-authority-data": data(self.pki.ca_cert)},
                 }
             ],
             "users": [
                 {
                     "name": "steward-admin",
                     "user": {
-                        "client-certificate-data": data(self._pki.admin_cert),
-                        "client-key-data": data(self._pki.admin_key),
+                        "client-certificate-data": data(cert),
+                        "client-key-data": data(key),
                     },
                 }
             ],
@@ -201,8 +247,7 @@ class ControlPlane(Server):
             ],
             "current-context": "steward-local",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.kubeconfig.chmod(0o600)
+        return yaml.safe_dump(config, sort_keys=False)
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

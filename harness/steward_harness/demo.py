@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from steward_harness import upstream
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
 from steward_harness.gateways import Gateway
@@ -335,7 +336,7 @@ def _bring_up(stack: contextlib.ExitStack, work: Path) -> Story:
     print(f"control plane up at {plane.server}", flush=True)
     kubectl = Kubectl(plane.kubeconfig)
     kubectl.install_crds(REPOSITORY / "crds")
-    kubectl.install_crds(REPOSITORY / "tests" / "crds")  # InferenceService and HTTPRoute, as KServe brings them
+    kubectl.install_crds(upstream.crds())  # InferenceService and HTTPRoute, as KServe and Gateway API ship them
     kubectl.run("create", "namespace", NAMESPACE)
     prometheus = stack.enter_context(Prometheus(directory=work / "prometheus"))
     data_plane = DataPlane(plane.server, plane.ssl_context(), prefix=NAMESPACE, prometheus=prometheus)

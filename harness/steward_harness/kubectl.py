@@ -30,7 +30,9 @@ class Kubectl:
 
     kubeconfig: Path
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         binary = shutil.which(KUBECTL)
         if binary is None:
             raise FileNotFoundError(f"{KUBECTL} is not on PATH (set STEWARD_KUBECTL to use another kubectl)")
@@ -39,7 +41,7 @@ class Kubectl:
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:

@@ -3,14 +3,17 @@ plane, one PostgreSQL server for the session, and the pinned helm."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import yaml
 
 from steward_harness import helm as helm_builds
+from steward_harness import upstream
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
@@ -65,9 +68,42 @@ def postgres(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def cluster(kubectl: Kubectl) -> Kubectl:
-    """kubectl on a control plane that also has the InferenceService, HTTPRoute and VirtualService kinds."""
-    kubectl.install_crds(REPOSITORY / "tests" / "crds")
+    """kubectl on a control plane that also serves the pinned upstream CRDs of KServe, Gateway API, Istio and
+    Traefik, with the Gateway the examples name (`ingress/public`) of a class that declares mirroring, as a
+    gateway implementing it would."""
+    kubectl.install_crds(upstream.crds())
+    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(_MIRRORING_GATEWAY))
+    kubectl.run(
+        "patch", "gatewayclass", "steward-mirroring", "--subresource=status", "--type=merge", "-p", _MIRRORING_FEATURES
+    )
     return kubectl
+
+
+_MIRRORING_GATEWAY = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ingress"}},
+    {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "steward-mirroring"},
+        "spec": {"controllerName": "example.com/mirroring-gateway"},
+    },
+    {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "public", "namespace": "ingress"},
+        "spec": {
+            "gatewayClassName": "steward-mirroring",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+        },
+    },
+]
+_MIRRORING_FEATURES = json.dumps(
+    {
+        "status": {
+            "supportedFeatures": [{"name": "HTTPRouteRequestMirror"}, {"name": "HTTPRouteRequestPercentageMirror"}]
+        }
+    }
+)
 
 
 @pytest.fixture(scope="session")

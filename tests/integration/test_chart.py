@@ -375,10 +375,15 @@ _ALLOWED = [
             "inferenceservices.serving.kserve.io",
             "httproutes.gateway.networking.k8s.io",
             "virtualservices.networking.istio.io",
+            "traefikservices.traefik.io",
+            "ingressroutes.traefik.io",
             "cronjobs.batch",
         )
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     ),
+    # Whether the gateway implements mirroring, read before a shadow is written.
+    ("get", "gateways.gateway.networking.k8s.io", ""),
+    ("get", "gatewayclasses.gateway.networking.k8s.io", ""),
     *((verb, "jobs.batch", "") for verb in ("get", "list", "create", "patch")),
     *((verb, resource, "") for resource in ("events", "events.events.k8s.io") for verb in ("create", "patch")),
 ]
@@ -425,6 +430,10 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
             ("serving.kserve.io", "inferenceservices"): ["create", "delete", "get", "list", "patch", "watch"],
             ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
             ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("traefik.io", "traefikservices"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("traefik.io", "ingressroutes"): ["create", "delete", "get", "list", "patch", "watch"],
+            ("gateway.networking.k8s.io", "gateways"): ["get"],
+            ("gateway.networking.k8s.io", "gatewayclasses"): ["get"],
             ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
             ("batch", "jobs"): ["create", "get", "list", "patch"],
             ("", "events"): ["create", "patch"],
@@ -687,3 +696,10 @@ def test_the_dashboard_ships_as_a_configmap_grafana_picks_up(helm: Helm) -> None
     assert dashboard == json.loads(DASHBOARD.read_text())
     assert {variable["name"] for variable in dashboard["templating"]["list"]} >= {"namespace", "model", "version"}
     assert "ConfigMap" not in _documents(helm, "--set", "dashboards.enabled=false")
+
+
+def test_the_argo_cd_health_check_ships_under_argocd_cms_key_when_asked(helm: Helm) -> None:
+    assert _documents(helm, component="gitops") == {}
+    config_map = _documents(helm, "--set", "argocd.healthCheck.configMap=true", component="gitops")["ConfigMap"]
+    script = config_map["data"]["resource.customizations.health.steward.dev_ModelDeployment"]
+    assert script == (CHART / "files" / "argocd-health.lua").read_text().rstrip("\n")

@@ -6,13 +6,11 @@ someone asks with `kubectl steward retrain`, and then only one at a time."""
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -111,24 +109,20 @@ def _monitor_events(monitor: str) -> dict[str, float]:
     }
 
 
-def _complete(cluster: Kubectl, namespace: str, job: str) -> None:
-    """Mark the Job complete as the Job controller would (this control plane runs none), and wait for the
-    operator to record it."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    conditions = [
-        {"type": kind, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-        for kind in ("SuccessCriteriaMet", "Complete")
-    ]
-    complete = {"status": {"startTime": now, "completionTime": now, "succeeded": 1, "conditions": conditions}}
-    cluster.run(
-        "patch", "job", job, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(complete)
-    )
+def _expire(cluster: Kubectl, namespace: str, job: str) -> None:
+    """Give the running Job a one-second deadline, so the real Job controller fails it (no node runs its pod here;
+    the end-to-end story runs one to completion), and wait for the operator to record the failure."""
+    cluster.run("patch", "job", job, "-n", namespace, "--type=merge", "-p", '{"spec": {"activeDeadlineSeconds": 1}}')
 
     def finished() -> bool:
         runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
-        return bool(runs[-1]["outcome"] == "succeeded")
+        return bool(runs[-1]["outcome"] == "failed")
 
     wait_until(finished, timeout=30)
+    runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
+    assert runs[-1]["finished"]
+    events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")["items"]
+    assert "RetrainingFailed" in {event["reason"] for event in events}
 
 
 def _retrain_on_request(cluster: Kubectl, namespace: str) -> None:
@@ -235,9 +229,7 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     assert events.get("stored", 0) > 0
     assert events.get("rejected", 0) == 0
 
-    _complete(cluster, namespace, metadata["name"])
-    runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
-    assert runs[-1]["finished"]
+    _expire(cluster, namespace, metadata["name"])
 
     _retrain_on_request(cluster, namespace)
     _report(cluster, namespace, monitor, tmp_path / "report")

@@ -107,5 +107,11 @@ def test_only_the_missing_binaries_are_compiled() -> None:
 
 
 def test_an_unknown_binary_is_refused_by_name() -> None:
-    with pytest.raises(binaries.BuildError, match="not a control-plane binary: 'kubelet'"):
-        binaries.compilations(["kubelet"], "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z")
+    with pytest.raises(binaries.BuildError, match="not a Kubernetes binary: 'kubectl'"):
+        binaries.compilations(["kubectl"], "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z")
+
+
+def test_a_node_s_binaries_are_commands_of_the_same_release() -> None:
+    plan = binaries.compilations(binaries.NODE_BINARIES, "v1.34.4", "v3.6.4", "2025-01-01T00:00:00Z")
+    assert [step.package for step in plan] == [f"k8s.io/kubernetes/cmd/{name}" for name in binaries.NODE_BINARIES]
+    assert {step.version for step in plan} == {"v1.34.4"}

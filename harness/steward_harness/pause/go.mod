@@ -1,0 +1,3 @@
+module steward.local/pause
+
+go 1.22
