@@ -105,7 +105,9 @@ async def _reconcile_once(
             await _apply(cluster, plan.serving, uid, claimed)
         await _apply(cluster, plan.routes, uid, claimed)
     except _RefusedError as refused:
-        step = releasing.stall(deployment.spec, step, observed, refused.reason, refused.message)
+        step = releasing.stall(
+            deployment.spec, step, observed, refused.reason, refused.message, before=deployment.status
+        )
         plan = planners.Plan()  # Half applied: prune nothing, so what served keeps serving.
     step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
 

@@ -489,13 +489,27 @@ def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, 
     return draft, _three(False, True, False, status.phase or "Releasing", message)
 
 
-def stall(spec: specs.ModelDeploymentSpec, step: Step, observed: Observed, reason: str, message: str) -> Step:
-    """`step`, but Stalled: something only a person can fix (a missing CRD, a refused child) blocks it."""
-    draft = _Draft(spec, step.status, observed, step.decisions)
+def stall(
+    spec: specs.ModelDeploymentSpec,
+    step: Step,
+    observed: Observed,
+    reason: str,
+    message: str,
+    *,
+    before: specs.ModelDeploymentStatus,
+) -> Step:
+    """`step`, but Stalled: something only a person can fix (a missing CRD, a refused child) blocks it. `before`
+    is the status this reconcile started from: a stall it already held is not told again and keeps its time,
+    though `step` (advanced first) no longer shows it."""
+    held = [condition for condition in before.conditions if condition.type in {"Ready", "Reconciling", "Stalled"}]
+    others = [
+        condition for condition in step.status.conditions if condition.type not in {"Ready", "Reconciling", "Stalled"}
+    ]
+    draft = _Draft(spec, step.status.model_copy(update={"conditions": held + others}), observed, step.decisions)
     stalled = _with_conditions(draft, _three(False, False, True, reason, message))
     already = any(
         condition.type == "Stalled" and condition.status == "True" and condition.message == message
-        for condition in step.status.conditions
+        for condition in before.conditions
     )
     told = () if already else (Decision(reason, message, warning=True),)
     return Step(stalled.status, (*stalled.decisions, *told))

@@ -715,7 +715,9 @@ def test_a_child_someone_else_holds_is_neither_adopted_nor_overwritten(deploy: A
     assert "ChildOwnedElsewhere" in wait_until(
         lambda: case2.reasons() if "ChildOwnedElsewhere" in case2.reasons() else None
     )
-    time.sleep(6)  # A resync later, still untouched.
+    time.sleep(6)  # A resync later, still untouched, and told only once.
+    assert case2.reasons().count("ChildOwnedElsewhere") == 1
+    assert wait_until(stalled)["lastTransitionTime"] == condition["lastTransitionTime"]
     after = cluster.json("get", "inferenceservice", "case2--v1", "-n", other.namespace)
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]

@@ -1035,12 +1035,40 @@ def test_a_streaming_deployment_is_stalled_and_its_commands_are_refused() -> Non
 def test_a_stall_is_told_once_and_keeps_the_step() -> None:
     world = stable()
     step = world.serve("v2")
-    stalled = stall(world.spec, step, world.observed, "KindNotInstalled", "HTTPRoute is not installed")
+    stalled = stall(
+        world.spec, step, world.observed, "KindNotInstalled", "HTTPRoute is not installed", before=step.status
+    )
     assert _holding(stalled.status) == {"Stalled": "KindNotInstalled"}
     assert stalled.decisions == (*step.decisions, Decision("KindNotInstalled", "HTTPRoute is not installed", True))
     assert stalled.status.challenger == step.status.challenger
-    again = stall(world.spec, Step(stalled.status), world.observed, "KindNotInstalled", "HTTPRoute is not installed")
+    again = stall(
+        world.spec,
+        Step(stalled.status),
+        world.observed,
+        "KindNotInstalled",
+        "HTTPRoute is not installed",
+        before=stalled.status,
+    )
     assert again.decisions == ()
+
+
+def test_a_stall_met_again_on_the_next_reconcile_is_not_told_again_and_keeps_its_time() -> None:
+    """Each reconcile advances first (which clears Stalled) and then meets the same refusal: one Event in all."""
+    world = stable()
+    served = world.serve("v2")
+    first = stall(
+        world.spec, served, world.observed, "KindNotInstalled", "HTTPRoute is not installed", before=served.status
+    )
+    world.status = first.status
+    world.now += timedelta(minutes=5)
+    step = advance(world.spec, world.status, world.observed)
+    again = stall(
+        world.spec, step, world.observed, "KindNotInstalled", "HTTPRoute is not installed", before=world.status
+    )
+    assert "KindNotInstalled" not in {decision.reason for decision in again.decisions}
+    since = _condition(first.status, "Stalled").last_transition_time
+    assert _condition(again.status, "Stalled").last_transition_time == since
+    assert _holding(again.status) == {"Stalled": "KindNotInstalled"}
 
 
 # --- readiness and identity of the challenger ----------------------------------------------------------------
