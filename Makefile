@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install host-packages binaries images lint format crds test test-unit test-integration e2e bench cluster demo clean
+.PHONY: help install host-packages binaries node-binaries images lint format crds test test-unit test-integration e2e bench cluster demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,12 +22,15 @@ $(VENV)/.installed: pyproject.toml
 host-packages: ## Install the Debian packages the demo and tests run for real, when missing (says which)
 	harness/host-packages.sh test
 
-binaries: install ## Build Kubernetes (control plane and node), etcd, helm, KServe's controller, Traefik and CoreDNS into ~/.cache/steward (once; needs Go)
+binaries: install ## Build kube-apiserver, kube-controller-manager, etcd and helm into ~/.cache/steward (once; needs Go)
 	$(BIN)/steward-local build
 	$(BIN)/python -m steward_harness.helm
+
+node-binaries: install ## Build a node's kubelet, kube-proxy and kube-scheduler, KServe's controller, Traefik and CoreDNS into ~/.cache/steward (once; needs Go)
+	$(BIN)/steward-local build --node
 	$(BIN)/python -m steward_harness.upstream kserve-manager traefik coredns
 
-images: install host-packages ## Build the predictor, operator, monitor, pause and upstream tools' images offline on a debootstrapped Debian base; checks each, prints sizes
+images: node-binaries host-packages ## Build the predictor, operator, monitor, pause and upstream tools' images offline on a debootstrapped Debian base; checks each, prints sizes
 	$(BIN)/python -m steward_harness.images
 
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
@@ -45,7 +48,7 @@ crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_o
 	cp crds/steward.dev_*.yaml charts/steward/crds/
 
 test: ## Everything: lint, unit, integration and end-to-end tests; prints where the time went
-	@MAKE="$(MAKE)" harness/timed-steps.sh install host-packages binaries images lint test-unit test-integration e2e
+	@MAKE="$(MAKE)" harness/timed-steps.sh install host-packages binaries node-binaries images lint test-unit test-integration e2e
 
 test-unit: install ## Unit tests: pure logic, no processes, seconds
 	$(BIN)/pytest -m 'not integration and not e2e' $(PYTEST_ARGS)
@@ -53,7 +56,7 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-e2e: binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
+e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion
@@ -67,7 +70,7 @@ demo: binaries ## Play a release story on the local setup: v2 promoted on eviden
 	harness/host-packages.sh demo
 	$(BIN)/steward-local demo $(DEMO_ARGS)
 
-cluster: binaries host-packages ## Start a local cluster (a real node with KServe and Traefik; root) with the CRDs installed and print a KUBECONFIG line
+cluster: binaries node-binaries host-packages ## Start a local cluster (a real node with KServe and Traefik; root) with the CRDs installed and print a KUBECONFIG line
 	$(BIN)/steward-local cluster $(if $(NO_NODE),,--node)
 
 clean: ## Remove .venv and caches in the repository (the built binaries in ~/.cache/steward stay)

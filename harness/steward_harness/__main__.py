@@ -25,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{binaries.CACHE_DIR}; set STEWARD_CACHE_DIR to move the cache.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    everything = binaries.BINARIES + binaries.NODE_BINARIES
-    commands.add_parser("build", help=f"build {', '.join(everything)} {binaries.KUBERNETES_VERSION} if not cached")
+    build = commands.add_parser(
+        "build", help=f"build {', '.join(binaries.BINARIES)} {binaries.KUBERNETES_VERSION} if not cached"
+    )
+    build.add_argument("--node", action="store_true", help=f"build {', '.join(binaries.NODE_BINARIES)} instead")
     cluster = commands.add_parser(
         "cluster", help="start the control plane, install Steward's CRDs, print a KUBECONFIG line; Ctrl-C stops it"
     )
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            for name, path in binaries.ensure_binaries(names=everything).items():
+            names = binaries.NODE_BINARIES if args.node else binaries.BINARIES
+            for name, path in binaries.ensure_binaries(names=names).items():
                 print(f"{name + ':':24} {path}")
             return 0
         if args.command == "demo":
