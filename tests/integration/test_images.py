@@ -4,18 +4,16 @@ containerd."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from steward_harness import images, servers
+from steward_harness import images, upstream
 from steward_harness.binaries import BuildError
 
 # A cold build debootstraps the base, builds every wheel and installs them into three images: minutes, not seconds.
@@ -134,11 +132,14 @@ def test_a_docker_host_that_does_not_answer_fails_naming_it(tmp_path: Path, monk
         images.Engine().start()
 
 
-def test_exported_tarballs_import_into_containerd(
+def test_exported_tarballs_hold_every_image_a_node_runs_and_are_written_once(
     engine: images.Engine, sources: Path, built: dict[str, images.Built], tmp_path: Path
 ) -> None:
+    """What a node imports into its containerd (which the end-to-end tests then run): Steward's images, the pause
+    image and one per upstream tool, each tarball tagged with its reference."""
     exported = images.export_node_images(tmp_path / "images", engine, sources)
-    assert set(exported) == {image.reference for image in built.values()}
+    tools = {images.tool_reference(name) for name in upstream.TOOLS}
+    assert set(exported) == {image.reference for image in built.values()} | tools
     for reference, tarball in exported.items():
         with tarfile.open(tarball) as archive:
             manifest = archive.extractfile("manifest.json")
@@ -148,26 +149,3 @@ def test_exported_tarballs_import_into_containerd(
     written = {tarball: tarball.stat().st_mtime_ns for tarball in exported.values()}
     assert images.export_node_images(tmp_path / "images", engine, sources) == exported
     assert {tarball: tarball.stat().st_mtime_ns for tarball in exported.values()} == written
-
-    # What a node does with them: a containerd of its own, `ctr -n k8s.io images import`, unpacked for pods.
-    state = tmp_path / "containerd"
-    state.mkdir()
-    config = state / "config.toml"
-    config.write_text(images.containerd_config(state / "root", state))
-    binary, client = shutil.which("containerd"), shutil.which("ctr")
-    assert binary, "containerd is not on PATH"
-    assert client, "ctr is not on PATH"
-    containerd = servers.launch([binary, "--config", str(config)], state / "log", dict(os.environ))
-    try:
-        ctr = [client, "--address", str(state / "containerd.sock"), "--namespace", "k8s.io"]
-        for _ in range(100):
-            if subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode == 0:
-                break
-            assert containerd.poll() is None, (state / "log").read_text()
-            time.sleep(0.1)
-        for tarball in exported.values():
-            subprocess.run([*ctr, "images", "import", str(tarball)], capture_output=True, check=True, timeout=600)
-        listed = subprocess.run([*ctr, "images", "list", "--quiet"], capture_output=True, text=True, check=True)
-        assert set(exported) <= set(listed.stdout.split())
-    finally:
-        servers.halt(containerd)
