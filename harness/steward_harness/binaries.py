@@ -128,8 +128,8 @@ def compilations(names: Sequence[str], version: str, etcd_version: str, build_da
 def build(version: str = KUBERNETES_VERSION, names: Sequence[str] = BINARIES) -> None:
     """Build `names` for `version` in a throwaway module and move each into the cache in one rename."""
     started = time.monotonic()
-    _say(f"building {', '.join(names)} {version} from the Go module proxy (once; cached in {CACHE_DIR})")
-    info = json.loads(_go("mod", "download", "-json", f"k8s.io/kubernetes@{version}", cwd=Path.cwd()))
+    say(f"building {', '.join(names)} {version} from the Go module proxy (once; cached in {CACHE_DIR})")
+    info = json.loads(go("mod", "download", "-json", f"k8s.io/kubernetes@{version}", cwd=Path.cwd()))
     if "Error" in info:
         raise BuildError(f"cannot fetch k8s.io/kubernetes@{version}: {info['Error']}")
     kubernetes_go_mod = Path(info["GoMod"]).read_text()
@@ -143,28 +143,30 @@ def build(version: str = KUBERNETES_VERSION, names: Sequence[str] = BINARIES) ->
     with tempfile.TemporaryDirectory(dir=CACHE_DIR / "build") as work:
         module = Path(work)
         (module / "go.mod").write_text(wrapper_go_mod(version, kubernetes_go_mod))
-        _say("resolving modules")
-        _go("get", *(f"{step.package}@{step.version}" for step in plan), cwd=module)
+        say("resolving modules")
+        go("get", *(f"{step.package}@{step.version}" for step in plan), cwd=module)
         for step in plan:
-            _say(f"compiling {step.name} (several minutes on a cold Go build cache)")
+            say(f"compiling {step.name} (several minutes on a cold Go build cache)")
             # Built in the work directory, on the cache's file system, and renamed into place once complete: a
             # half-built binary is never found and run, and concurrent builds never write the same file.
             partial = module / step.name
-            _go("build", "-trimpath", "-ldflags", step.ldflags, "-o", str(partial), step.package, cwd=module)
+            go("build", "-trimpath", "-ldflags", step.ldflags, "-o", str(partial), step.package, cwd=module)
             partial.replace(out_dir / step.name)
-    _say(f"built in {time.monotonic() - started:.0f} s: {out_dir}")
+    say(f"built in {time.monotonic() - started:.0f} s: {out_dir}")
 
 
-def _go(*args: str, cwd: Path) -> str:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build the control plane")
+def go(*args: str, cwd: Path) -> str:
+    """Run the Go toolchain in `cwd` (static builds, modules resolved as needed); its stdout, or BuildError."""
+    toolchain = shutil.which("go")
+    if toolchain is None:
+        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build what the tests run")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
-    result = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run([toolchain, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BuildError(f"go {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr.strip()}")
     return result.stdout
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """Progress on stderr, as every build here reports it."""
     print(f"[steward] {message}", file=sys.stderr, flush=True)

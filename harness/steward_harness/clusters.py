@@ -5,7 +5,6 @@ the reverse one."""
 from __future__ import annotations
 
 import functools
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -107,8 +106,8 @@ class LocalCluster(Server):
 
     def _timed(self, what: str, step: Callable[[], T]) -> T:
         started = time.monotonic()
-        print(f"[steward] starting {what}", file=sys.stderr, flush=True)
+        binaries.say(f"starting {what}")
         result = step()
         self.timings[what] = time.monotonic() - started
-        print(f"[steward] {what}: {self.timings[what]:.1f} s", file=sys.stderr, flush=True)
+        binaries.say(f"{what}: {self.timings[what]:.1f} s")
         return result

@@ -126,7 +126,7 @@ class Engine(servers.Server):
             self.host = "unix:///var/run/docker.sock"
         else:
             self._start_own()
-        _say(f"Docker engine at {self.host} ({time.monotonic() - started:.1f} s)")
+        binaries.say(f"Docker engine at {self.host} ({time.monotonic() - started:.1f} s)")
         return time.monotonic() - started
 
     def stop(self, keep: bool = False) -> None:
@@ -167,7 +167,7 @@ class Engine(servers.Server):
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _say(f"waiting for another build using the Docker engine in {self.state}")
+            binaries.say(f"waiting for another build using the Docker engine in {self.state}")
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         host = f"unix://{self.state / 'docker.sock'}"
         if self._answers(host):
@@ -177,7 +177,7 @@ class Engine(servers.Server):
             )
         log = self.state / "engine.log"
         log.write_text("")
-        _say(f"starting dockerd (data root {self.data_root}; log {log})")
+        binaries.say(f"starting dockerd (data root {self.data_root}; log {log})")
         # A containerd of its own: dockerd would otherwise adopt any containerd on the default socket, such as a
         # node's, and stop working when that one stops.
         config = self.state / "containerd.toml"
@@ -356,7 +356,7 @@ def ensure_base(engine: Engine) -> str:
     if engine.inputs(BASE_IMAGE) != digest:
         build_base(engine, digest)
     else:
-        _say(f"{BASE_IMAGE}: up to date")
+        binaries.say(f"{BASE_IMAGE}: up to date")
     image = engine.inspect(BASE_IMAGE)
     assert image is not None, "docker import succeeded without leaving the image"  # noqa: S101 -- a broken engine
     return str(image["Id"])
@@ -368,7 +368,7 @@ def build_base(engine: Engine, digest: str) -> None:
         raise BuildError("debootstrap needs root to build the base image; run as root")
     debootstrap = _tool("debootstrap", "debootstrap (Debian: apt-get install debootstrap)")
     mirror = debian_mirror(host_apt_sources())
-    _say(f"debootstrapping {SUITE} with {', '.join(BASE_PACKAGES)} from {mirror} (once; a minute or two)")
+    binaries.say(f"debootstrapping {SUITE} with {', '.join(BASE_PACKAGES)} from {mirror} (once; a minute or two)")
     started = time.monotonic()
     (binaries.CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="base-", dir=binaries.CACHE_DIR / "build"))
@@ -408,7 +408,7 @@ def build_base(engine: Engine, digest: str) -> None:
     finally:
         _remove_rootfs(work, root)
     size = (engine.inspect(BASE_IMAGE) or {}).get("Size", 0)
-    _say(f"{BASE_IMAGE}: built in {time.monotonic() - started:.0f} s ({size / 1e6:.0f} MB)")
+    binaries.say(f"{BASE_IMAGE}: built in {time.monotonic() - started:.0f} s ({size / 1e6:.0f} MB)")
 
 
 def _trim(root: Path) -> None:
@@ -480,9 +480,9 @@ def ensure_wheels(extra: str, root: Path = REPOSITORY) -> Path:
             shutil.copy2(path, source / path.relative_to(root))
         cached = binaries.CACHE_DIR / "wheels" / f"{extra}-{wheels_digest(extra, source)[:16]}"
         if (cached / WHEEL_MANIFEST).exists():
-            _say(f"wheels for .[{extra}]: up to date ({cached})")
+            binaries.say(f"wheels for .[{extra}]: up to date ({cached})")
             return cached
-        _say(f"building the wheels of .[{extra}] with pip (from PyPI on a cold pip cache)")
+        binaries.say(f"building the wheels of .[{extra}] with pip (from PyPI on a cold pip cache)")
         started = time.monotonic()
         wheels = Path(work) / "wheels"
         command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), f"{source}[{extra}]"]
@@ -499,7 +499,7 @@ def ensure_wheels(extra: str, root: Path = REPOSITORY) -> Path:
         if stale != cached:
             shutil.rmtree(stale, ignore_errors=True)
     seconds = time.monotonic() - started
-    _say(f"wheels for .[{extra}]: {len(found)} built in {seconds:.0f} s ({_megabytes(cached)} MB)")
+    binaries.say(f"wheels for .[{extra}]: {len(found)} built in {seconds:.0f} s ({_megabytes(cached)} MB)")
     return cached
 
 
@@ -572,16 +572,16 @@ def _build_unless_current(
     """Build `reference` from the context `fill` writes, unless the engine has it built from the same `digest`."""
     started = time.monotonic()
     if engine.inputs(reference) == digest:
-        _say(f"{reference}: up to date")
+        binaries.say(f"{reference}: up to date")
         return Built(name, reference, time.monotonic() - started, reused=True)
-    _say(f"building {reference}")
+    binaries.say(f"building {reference}")
     (binaries.CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="context-", dir=binaries.CACHE_DIR / "build") as work:
         fill(Path(work))
         engine.docker(*build_command(Path(work), reference, digest, base))
     _retire(engine, reference)
     seconds = time.monotonic() - started
-    _say(f"{reference}: built in {seconds:.0f} s")
+    binaries.say(f"{reference}: built in {seconds:.0f} s")
     return Built(name, reference, seconds, reused=False)
 
 
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = problems(image, seen)
                 failed = failed or bool(found)
                 verdict = "; ".join(found) or f"uid {seen.uid}, read-only root, exit 0"
-                _say(f"checked {image.reference}: {verdict} ({seen.seconds:.1f} s)")
+                binaries.say(f"checked {image.reference}: {verdict} ({seen.seconds:.1f} s)")
             tools = [build_tool(engine, name) for name in upstream.TOOLS]
             for reference in [BASE_IMAGE, *(image.reference for image in [*built, *tools])]:
                 size = (engine.inspect(reference) or {}).get("Size", 0)
@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.export:
                 for reference, tarball in save_images(engine, [*built, *tools], args.export).items():
                     print(f"{reference:56} {tarball}")
-            _say(f"done in {time.monotonic() - started:.0f} s")
+            binaries.say(f"done in {time.monotonic() - started:.0f} s")
     except BuildError as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
@@ -766,10 +766,6 @@ def _sha256(path: Path) -> str:
 
 def _megabytes(directory: Path) -> int:
     return round(sum(path.stat().st_size for path in directory.iterdir()) / 1e6)
-
-
-def _say(message: str) -> None:
-    print(f"[steward] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

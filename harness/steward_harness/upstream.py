@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ class Module:
 
     def directory(self) -> Path:
         """The module's read-only source in Go's module cache, downloaded first if needed."""
-        info = json.loads(_go("mod", "download", "-json", f"{self.path}@{self.version}", cwd=Path.cwd()))
+        info = json.loads(binaries.go("mod", "download", "-json", f"{self.path}@{self.version}", cwd=Path.cwd()))
         if "Error" in info:
             raise BuildError(f"cannot fetch {self.path}@{self.version}: {info['Error']}")
         return Path(info["Dir"])
@@ -171,7 +170,7 @@ def ensure_tool(name: str) -> Path:
 
 def build_tool(tool: Tool) -> None:
     started = time.monotonic()
-    _say(
+    binaries.say(
         f"building {tool.name} from {tool.module.path}@{tool.module.version} "
         f"(once, about ten minutes cold; cached in {binaries.CACHE_DIR})"
     )
@@ -186,9 +185,9 @@ def build_tool(tool: Tool) -> None:
         for entry in [module, *module.rglob("*")]:
             entry.chmod(entry.stat().st_mode | stat.S_IWUSR)
         partial = Path(work) / tool.name
-        _go("build", "-trimpath", "-ldflags", tool.ldflags, "-o", str(partial), tool.package, cwd=module)
+        binaries.go("build", "-trimpath", "-ldflags", tool.ldflags, "-o", str(partial), tool.package, cwd=module)
         partial.replace(target)
-    _say(f"built {tool.name} in {time.monotonic() - started:.0f} s: {target}")
+    binaries.say(f"built {tool.name} in {time.monotonic() - started:.0f} s: {target}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,21 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _go(*args: str, cwd: Path) -> str:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to fetch and build upstream pieces")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
-    result = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise BuildError(f"go {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr.strip()}")
-    return result.stdout
-
-
-def _say(message: str) -> None:
-    print(f"[steward] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
