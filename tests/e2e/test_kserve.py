@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,15 @@ def test_the_predictor_answers_through_traefik_on_kserve_s_route(
         data=json.dumps({"instances": [row]}).encode(),
         headers={"Host": host, "Content-Type": "application/json"},
     )
-    # From the host, as a client outside the cluster: the Service address routes onto the node's bridge.
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 -- the local gateway
-        answered = json.loads(response.read())
-    assert len(answered["predictions"]) == 1
+
+    def answered() -> dict[str, Any] | None:
+        # From the host, as a client outside the cluster: the Service address routes onto the node's bridge.
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 -- the local gateway
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            if error.code == 404:  # KServe says Ready once Traefik accepts the route, a moment before it serves it
+                return None
+            raise
+
+    assert len(wait_until(answered, timeout=60, interval=1)["predictions"]) == 1
