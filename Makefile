@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+INTEGRATION_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install host-packages binaries node-binaries images lint format crds test test-unit test-integration e2e bench cluster demo clean
@@ -28,7 +29,7 @@ binaries: install ## Build kube-apiserver, kube-controller-manager, etcd and hel
 
 node-binaries: install ## Build a node's kubelet, kube-proxy and kube-scheduler, KServe's controller, Traefik and CoreDNS into ~/.cache/steward (once; needs Go)
 	$(BIN)/steward-local build --node
-	$(BIN)/python -m steward_harness.upstream kserve-manager traefik coredns
+	$(BIN)/python -m steward_harness.upstream kserve-manager traefik coredns prometheus
 
 images: node-binaries host-packages ## Build the predictor, operator, monitor, pause and upstream tools' images offline on a debootstrapped Debian base; checks each, prints sizes
 	$(BIN)/python -m steward_harness.images
@@ -53,8 +54,8 @@ test: ## Everything: lint, unit, integration and end-to-end tests; prints where 
 test-unit: install ## Unit tests: pure logic, no processes, seconds
 	$(BIN)/pytest -m 'not integration and not e2e' $(PYTEST_ARGS)
 
-test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests
-	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests; INTEGRATION_WORKERS=2 by default
+	$(BIN)/pytest -m integration --numprocesses=$(INTEGRATION_WORKERS) --dist=loadfile $(PYTEST_ARGS)
 
 e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)

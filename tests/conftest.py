@@ -1,22 +1,29 @@
-"""Fixtures shared by all tests: the repository's paths, and a real control plane for integration tests."""
+"""Fixtures shared by all tests: the repository's paths, a real control plane for integration tests, and the pinned
+helm."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from steward_harness import helm as helm_builds
 from steward_harness.controlplane import ControlPlane
 from steward_harness.kubectl import Kubectl
 from tests.support import models
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CRDS = REPOSITORY / "crds"
+CHART = REPOSITORY / "charts" / "steward"
 EXAMPLES = sorted((REPOSITORY / "examples").glob("*.yaml"))
 _STARTUP_KEY = pytest.StashKey[float]()
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +67,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, models.Traine
         "wine": models.wine(directory),
         "diabetes": models.diabetes(directory),
     }
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The pinned helm (built from the Go module proxy on first use), with its own empty homes so a user's
+    repositories and plugins never leak in."""
+    binary = helm_builds.ensure_helm()
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binary), *args], env=env, cwd=REPOSITORY, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    return run
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -237,6 +237,9 @@ def traefik() -> list[Manifest]:
         "--providers.kubernetesgateway=true",
         "--providers.kubernetescrd=true",
         "--providers.kubernetescrd.allowCrossNamespace=true",
+        # A Service with no ready pod (a challenger's, killed) answers 503 for its share, instead of taking down
+        # the weighted TraefikService that names it, and with it every request of the route.
+        "--providers.kubernetescrd.allowEmptyServices=true",
         "--metrics.prometheus=true",
         "--metrics.prometheus.entryPoint=metrics",
         # The evidence a release needs from the gateway: requests and errors per backend Service.

@@ -160,7 +160,8 @@ def go(*args: str, cwd: Path) -> str:
     toolchain = shutil.which("go")
     if toolchain is None:
         raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build what the tests run")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+    # A module's go.work (Prometheus ships one) would put the build in workspace mode, which refuses -mod=mod.
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false", "GOWORK": "off"}
     result = subprocess.run([toolchain, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BuildError(f"go {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr.strip()}")

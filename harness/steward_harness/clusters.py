@@ -5,12 +5,15 @@ the reverse one."""
 from __future__ import annotations
 
 import functools
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from steward_harness import addons, binaries, images, upstream
 from steward_harness.controlplane import ControlPlane
@@ -94,6 +97,36 @@ class LocalCluster(Server):
             finally:
                 if self._network is not None:
                     self._network.stop()
+
+    def share_bundles(self, namespace: str, bundles: dict[str, Path], claim: str = "bundles") -> str:
+        """Put `bundles` (by version) on the node, readable through the PersistentVolumeClaim `claim` in
+        `namespace` (a hostPath volume, as a cluster's shared file system would be); returns `pvc://<claim>`, under
+        which each version's bundle is `pvc://<claim>/<version>`. KServe mounts such a claim as it is."""
+        directory = self.directory / "bundles" / namespace
+        for version, bundle in bundles.items():
+            shutil.copytree(bundle, directory / version)
+        for path in [directory, *directory.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # read by the predictor's unprivileged user
+        spec: dict[str, Any] = {"accessModes": ["ReadOnlyMany"], "storageClassName": "steward-bundles"}
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}"},
+            "spec": {
+                **spec,
+                "capacity": {"storage": "1Gi"},
+                "hostPath": {"path": str(directory), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+        request = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {**spec, "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        self.kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all([volume, request]))
+        return f"pvc://{claim}"
 
     def _manifests(self, name: str) -> list[addons.Manifest]:
         if name == "coredns":

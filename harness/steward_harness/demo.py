@@ -144,7 +144,10 @@ def _seal(pipeline: Any, train: Any, holdout: Any, version: str, directory: Path
     return bundle
 
 
-def manifest(version: str, bundle: Path) -> dict[str, Any]:
+GATEWAY_API = {"provider": "gateway-api"}
+
+
+def manifest(version: str, bundle: str, traffic: dict[str, Any] = GATEWAY_API) -> dict[str, Any]:
     """The ModelDeployment a team would commit, with a rollout sized for minutes instead of hours."""
     return {
         "apiVersion": "steward.dev/v1alpha1",
@@ -156,10 +159,10 @@ def manifest(version: str, bundle: Path) -> dict[str, Any]:
                 "contact": "pathology-ml@example.com",
                 "runbook": "https://runbooks.example.com/tumour-triage",
             },
-            "model": {"version": version, "bundle": str(bundle)},
+            "model": {"version": version, "bundle": bundle},
             "serving": {"mode": "online", "online": {"minReplicas": 1, "maxReplicas": 1}},
             "rollout": {
-                "traffic": {"provider": "gateway-api"},
+                "traffic": traffic,
                 "validation": {"tolerance": 0.01},
                 "shadow": {"percent": 100, "minRequests": 1500, "minDuration": "30s"},
                 "canary": {"steps": [20, 50], "minRequestsPerStep": 300, "minStepDuration": "20s"},
@@ -185,6 +188,8 @@ class Traffic:
 
     url: str
     rows: list[dict[str, Any]]
+    host: str = ""
+    """The Host header to send, for a gateway that routes by it; empty: the URL's."""
     rate: float = 50.0
     workers: int = 4
     answered: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -211,8 +216,8 @@ class Traffic:
         due = time.monotonic()
         while not self._stop.is_set():
             body = json.dumps({"instances": [chooser.choice(self.rows)]}).encode()
-            request = urllib.request.Request(  # noqa: S310 -- the loopback gateway
-                self.url, data=body, method="POST", headers={"content-type": "application/json"}
+            request = urllib.request.Request(  # noqa: S310 -- the local gateway
+                self.url, data=body, method="POST", headers=_headers(self.host)
             )
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -237,9 +242,13 @@ class Story:
     plane: ControlPlane
     prometheus: Prometheus
     kubectl: Kubectl
-    gateway: Gateway
+    namespace: str = NAMESPACE
+    traffic: dict[str, Any] = field(default_factory=lambda: GATEWAY_API)
+    """spec.rollout.traffic of every manifest applied."""
     begun: float = field(default_factory=time.time)
     timeline: Timeline = field(default_factory=Timeline)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    """The ModelDeployment as read each time its timeline moved."""
     last_line: float = 0.0
 
     def elapsed(self) -> float:
@@ -250,19 +259,21 @@ class Story:
         return self.plane.ssl_context()
 
     def status(self) -> dict[str, Any]:
-        path = f"{MODEL_DEPLOYMENTS}/namespaces/{NAMESPACE}/modeldeployments/{NAME}"
+        path = f"{MODEL_DEPLOYMENTS}/namespaces/{self.namespace}/modeldeployments/{NAME}"
         request = urllib.request.Request(self.plane.server + path)  # noqa: S310 -- the local API server
         with urllib.request.urlopen(request, context=self._context, timeout=10) as response:  # noqa: S310
             body: dict[str, Any] = json.loads(response.read())
             return body
 
-    def apply(self, version: str, bundle: Path, label: str, why: str) -> None:
-        """Commit `version` to Git, as it were: apply the manifest under a GitOps field manager."""
+    def apply(self, version: str, bundle: str, label: str, why: str, **spec: Any) -> None:
+        """Commit `version` to Git, as it were: apply the manifest (with `spec`'s extra fields) under a GitOps field
+        manager."""
         self.timeline.chapters.append((self.elapsed(), label, why))
         print(f"\n[{self.elapsed():5.0f} s] {why}", flush=True)
-        self.kubectl.run(
-            "apply", "--server-side", "--field-manager=git", "-f", "-", stdin=yaml.safe_dump(manifest(version, bundle))
-        )
+        document = manifest(version, bundle, self.traffic)
+        document["metadata"]["namespace"] = self.namespace
+        document["spec"].update(spec)
+        self.kubectl.run("apply", "--server-side", "--field-manager=git", "-f", "-", stdin=yaml.safe_dump(document))
 
     def until(self, what: str, reached: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         """Watch the ModelDeployment, printing progress, until `reached`; DemoError after `timeout` seconds."""
@@ -280,6 +291,8 @@ class Story:
     def _record(self, body: dict[str, Any]) -> None:
         moment = Moment.of(self.elapsed(), body)
         changed = self.timeline.add(moment)
+        if changed:
+            self.seen.append(body)
         if changed or time.time() - self.last_line >= 5:
             self.last_line = time.time()
             print(_progress(moment), flush=True)
@@ -297,7 +310,7 @@ def _progress(moment: Moment) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _phase(*phases: str, **versions: str) -> Callable[[dict[str, Any]], bool]:
+def phase(*phases: str, **versions: str) -> Callable[[dict[str, Any]], bool]:
     def reached(body: dict[str, Any]) -> bool:
         status = body.get("status") or {}
         if status.get("phase") not in phases:
@@ -307,7 +320,7 @@ def _phase(*phases: str, **versions: str) -> Callable[[dict[str, Any]], bool]:
     return reached
 
 
-def _ready_with(version: str) -> Callable[[dict[str, Any]], bool]:
+def ready_with(version: str) -> Callable[[dict[str, Any]], bool]:
     def reached(body: dict[str, Any]) -> bool:
         status = body.get("status") or {}
         conditions = {item["type"]: item["status"] for item in status.get("conditions", [])}
@@ -325,12 +338,12 @@ def play(output: Path, rate: float, chapter_timeout: float) -> Path:
     print("training v1, v2 and v3 on the breast cancer dataset and sealing them into bundles", flush=True)
     models = train(work / "bundles")
     with contextlib.ExitStack() as stack:
-        story = _bring_up(stack, work)
-        traffic = _tell(story, models, rate, chapter_timeout)
+        story, gateway = _bring_up(stack, work)
+        traffic = _tell(story, f"{gateway.url}/{NAMESPACE}/{NAME}", models, rate, chapter_timeout)
         return _report(story, traffic, output)
 
 
-def _bring_up(stack: contextlib.ExitStack, work: Path) -> Story:
+def _bring_up(stack: contextlib.ExitStack, work: Path) -> tuple[Story, Gateway]:
     """Every part the story needs, running until `stack` closes."""
     plane = stack.enter_context(ControlPlane(directory=work / "control-plane"))
     print(f"control plane up at {plane.server}", flush=True)
@@ -353,25 +366,25 @@ def _bring_up(stack: contextlib.ExitStack, work: Path) -> Story:
     )
     gateway = stack.enter_context(Gateway(data_plane, seed=1))
     print(f"operator, data plane, gateway and Prometheus ({prometheus.url}) up; logs in {work}", flush=True)
-    return Story(plane, prometheus, kubectl, gateway)
+    return Story(plane, prometheus, kubectl), gateway
 
 
-def _tell(story: Story, models: Models, rate: float, timeout: float) -> Traffic:
-    """The four chapters, with traffic flowing from the moment v1 serves; returns the stopped traffic."""
-    bundles = models.bundles
+def _tell(story: Story, route: str, models: Models, rate: float, timeout: float) -> Traffic:
+    """The four chapters, with traffic through `route` from the moment v1 serves; returns the stopped traffic."""
+    bundles = {version: str(path) for version, path in models.bundles.items()}
     story.apply("v1", bundles["v1"], "apply v1", "v1 is applied: the first version serves")
-    story.until("v1 serving", _ready_with("v1"), timeout)
-    url = f"{story.gateway.url}/{NAMESPACE}/{NAME}/v1/models/{NAME}:predict"
-    _wait_for_route(url)
+    story.until("v1 serving", ready_with("v1"), timeout)
+    url = f"{route}/v1/models/{NAME}:predict"
+    wait_for_route(url)
     traffic = Traffic(url, models.rows, rate=rate).start()
     print(f"traffic: {rate:g} requests/s through the gateway", flush=True)
     try:
         story.apply("v2", bundles["v2"], "apply v2", "v2 is applied: better held-out results")
-        story.until("v2 promoted", _phase("Promoted", incumbent="v2"), timeout)
+        story.until("v2 promoted", phase("Promoted", incumbent="v2"), timeout)
         story.apply("v3", bundles["v3"], "apply v3", "v3 is applied: new feature code with a bug")
-        story.until("v3 rolled back", _phase("RolledBack", incumbent="v2", rolledBack="v3"), timeout)
+        story.until("v3 rolled back", phase("RolledBack", incumbent="v2", rolledBack="v3"), timeout)
         story.apply("v2", bundles["v2"], "revert to v2", "Git is reverted to v2")
-        story.until("v2 Ready again", _ready_with("v2"), timeout)
+        story.until("v2 Ready again", ready_with("v2"), timeout)
         time.sleep(3)  # A few more scrapes for the plot.
     finally:
         traffic.stop()
@@ -426,10 +439,16 @@ def _running(data_plane: DataPlane) -> Iterator[DataPlane]:
         data_plane.stop()
 
 
-def _wait_for_route(url: str, timeout: float = 30.0) -> None:
+def _headers(host: str) -> dict[str, str]:
+    return {"content-type": "application/json", **({"host": host} if host else {})}
+
+
+def wait_for_route(url: str, host: str = "", timeout: float = 30.0) -> None:
+    """Until the gateway routes `url` (for `host`) to a predictor: a gateway serves a new route a moment after it
+    accepts it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        request = urllib.request.Request(url, data=b"{}", method="POST")  # noqa: S310 -- the loopback gateway
+        request = urllib.request.Request(url, data=b"{}", method="POST", headers=_headers(host))  # noqa: S310
         try:
             urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
         except urllib.error.HTTPError as error:

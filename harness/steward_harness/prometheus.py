@@ -1,5 +1,6 @@
-"""A real Prometheus server on loopback for tests: its own data directory, a one-second scrape interval, and
-targets a test adds and removes while it runs (file-based service discovery)."""
+"""A real Prometheus server for tests: its own data directory, a one-second scrape interval, and targets a test adds
+and removes while it runs (file-based service discovery), or the pods of a cluster found the way the chart's
+conventions say (Kubernetes service discovery)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from steward_harness import upstream
 from steward_harness.servers import Server, free_ports, halt, http_get
 
 STARTUP_TIMEOUT = 60.0
@@ -50,12 +52,18 @@ class Prometheus(Server):
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-prometheus-")))
     scrape_interval: float = 1.0
     port: int = 0
+    host: str = "127.0.0.1"
+    """The address it listens on: loopback, or a node's address for pods to reach it."""
+    kubeconfig: Path | None = None
+    """When given, also scrape every pod of that cluster annotated `prometheus.io/scrape: "true"` (on the
+    annotated port and path), labelled with its `namespace` and `pod`; the server is then the pinned Prometheus
+    built from its module (`python -m steward_harness.upstream prometheus`)."""
     _targets: dict[str, dict[str, str]] = field(default_factory=dict, init=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -73,22 +81,13 @@ class Prometheus(Server):
         """Start the server (on the port it had before, if any) and wait until it is ready; returns the seconds
         taken."""
         started = time.monotonic()
-        binary = find_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_ports(1)[0]
+        self.port = self.port or free_ports(1, host=self.host)[0]
         self._write_config()
         self._write_targets()
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [
-                    str(binary),
-                    f"--config.file={self.directory / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.data}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    # Consoles are not served here; the packaged defaults may not exist.
-                    f"--web.console.templates={self.directory}",
-                    f"--web.console.libraries={self.directory}",
-                ],
+                self._command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -102,6 +101,18 @@ class Prometheus(Server):
                 return time.monotonic() - started
             time.sleep(0.1)
         raise PrometheusError(f"prometheus not ready after {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+
+    def _command(self) -> list[str]:
+        common = [
+            f"--config.file={self.directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.data}",
+            f"--web.listen-address={self.host}:{self.port}",
+        ]
+        if self.kubeconfig is not None:  # Debian's build leaves Kubernetes discovery out
+            return [str(upstream.ensure_tool("prometheus")), *common]
+        # Consoles are not served here; the packaged defaults may not exist.
+        consoles = [f"--web.console.templates={self.directory}", f"--web.console.libraries={self.directory}"]
+        return [str(find_binary()), *common, *consoles]
 
     def stop(self, keep: bool = False) -> None:
         """Stop the server; remove its data and log unless `keep` (a later start then carries on with them)."""
@@ -168,15 +179,18 @@ class Prometheus(Server):
 
     def _write_config(self) -> None:
         interval = f"{round(self.scrape_interval * 1000)}ms"
+        jobs: list[dict[str, object]] = [
+            {
+                "job_name": JOB,
+                # The file is watched, so a change is seen at once; the refresh is a fallback.
+                "file_sd_configs": [{"files": [str(self.directory / "targets.json")], "refresh_interval": "1s"}],
+            }
+        ]
+        if self.kubeconfig is not None:
+            jobs.append(_annotated_pods(self.kubeconfig))
         config = {
             "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-            "scrape_configs": [
-                {
-                    "job_name": JOB,
-                    # The file is watched, so a change is seen at once; the refresh is a fallback.
-                    "file_sd_configs": [{"files": [str(self.directory / "targets.json")], "refresh_interval": "1s"}],
-                }
-            ],
+            "scrape_configs": jobs,
         }
         (self.directory / "prometheus.yml").write_text(yaml.safe_dump(config))
 
@@ -189,3 +203,34 @@ class Prometheus(Server):
 
     def _get(self, path: str) -> tuple[int, str]:
         return http_get(f"{self.url}{path}")
+
+
+def _annotated_pods(kubeconfig: Path) -> dict[str, object]:
+    """The scrape job the chart's conventions ask of a cluster's Prometheus: every pod annotated
+    `prometheus.io/scrape: "true"`, on its `prometheus.io/port` and `prometheus.io/path`, labelled with its
+    namespace and pod."""
+    return {
+        "job_name": "kubernetes-pods",
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                "regex": "true",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Pending|Succeeded|Failed", "action": "drop"},
+            {
+                "source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                "replacement": "$1:$2",
+                "target_label": "__address__",
+            },
+            {
+                "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                "regex": "(.+)",
+                "target_label": "__metrics_path__",
+            },
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }

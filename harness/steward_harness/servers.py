@@ -54,13 +54,13 @@ def halt(process: subprocess.Popen[bytes] | None, how: signal.Signals = signal.S
         process.wait()
 
 
-def free_ports(count: int) -> list[int]:
-    """Loopback ports free right now."""
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free right now on `host` (loopback by default)."""
     sockets = []
     try:
         for _ in range(count):
             sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((host, 0))
             sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:

@@ -48,6 +48,16 @@ GATEWAY_API = Module("sigs.k8s.io/gateway-api", os.environ.get("STEWARD_GATEWAY_
 ISTIO_API = Module("istio.io/api", os.environ.get("STEWARD_ISTIO_API_VERSION", "v1.28.0"))
 TRAEFIK = Module("github.com/traefik/traefik/v3", os.environ.get("STEWARD_TRAEFIK_VERSION", "v3.6.12"))
 COREDNS = Module("github.com/coredns/coredns", os.environ.get("STEWARD_COREDNS_VERSION", "v1.14.7"))
+PROMETHEUS_RELEASE = os.environ.get("STEWARD_PROMETHEUS_VERSION", "3.16.0")
+
+
+def prometheus_module(release: str) -> Module:
+    """Prometheus' module for a release: 3.16.0 is v0.316.0, 3.5.1 is v0.305.1."""
+    major, minor, patch = (int(part) for part in release.split("."))
+    return Module("github.com/prometheus/prometheus", f"v0.{major}{minor:02d}.{patch}")
+
+
+PROMETHEUS = prometheus_module(PROMETHEUS_RELEASE)
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,8 @@ class Tool:
     module: Module
     package: str
     ldflags: str = "-s -w"
+    tags: str = ""
+    """Go build tags, comma-separated."""
     command: str = ""
     """Where the project's own image puts the binary, which its release manifests run (default: /<name>)."""
 
@@ -156,6 +168,15 @@ TOOLS = {
         TRAEFIK,
         "./cmd/traefik",
         f"-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK.version}",
+    ),
+    # A Prometheus with Kubernetes service discovery, which Debian's package leaves out; file and HTTP discovery
+    # come with every build, the other clouds' are left out.
+    "prometheus": Tool(
+        "prometheus",
+        PROMETHEUS,
+        "./cmd/prometheus",
+        f"-s -w -X github.com/prometheus/common/version.Version={PROMETHEUS_RELEASE}",
+        tags="remove_all_sd,enable_kubernetes_sd",
     ),
 }
 
@@ -185,7 +206,17 @@ def build_tool(tool: Tool) -> None:
         for entry in [module, *module.rglob("*")]:
             entry.chmod(entry.stat().st_mode | stat.S_IWUSR)
         partial = Path(work) / tool.name
-        binaries.go("build", "-trimpath", "-ldflags", tool.ldflags, "-o", str(partial), tool.package, cwd=module)
+        binaries.go(
+            "build",
+            "-trimpath",
+            f"-tags={tool.tags}",
+            "-ldflags",
+            tool.ldflags,
+            "-o",
+            str(partial),
+            tool.package,
+            cwd=module,
+        )
         partial.replace(target)
     binaries.say(f"built {tool.name} in {time.monotonic() - started:.0f} s: {target}")
 

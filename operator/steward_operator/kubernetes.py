@@ -66,6 +66,8 @@ CHILD_KINDS = (
 GATEWAY = Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways")
 GATEWAY_CLASS = Kind("gateway.networking.k8s.io/v1", "GatewayClass", "gatewayclasses")
 """Read only: what implements the Gateway an HTTPRoute attaches to."""
+ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
+"""Read only: whether a predictor Service has a ready pod behind it (KServe's Standard mode does not say)."""
 JOB = Kind("batch/v1", "Job", "jobs")
 """Retraining Jobs: owned like children, but never pruned; each is a record of a run."""
 _KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, MODEL_COMMAND, *CHILD_KINDS, JOB)}

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from steward_operator import deciding, metrics, planners, releasing, retraining, specs
 from steward_operator.kubernetes import (
     CHILD_KINDS,
+    ENDPOINT_SLICE,
     GATEWAY,
     GATEWAY_CLASS,
     JOB,
@@ -74,6 +75,7 @@ async def _reconcile_once(
     if taken is not None:
         deployment = deployment.model_copy(update={"status": deployment.status.model_copy(update={"operation": taken})})
     children = await _observe(cluster, namespace, name, uid)
+    endpoints = await serving_endpoints(cluster, namespace, children)
     now = datetime.now(UTC)
     evidence, digests = None, {}
     if evidence_source is not None:
@@ -82,10 +84,10 @@ async def _reconcile_once(
     observed = releasing.Observed(
         metadata.get("generation", 0),
         now,
-        _ready(children),
+        ready_versions(children, endpoints),
         evidence,
         digests,
-        _ready(children, current=False),
+        ready_versions(children, endpoints, current=False),
         mirroring_refused=await _mirroring_refused(cluster, deployment, namespace),
     )
 
@@ -95,7 +97,7 @@ async def _reconcile_once(
     try:
         plan = _plan(deployment, namespace, name, uid, step)
         applied = await _apply(cluster, plan.serving, uid, claimed)
-        ready = observed.ready | _ready(applied)
+        ready = observed.ready | ready_versions(applied, endpoints)
         if ready != observed.ready:
             # What was just applied may be ready at once (a CronJob is); take the step that allows now.
             observed = replace(observed, ready=ready)
@@ -332,10 +334,45 @@ async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> lis
     return found
 
 
-def _ready(children: list[dict[str, Any]], *, current: bool = True) -> frozenset[str]:
+# KServe's Standard (raw Deployment) mode reports an InferenceService Ready for as long as its Deployment's last
+# rollout stands complete, even once no pod is left; only the predictor Service's endpoints tell.
+_DEPLOYMENT_MODES = frozenset({"Standard", "RawDeployment"})
+SERVICE_NAME = "kubernetes.io/service-name"
+"""The label naming an EndpointSlice's Service."""
+
+
+def _predictor_service(child: dict[str, Any]) -> str | None:
+    """The Service an InferenceService in Standard mode is served by, or None for another child or mode."""
+    if (
+        child["kind"] != "InferenceService"
+        or (child.get("status") or {}).get("deploymentMode") not in _DEPLOYMENT_MODES
+    ):
+        return None
+    return f"{child['metadata']['name']}-predictor"
+
+
+async def serving_endpoints(cluster: Cluster, namespace: str, children: list[dict[str, Any]]) -> frozenset[str]:
+    """Of the Services that serve `children` in Standard mode, those with a ready endpoint (a pod that answers)."""
+    services = sorted({service for child in children if (service := _predictor_service(child)) is not None})
+    if not services:
+        return frozenset()
+    slices = await cluster.list(ENDPOINT_SLICE, namespace, f"{SERVICE_NAME} in ({','.join(services)})")
+    return frozenset(
+        found["metadata"]["labels"][SERVICE_NAME]
+        for found in slices
+        # A missing condition means ready (discovery.k8s.io/v1).
+        if any(
+            (endpoint.get("conditions") or {}).get("ready") is not False for endpoint in found.get("endpoints") or []
+        )
+    )
+
+
+def ready_versions(
+    children: list[dict[str, Any]], endpoints: frozenset[str], *, current: bool = True
+) -> frozenset[str]:
     """Versions whose serving child is ready: an InferenceService whose Ready condition holds for its current
-    generation (with `current` False: for any generation, as while a change rolls out), or a CronJob that
-    exists."""
+    generation (with `current` False: for any generation, as while a change rolls out) and, in Standard mode,
+    whose predictor Service is among `endpoints`; or a CronJob that exists."""
     ready = set()
     for child in children:
         version = child["metadata"].get("labels", {}).get("steward.dev/version")
@@ -347,7 +384,9 @@ def _ready(children: list[dict[str, Any]], *, current: bool = True) -> frozenset
             status = child.get("status") or {}
             latest = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
             conditions = {condition.get("type"): condition.get("status") for condition in status.get("conditions", [])}
-            if (latest or not current) and conditions.get("Ready") == "True":
+            service = _predictor_service(child)
+            answers = service is None or service in endpoints
+            if (latest or not current) and conditions.get("Ready") == "True" and answers:
                 ready.add(version)
     return frozenset(ready)
 

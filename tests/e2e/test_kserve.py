@@ -4,14 +4,11 @@ the predictor image on a real bundle, and Traefik routes to it through the route
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from steward_harness import addons, images
 from steward_harness.clusters import LocalCluster
@@ -23,38 +20,6 @@ from tests.support.waiting import wait_until
 
 NAMESPACE = "kserve-check"
 MODEL = "tumours"
-
-
-def _bundle_volume(kubectl: Kubectl, source: Path, directory: Path) -> str:
-    """The bundle on a hostPath PersistentVolume bound to a claim in NAMESPACE: KServe mounts `pvc://` storage
-    as it is, with no storage initializer to pull. Returns the claim's name."""
-    shutil.copytree(source, directory / "v1")
-    for path in [directory, *directory.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)  # read by the predictor's unprivileged user
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{NAMESPACE}-bundles"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "steward-bundles",
-            "hostPath": {"path": str(directory), "type": "Directory"},
-            "claimRef": {"namespace": NAMESPACE, "name": "bundles"},
-        },
-    }
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "bundles", "namespace": NAMESPACE},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "steward-bundles",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all([volume, claim]))
-    return "bundles"
 
 
 def _model_deployment(kubectl: Kubectl, bundle: str) -> tuple[str, specs.ModelDeploymentSpec]:
@@ -80,10 +45,10 @@ def served(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     kubectl = local_cluster.kubectl
     kubectl.run("create", "namespace", NAMESPACE)
     trained = models.breast_cancer(tmp_path_factory.mktemp("train"), "v1")
-    claim = _bundle_volume(kubectl, trained.path, local_cluster.directory / "bundles")
-    uid, spec = _model_deployment(kubectl, f"pvc://{claim}/v1")
+    claim = local_cluster.share_bundles(NAMESPACE, {"v1": trained.path})
+    uid, spec = _model_deployment(kubectl, f"{claim}/v1")
     owner = Owner(name=MODEL, namespace=NAMESPACE, uid=uid, traffic=spec.rollout.traffic)
-    service = planners.inference_service(owner, spec, planners.Live("v1", f"pvc://{claim}/v1"))
+    service = planners.inference_service(owner, spec, planners.Live("v1", f"{claim}/v1"))
     service["spec"]["predictor"]["containers"][0]["image"] = images.image_references()["predictor"]
     kubectl.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=json.dumps(service))
     name = service["metadata"]["name"]

@@ -1,52 +1,24 @@
 """Fixtures for integration tests: the third-party CRDs, the operator and a local data plane on the control
-plane, one PostgreSQL server for the session, and the pinned helm."""
+plane, and one PostgreSQL server for the session."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
 
-from steward_harness import helm as helm_builds
 from steward_harness import upstream
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
 from steward_harness.postgres import Postgres
-from tests.conftest import REPOSITORY
 
 _STARTUP_KEY = pytest.StashKey[float]()
 OPERATED = "op-"
-CHART = REPOSITORY / "charts" / "steward"
-
-Helm = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """The pinned helm (built from the Go module proxy on first use), with its own empty homes so a user's
-    repositories and plugins never leak in."""
-    binary = helm_builds.ensure_helm()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(binary), *args], env=env, cwd=REPOSITORY, capture_output=True, text=True, timeout=120, check=False
-        )
-
-    return run
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from steward_harness.kubectl import Kubectl
-from tests.integration.conftest import CHART, Helm
+from tests.conftest import CHART, Helm
 from tests.integration.test_operator import example
 from tests.support.waiting import wait_until
 

@@ -23,8 +23,7 @@ from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
-from tests.conftest import REPOSITORY
-from tests.integration.conftest import CHART, Helm
+from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.waiting import wait_until
 
 
@@ -436,6 +435,7 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
             ("gateway.networking.k8s.io", "gatewayclasses"): ["get"],
             ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
             ("batch", "jobs"): ["create", "get", "list", "patch"],
+            ("discovery.k8s.io", "endpointslices"): ["list"],
             ("", "events"): ["create", "patch"],
             ("events.k8s.io", "events"): ["create", "patch"],
         }

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steward_harness.kubectl import Kubectl
-from tests.integration.conftest import CHART, Helm
+from tests.conftest import CHART, Helm
 
 GENERATED = "steward-monitor-ingest-key"
 """The Secret the chart generates for the ingest key of release `steward`."""

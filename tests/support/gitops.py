@@ -23,6 +23,16 @@ CLI_UTILS = "sigs.k8s.io/cli-utils"
 ARGO_CD_HEALTH = frozenset({"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"})
 INVALID_HEALTH = "Lua returned an invalid health status"
 
+# The kstatus statuses each Argo CD health may stand beside. kstatus has no Suspended: a paused release has not
+# reached what Git asks, so InProgress is right (a model paused while it serves what Git names is Healthy and
+# Current). Nor has Argo CD a Terminating: an object on its way out is Progressing there.
+KSTATUS_OF = {
+    "Healthy": {"Current"},
+    "Progressing": {"InProgress", "Terminating"},
+    "Suspended": {"InProgress"},
+    "Degraded": {"Failed"},
+}
+
 # Runs a health script as Argo CD does for one taken from argocd-cm: `obj` and the base and table libraries only
 # (no string, math, io or os), and string values without methods, since no string library set their metatable.
 _ARGO_CD_VM = """

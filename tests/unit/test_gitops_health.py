@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steward_operator import specs
-from tests.support.gitops import INVALID_HEALTH, LuaScriptError, argocd_health, kstatus_verdicts
+from tests.support.gitops import INVALID_HEALTH, KSTATUS_OF, LuaScriptError, argocd_health, kstatus_verdicts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "gitops"
 
@@ -62,16 +62,6 @@ EXPECTED = {
     ),
     "streaming": ("Degraded", "streaming serving is not supported yet"),
     "deleting": ("Progressing", "being deleted; its serving objects go with it"),
-}
-
-# The kstatus statuses each Argo CD health may stand beside. kstatus has no Suspended: a paused release has not
-# reached what Git asks, so InProgress is right (a model paused while it serves what Git names is Healthy and
-# Current). Nor has Argo CD a Terminating: an object on its way out is Progressing there.
-KSTATUS_OF = {
-    "Healthy": {"Current"},
-    "Progressing": {"InProgress", "Terminating"},
-    "Suspended": {"InProgress"},
-    "Degraded": {"Failed"},
 }
 
 # Where kstatus cannot agree, and why.

@@ -1,0 +1,266 @@
+"""The release story on the node, through pods KServe makes and routes Traefik serves: the chart installed with
+helm and checked with `helm test`; a Prometheus finding the predictors by the chart's pod annotations; v1 serves;
+v2 is validated, shadowed and canaried, its pod killed mid-canary, and promoted on evidence; a bad v3 is rolled
+back; a retraining Job from the template runs to completion and is recorded; the ModelDeployment is deleted and
+garbage collection takes everything it made. At every moment, Argo CD's health script and kstatus read the live
+object. The tests run in this order, one chapter each, on one story."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from steward_harness import addons, demo, images
+from steward_harness.clusters import LocalCluster
+from steward_harness.node import NODE_IP
+from steward_harness.prometheus import Prometheus
+from tests.conftest import CHART, Helm
+from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
+from tests.support.waiting import wait_until
+
+NAMESPACE = "story"
+SYSTEM = "steward-system"
+HOST = f"{demo.NAME}.{NAMESPACE}.example.com"
+TRAFFIC = {"provider": "traefik", "gateway": f"{addons.KSERVE_NAMESPACE}/{addons.GATEWAY}", "hostnames": [HOST]}
+CHAPTER = 300.0
+# Small requests: the node has two cores, and a predictor asks KServe's default of one each unless told.
+SERVING = {
+    "mode": "online",
+    "online": {"minReplicas": 1, "maxReplicas": 1, "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}}},
+}
+KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
+
+
+def _retraining(image: str) -> dict[str, Any]:
+    """spec.retraining: a Job that runs in `image` and succeeds, on request only."""
+    container = {"name": "train", "image": image, "command": ["python", "-c", "print('retrained')"]}
+    return {
+        "cooldown": "1h",
+        "jobTemplate": {
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}
+        },
+    }
+
+
+@dataclass
+class World:
+    cluster: LocalCluster
+    story: demo.Story
+    bundles: dict[str, str]
+    rows: list[dict[str, Any]]
+    traffic: demo.Traffic | None = None
+
+    def apply(self, version: str, label: str, why: str, **spec: Any) -> None:
+        self.story.apply(version, self.bundles[version], label, why, serving=SERVING, **spec)
+
+    def steward(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(KUBECTL_STEWARD), *args, "-n", NAMESPACE, f"--kubeconfig={self.cluster.plane.kubeconfig}"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    def events(self) -> set[str]:
+        found = self.cluster.kubectl.json(
+            "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={demo.NAME}"
+        )
+        return {event["reason"] for event in found["items"]}
+
+
+@pytest.fixture(scope="module")
+def prometheus(local_cluster: LocalCluster) -> Iterator[Prometheus]:
+    """Prometheus on the node's address, so the operator's pod reaches it, finding pods through the API server."""
+    server = Prometheus(
+        directory=local_cluster.directory / "prometheus", host=NODE_IP, kubeconfig=local_cluster.plane.kubeconfig
+    )
+    server.start()
+    yield server
+    server.stop(keep=True)  # its log stays with the cluster's, which go when every test passed
+
+
+def _values(prometheus: Prometheus) -> dict[str, Any]:
+    references = images.image_references()
+
+    def image(name: str) -> dict[str, str]:
+        repository, tag = references[name].rsplit(":", 1)
+        return {"repository": repository, "tag": tag}
+
+    return {
+        "image": {**image("operator"), "pullPolicy": "Never"},
+        "predictorImage": image("predictor"),
+        "monitor": {"image": image("monitor"), "persistence": {"enabled": False}},
+        "prometheus": {"url": prometheus.url},
+        "watchNamespaces": [NAMESPACE],
+        "resyncSeconds": 2,
+    }
+
+
+@pytest.fixture(scope="module")
+def chart(
+    local_cluster: LocalCluster, prometheus: Prometheus, helm: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Helm]:
+    """Steward's chart, installed with helm on the node from the images built here; uninstalled at the end.
+    Returns helm, bound to the cluster."""
+    values = tmp_path_factory.mktemp("chart") / "values.yaml"
+    values.write_text(yaml.safe_dump(_values(prometheus)))
+    local_cluster.kubectl.run("create", "namespace", NAMESPACE)
+
+    def bound(*args: str) -> subprocess.CompletedProcess[str]:
+        return helm(*args, f"--kubeconfig={local_cluster.plane.kubeconfig}", f"--namespace={SYSTEM}")
+
+    installed = bound(
+        "install", "steward", str(CHART), "--create-namespace", f"--values={values}", "--wait", "--timeout=100s"
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    yield bound
+    bound("uninstall", "steward", "--wait", "--timeout=100s")
+
+
+@pytest.fixture(scope="module")
+def world(
+    local_cluster: LocalCluster, prometheus: Prometheus, chart: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    models = demo.train(tmp_path_factory.mktemp("bundles"))
+    claim = local_cluster.share_bundles(NAMESPACE, models.bundles)
+    story = demo.Story(local_cluster.plane, prometheus, local_cluster.kubectl, namespace=NAMESPACE, traffic=TRAFFIC)
+    world = World(local_cluster, story, {version: f"{claim}/{version}" for version in models.bundles}, models.rows)
+    yield world
+    if world.traffic is not None:
+        world.traffic.stop()
+        print(f"\nanswers seen by clients (version, status): {sorted(world.traffic.answered.items())}")
+    print("\n" + story.timeline.markdown())
+
+
+def _pods(world: World, version: str) -> list[dict[str, Any]]:
+    selector = f"serving.kserve.io/inferenceservice={demo.NAME}--{version}"
+    found: list[dict[str, Any]] = world.cluster.kubectl.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
+    return found
+
+
+def test_helm_test_passes_on_the_node(chart: Helm) -> None:
+    tested = chart("test", "steward", "--timeout=100s")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "Phase:          Succeeded" in tested.stdout
+
+
+def test_v1_serves_through_kserve_s_pods_and_traefik(world: World) -> None:
+    world.apply("v1", "apply v1", "v1 is applied: the first version serves")
+    world.story.until("v1 serving", demo.ready_with("v1"), CHAPTER)
+    gateway = world.cluster.kubectl.json("get", "service", "traefik", "-n", addons.TRAEFIK_NAMESPACE)["spec"]
+    url = f"http://{gateway['clusterIP']}/v1/models/{demo.NAME}:predict"
+    demo.wait_for_route(url, HOST, timeout=60)
+    world.traffic = demo.Traffic(url, world.rows, host=HOST).start()
+    wait_until(lambda: world.traffic and world.traffic.answered.get(("v1", 200), 0) >= 50, timeout=60)
+    (pod,) = _pods(world, "v1")
+    # KServe made the pod; Prometheus found it by its annotations, with the labels the operator asks for.
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    query = f'steward_predictor_ready{{namespace="{NAMESPACE}",pod="{pod["metadata"]["name"]}"}}'
+    assert wait_until(lambda: _query(world.story.prometheus, query), timeout=30)
+
+
+def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_canary(world: World) -> None:
+    story = world.story
+    world.apply("v2", "apply v2", "v2 is applied: better held-out results")
+    story.until("v2 in canary", demo.phase("Canary", challenger="v2"), CHAPTER)
+    (pod,) = _pods(world, "v2")
+    print(f"\n[{story.elapsed():5.0f} s] v2's pod {pod['metadata']['name']} is killed mid-canary", flush=True)
+    world.cluster.kubectl.run("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
+    # KServe's Deployment starts another pod; until it is ready, the challenger takes no traffic.
+    story.until("v2 out of the split", lambda body: "ChallengerUnavailable" in world.events(), 120)
+    story.until("v2 promoted", demo.phase("Promoted", incumbent="v2"), CHAPTER)
+    phases = [moment.phase for moment in story.timeline.moments]
+    assert {"Validating", "Shadowing", "Canary", "Promoted"} <= set(phases)
+    assert world.traffic is not None
+    answered = world.traffic.answered
+    assert answered.get(("v2", 200), 0) > 0, "no client was ever answered by v2"
+    # The route never went away: a 404 would be Traefik dropping it while v2 had no pod.
+    assert not [answer for answer in answered if answer[1] == 404], answered
+
+
+def test_a_bad_v3_is_rolled_back(world: World) -> None:
+    story = world.story
+    world.apply("v3", "apply v3", "v3 is applied: new feature code with a bug")
+    body = story.until("v3 rolled back", demo.phase("RolledBack", incumbent="v2", rolledBack="v3"), CHAPTER)
+    assert "guardrail errorRate failed" in json.dumps(body["status"])
+
+
+def test_a_retraining_job_runs_to_completion_and_is_recorded(world: World) -> None:
+    story = world.story
+    # The predictor's image: the only Python on the node.
+    retraining = _retraining(images.image_references()["predictor"])
+    world.apply("v2", "revert to v2", "Git is reverted to v2, with a retraining Job", retraining=retraining)
+    story.until("v2 Ready again", demo.ready_with("v2"), CHAPTER)
+    asked = world.steward("retrain", demo.NAME)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+
+    def finished(body: dict[str, Any]) -> bool:
+        runs = body.get("status", {}).get("retrainings", [])
+        return bool(runs) and runs[-1]["outcome"] != "running"
+
+    body = story.until("the retraining Job finished", finished, 180)
+    run = body["status"]["retrainings"][-1]
+    assert (run["reason"], run["outcome"], run["version"]) == ("manual", "succeeded", "v2")
+    assert "RetrainingSucceeded" in world.events()
+
+
+def test_deleting_the_model_deployment_removes_everything_it_made(world: World) -> None:
+    if world.traffic is not None:
+        world.traffic.stop()
+    kubectl = world.cluster.kubectl
+    kubectl.run("delete", "modeldeployment", demo.NAME, "-n", NAMESPACE, "--wait=false")
+    # What the operator made, what KServe made of it, and the commands sent: all owned, so all collected.
+    kinds = "inferenceservices,traefikservices,httproutes,deployments,services,jobs,pods,modelcommands"
+    try:
+        wait_until(lambda: not kubectl.json("get", kinds, "-n", NAMESPACE)["items"], timeout=180, interval=2)
+    except TimeoutError:
+        left = kubectl.run("get", kinds, "-n", NAMESPACE, "-o", "name").stdout
+        pytest.fail(f"left in {NAMESPACE} after the ModelDeployment was deleted:\n{left}")
+
+
+def _expected_health(body: dict[str, Any]) -> str | None:
+    """What Argo CD must say at the story's landmarks, once the operator acted on the generation: a release under
+    way is Progressing, a promoted version serving is Healthy, a rolled-back version still in Git is Degraded.
+    None elsewhere."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != body["metadata"]["generation"]:
+        return None
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+    wanted = body["spec"]["model"]["version"]
+    if status.get("phase") in {"Validating", "Shadowing", "Canary"}:
+        return "Progressing"
+    if status.get("phase") == "Promoted" and ready:
+        return "Healthy"
+    if status.get("phase") == "RolledBack" and (status.get("rolledBack") or {}).get("version") == wanted:
+        return "Degraded"
+    return None
+
+
+def test_argo_cd_and_kstatus_agree_on_every_moment_of_the_story(world: World) -> None:
+    seen = world.story.seen
+    verdicts = kstatus_verdicts(seen)
+    landmarks = []
+    for body, (kstatus, said) in zip(seen, verdicts, strict=True):
+        health, message = argocd_health(body)
+        status = body.get("status") or {}
+        moment = f"{status.get('phase')}, generation {body['metadata']['generation']}: {health} ({message});"
+        moment += f" kstatus {kstatus} ({said})"
+        assert kstatus in KSTATUS_OF[health], moment
+        expected = _expected_health(body)
+        if expected is not None:
+            assert health == expected, moment
+            landmarks.append(health)
+    assert {"Progressing", "Healthy", "Degraded"} <= set(landmarks), landmarks
+
+
+def _query(prometheus: Prometheus, query: str) -> list[Any]:
+    url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- the local Prometheus
+        result: list[Any] = json.loads(response.read())["data"]["result"]
+    return result
