@@ -55,10 +55,10 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 	$(BIN)/pytest -m 'not integration and not e2e' $(PYTEST_ARGS)
 
 test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests; INTEGRATION_WORKERS=2 by default
-	$(BIN)/pytest -m integration --numprocesses=$(INTEGRATION_WORKERS) --dist=loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -m integration --numprocesses=$(INTEGRATION_WORKERS) --dist=loadfile --durations=10 $(PYTEST_ARGS)
 
 e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -m e2e --durations=10 $(PYTEST_ARGS)
 
 bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion
 	$(BIN)/python bench/online.py

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,8 +76,8 @@ def build(version: str = HELM_VERSION) -> None:
     """Build helm `version` in a throwaway module and move it into the cache in one rename."""
     check_version(version)
     started = time.monotonic()
-    _say(f"building helm {version} from the Go module proxy (once; cached in {binaries.CACHE_DIR})")
-    info = json.loads(_go("mod", "download", "-json", f"{_MODULE}@{version}", cwd=Path.cwd()))
+    binaries.say(f"building helm {version} from the Go module proxy (once; cached in {binaries.CACHE_DIR})")
+    info = json.loads(binaries.go("mod", "download", "-json", f"{_MODULE}@{version}", cwd=Path.cwd()))
     if "Error" in info:
         raise BuildError(f"cannot fetch {_MODULE}@{version}: {info['Error']}")
     flags = ldflags(version, Path(info["GoMod"]).read_text())
@@ -91,16 +90,19 @@ def build(version: str = HELM_VERSION) -> None:
     with tempfile.TemporaryDirectory(dir=binaries.CACHE_DIR / "build") as work:
         module = Path(work)
         (module / "go.mod").write_text(wrapper_go_mod(version))
-        _say("resolving modules")
-        _go("get", f"{_COMMAND}@{version}", cwd=module)
-        _say("compiling helm (a few minutes on a cold Go build cache)")
+        binaries.say("resolving modules")
+        binaries.go("get", f"{_COMMAND}@{version}", cwd=module)
+        binaries.say("compiling helm (a few minutes on a cold Go build cache)")
         built = module / "helm"
-        _go("build", "-trimpath", "-ldflags", flags, "-o", str(built), _COMMAND, cwd=module)
-        reported = _run([str(built), "version", "--template", "{{.Version}}"], cwd=module).strip()
+        binaries.go("build", "-trimpath", "-ldflags", flags, "-o", str(built), _COMMAND, cwd=module)
+        shown = subprocess.run(
+            [str(built), "version", "--template", "{{.Version}}"], capture_output=True, text=True, check=False
+        )
+        reported = shown.stdout.strip()
         if reported != version:
             raise BuildError(f"the helm just built reports version {reported!r}, not {version!r}")
         built.replace(target)
-    _say(f"built in {time.monotonic() - started:.0f} s: {target}")
+    binaries.say(f"built in {time.monotonic() - started:.0f} s: {target}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,26 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _go(*args: str, cwd: Path) -> str:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain (go) is not on PATH; it is needed once to build helm")
-    return _run([go, *args], cwd=cwd)
-
-
-def _run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        shown = " ".join([Path(command[0]).name, *command[1:]])
-        raise BuildError(f"{shown} failed (exit {result.returncode}):\n{result.stderr.strip()}")
-    return result.stdout
-
-
-def _say(message: str) -> None:
-    print(f"[steward] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

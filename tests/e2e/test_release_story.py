@@ -8,6 +8,7 @@ object. The tests run in this order, one chapter each, on one story."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -24,7 +25,7 @@ from steward_harness import addons, demo, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
-from tests.conftest import CHART, Helm
+from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
 
@@ -39,6 +40,8 @@ SERVING = {
     "online": {"minReplicas": 1, "maxReplicas": 1, "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}}},
 }
 KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
+OUTPUT = REPOSITORY / "build" / "e2e"
+"""Where the story's timeline and the answers clients saw are written."""
 
 
 def _retraining(image: str) -> dict[str, Any]:
@@ -134,8 +137,12 @@ def world(
     yield world
     if world.traffic is not None:
         world.traffic.stop()
-        print(f"\nanswers seen by clients (version, status): {sorted(world.traffic.answered.items())}")
-    print("\n" + story.timeline.markdown())
+    # What happened when, and what clients saw, for whoever reads the run afterwards.
+    answers = sorted(world.traffic.answered.items()) if world.traffic is not None else []
+    lines = "".join(f"| {version} | {code} | {count} |\n" for (version, code), count in answers)
+    answered = f"\n\n| answered by | status | requests |\n|---|---|---|\n{lines}"
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / "story.md").write_text(story.timeline.markdown() + answered)
 
 
 def _pods(world: World, version: str) -> list[dict[str, Any]]:
@@ -182,13 +189,21 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     assert answered.get(("v2", 200), 0) > 0, "no client was ever answered by v2"
     # The route never went away: a 404 would be Traefik dropping it while v2 had no pod.
     assert not [answer for answer in answered if answer[1] == 404], answered
+    # Traefik itself split the last canary step as the operator asked, by its own per-Service counts.
+    step = next(moment for moment in story.timeline.moments if moment.weights == (50, 50, 0))
+    promoted = next(moment for moment in story.timeline.moments if moment.phase == "Promoted")
+    served = _served_by_traefik(story, story.begun + step.at + 5, story.begun + promoted.at - 1)
+    assert 0.4 < served["v2"] / (served["v1"] + served["v2"]) < 0.6, served
 
 
 def test_a_bad_v3_is_rolled_back(world: World) -> None:
     story = world.story
     world.apply("v3", "apply v3", "v3 is applied: new feature code with a bug")
     body = story.until("v3 rolled back", demo.phase("RolledBack", incumbent="v2", rolledBack="v3"), CHAPTER)
-    assert "guardrail errorRate failed" in json.dumps(body["status"])
+    # v3 fails some requests and shifts its predictions: whichever guardrail sees it first rolls it back.
+    analysis = body["status"]["lastAnalysis"]
+    assert analysis["decision"] == "rollback", analysis
+    assert re.match(r"guardrail (errorRate|predictionShift) failed", analysis["rule"]), analysis
 
 
 def test_a_retraining_job_runs_to_completion_and_is_recorded(world: World) -> None:
@@ -259,8 +274,22 @@ def test_argo_cd_and_kstatus_agree_on_every_moment_of_the_story(world: World) ->
     assert {"Progressing", "Healthy", "Degraded"} <= set(landmarks), landmarks
 
 
-def _query(prometheus: Prometheus, query: str) -> list[Any]:
-    url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+def _served_by_traefik(story: demo.Story, start: float, end: float) -> dict[str, float]:
+    """Requests Traefik sent to each version's predictor Service between `start` and `end` (unix seconds)."""
+    # Traefik names a Service <namespace>-<name>-<port>, with a run of dashes made one.
+    service = f"{NAMESPACE}-{demo.NAME}-+(v[0-9]+)-predictor-.*"
+    query = f'sum by (service) (increase(traefik_service_requests_total{{service=~"{service}"}}[{end - start:.0f}s]))'
+    served: dict[str, float] = {}
+    for series in _query(story.prometheus, query, at=end):
+        match = re.fullmatch(service, series["metric"]["service"])
+        if match is not None:
+            served[match[1]] = served.get(match[1], 0.0) + float(series["value"][1])
+    return served
+
+
+def _query(prometheus: Prometheus, query: str, at: float | None = None) -> list[Any]:
+    arguments = {"query": query, **({"time": f"{at:.3f}"} if at is not None else {})}
+    url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode(arguments)}"
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- the local Prometheus
         result: list[Any] = json.loads(response.read())["data"]["result"]
     return result
