@@ -86,7 +86,8 @@ class LocalCluster(Server):
 
     def stop(self, keep: bool = False) -> None:
         """Stop the node (draining its pods), the control plane and the host network, in that order; each is
-        stopped even when an earlier one fails."""
+        stopped even when an earlier one fails. Then remove the directory, or with `keep` only what is not a log
+        (the image archives and the node's image store: gigabytes)."""
         try:
             if self._node is not None:
                 self._node.stop(keep=keep)
@@ -97,6 +98,7 @@ class LocalCluster(Server):
             finally:
                 if self._network is not None:
                     self._network.stop()
+                shutil.rmtree(self.directory if not keep else self.directory / "images", ignore_errors=True)
 
     def share_bundles(self, namespace: str, bundles: dict[str, Path], claim: str = "bundles") -> str:
         """Put `bundles` (by version) on the node, readable through the PersistentVolumeClaim `claim` in

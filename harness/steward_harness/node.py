@@ -199,8 +199,8 @@ class Node(Server):
         self._remove_containers()
         halt(self._processes.pop("containerd", None))
         problems += _unmount_below(self.directory)
-        if not keep:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        # Kept for its logs: the runtime's image store (gigabytes) goes either way.
+        shutil.rmtree(self.directory if not keep else self.directory / "containerd", ignore_errors=True)
         if problems:
             raise NodeError("the node could not undo everything it changed:\n" + "\n".join(problems))
 
