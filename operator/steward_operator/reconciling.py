@@ -360,11 +360,15 @@ async def serving_endpoints(cluster: Cluster, namespace: str, children: list[dic
     return frozenset(
         found["metadata"]["labels"][SERVICE_NAME]
         for found in slices
-        # A missing condition means ready (discovery.k8s.io/v1).
-        if any(
-            (endpoint.get("conditions") or {}).get("ready") is not False for endpoint in found.get("endpoints") or []
-        )
+        if any(_serving(endpoint) for endpoint in found.get("endpoints") or [])
     )
+
+
+def _serving(endpoint: dict[str, Any]) -> bool:
+    """Whether an endpoint takes requests, as gateways read it: `serving` (ready, or still answering while it
+    terminates, as the old pod of a rollout does), else `ready`; a missing condition means true."""
+    conditions = endpoint.get("conditions") or {}
+    return conditions.get("serving", conditions.get("ready")) is not False
 
 
 def ready_versions(

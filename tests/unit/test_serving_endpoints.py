@@ -70,6 +70,23 @@ def test_any_ready_endpoint_is_enough(readiness: tuple[bool | None, ...], answer
     assert ready_versions(children, endpoints) == ({"v2"} if answers else set())
 
 
+@pytest.mark.parametrize(
+    ("conditions", "answers"),
+    [
+        ({"ready": False, "serving": True, "terminating": True}, True),
+        ({"ready": False, "serving": False, "terminating": True}, False),
+        ({"ready": True, "serving": True}, True),
+    ],
+    ids=["terminating-still-serving", "terminating-done", "ready"],
+)
+def test_an_endpoint_that_still_serves_counts_as_gateways_count_it(conditions: dict[str, bool], answers: bool) -> None:
+    # The old pod of a rollout (a digest pin changes the pod template) answers until it exits.
+    children = [_service("v2")]
+    found = {"metadata": {"labels": {SERVICE_NAME: "churn--v2-predictor"}}, "endpoints": [{"conditions": conditions}]}
+    endpoints, _ = _endpoints(children, [found])
+    assert ready_versions(children, endpoints) == ({"v2"} if answers else set())
+
+
 def test_the_legacy_raw_deployment_mode_is_checked_too() -> None:
     children = [_service("v2", mode="RawDeployment")]
     assert ready_versions(children, frozenset()) == set()
