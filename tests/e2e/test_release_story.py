@@ -151,6 +151,20 @@ def _pods(world: World, version: str) -> list[dict[str, Any]]:
     return found
 
 
+def _settled_pod(world: World, version: str) -> dict[str, Any]:
+    """The version's one pod, ready, once any rollout has settled: pinning a version's digest changes its pod
+    template, so KServe rolls its Deployment once, and for a while there are two."""
+
+    def settled() -> dict[str, Any] | None:
+        pods = _pods(world, version)
+        if len(pods) != 1 or pods[0]["metadata"].get("deletionTimestamp"):
+            return None
+        conditions = {c["type"]: c["status"] for c in pods[0].get("status", {}).get("conditions", [])}
+        return pods[0] if conditions.get("Ready") == "True" else None
+
+    return wait_until(settled, timeout=120, interval=1)
+
+
 def test_helm_test_passes_on_the_node(chart: Helm) -> None:
     tested = chart("test", "steward", "--timeout=100s")
     assert tested.returncode == 0, tested.stdout + tested.stderr
@@ -165,7 +179,7 @@ def test_v1_serves_through_kserve_s_pods_and_traefik(world: World) -> None:
     demo.wait_for_route(url, HOST, timeout=60)
     world.traffic = demo.Traffic(url, world.rows, host=HOST).start()
     wait_until(lambda: world.traffic and world.traffic.answered.get(("v1", 200), 0) >= 50, timeout=60)
-    (pod,) = _pods(world, "v1")
+    pod = _settled_pod(world, "v1")
     # KServe made the pod; Prometheus found it by its annotations, with the labels the operator asks for.
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     query = f'steward_predictor_ready{{namespace="{NAMESPACE}",pod="{pod["metadata"]["name"]}"}}'
@@ -176,7 +190,7 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     story = world.story
     world.apply("v2", "apply v2", "v2 is applied: better held-out results")
     story.until("v2 in canary", demo.phase("Canary", challenger="v2"), CHAPTER)
-    (pod,) = _pods(world, "v2")
+    pod = _settled_pod(world, "v2")
     print(f"\n[{story.elapsed():5.0f} s] v2's pod {pod['metadata']['name']} is killed mid-canary", flush=True)
     world.cluster.kubectl.run("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
     # KServe's Deployment starts another pod; until it is ready, the challenger takes no traffic.
