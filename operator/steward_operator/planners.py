@@ -93,6 +93,11 @@ def child_name(model: str, version: str) -> str:
     return name
 
 
+def predictor_service(inference_service: str) -> str:
+    """The Service KServe makes for an InferenceService's predictor, which routes send its traffic to."""
+    return f"{inference_service}-predictor"
+
+
 def monitor_token(key: str, namespace: str, model: str) -> str:
     """The token the monitor takes one ModelDeployment's predictions with, and no other's:
     `namespace/model/hex(HMAC-SHA256(key, "namespace/model"))`, as the monitor derives it from the same key."""
@@ -148,9 +153,11 @@ def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeployment
     canary, one InferenceService whose revisions split it."""
     traffic = provider(spec.rollout.traffic.provider)
     owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
-    incumbent = Backend(f"{child_name(name, release.incumbent.version)}-predictor", namespace)
+    incumbent = Backend(predictor_service(child_name(name, release.incumbent.version)), namespace)
     challenger = (
-        Backend(f"{child_name(name, release.challenger.version)}-predictor", namespace) if release.challenger else None
+        Backend(predictor_service(child_name(name, release.challenger.version)), namespace)
+        if release.challenger
+        else None
     )
     split = Split(incumbent, challenger, release.challenger_weight, release.shadow_percent)
     if traffic.one_inference_service:

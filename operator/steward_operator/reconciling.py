@@ -348,7 +348,7 @@ def _predictor_service(child: dict[str, Any]) -> str | None:
         or (child.get("status") or {}).get("deploymentMode") not in _DEPLOYMENT_MODES
     ):
         return None
-    return f"{child['metadata']['name']}-predictor"
+    return planners.predictor_service(child["metadata"]["name"])
 
 
 async def serving_endpoints(cluster: Cluster, namespace: str, children: list[dict[str, Any]]) -> frozenset[str]:

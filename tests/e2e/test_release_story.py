@@ -25,6 +25,7 @@ from steward_harness import addons, demo, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
+from steward_operator import planners
 from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
@@ -135,10 +136,11 @@ def world(
     story = demo.Story(local_cluster.plane, prometheus, local_cluster.kubectl, namespace=NAMESPACE, traffic=TRAFFIC)
     world = World(local_cluster, story, {version: f"{claim}/{version}" for version in models.bundles}, models.rows)
     yield world
+    answers = []
     if world.traffic is not None:
         world.traffic.stop()
+        answers = sorted(world.traffic.answered.items())
     # What happened when, and what clients saw, for whoever reads the run afterwards.
-    answers = sorted(world.traffic.answered.items()) if world.traffic is not None else []
     lines = "".join(f"| {version} | {code} | {count} |\n" for (version, code), count in answers)
     answered = f"\n\n| answered by | status | requests |\n|---|---|---|\n{lines}"
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def world(
 
 
 def _pods(world: World, version: str) -> list[dict[str, Any]]:
-    selector = f"serving.kserve.io/inferenceservice={demo.NAME}--{version}"
+    selector = f"serving.kserve.io/inferenceservice={planners.child_name(demo.NAME, version)}"
     found: list[dict[str, Any]] = world.cluster.kubectl.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
     return found
 
