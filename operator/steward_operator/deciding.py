@@ -27,7 +27,7 @@ batches in shadow, then takes over).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -191,7 +191,9 @@ def decide(
        were measured on the same held-out data (equal fingerprints) or across different held-out sets; the
        verdict is the same either way. With validation disabled -> advance: there is nothing to wait for.
 
-    Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests; slowRequests:
+    Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests, as clients were
+    answered: per version the larger of its predictors' counts and its gateway's, which also answers for pods
+    that died mid-request or never answered; slowRequests:
     requests slower than the threshold the caller applied or else the incumbent's p95 latency in the same window,
     among timed requests; predictionShift: total variation between the predictions per bin) is an anytime-valid
     test at its share of alpha = 1 - rollout.confidence (split equally, Bonferroni), against its own tolerance.
@@ -362,7 +364,7 @@ def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Ver
         return Verdict("rollback", overdue, evidence)
     failed = [check for check in checks if check.comparison.credibly_worse]
     if failed:
-        return Verdict("rollback", _breach(stage, failed), evidence)
+        return Verdict("rollback", _breach(stage, failed, window), evidence)
 
     elapsed = max(timing.now - timing.stage_started, timedelta(0))
     collecting = _collecting(stage, elapsed, window)
@@ -404,12 +406,12 @@ def _collecting(stage: _Stage, elapsed: timedelta, window: Window) -> str | None
     return f"collecting evidence in {stage.name}: {' and '.join(short)} so far" if short else None
 
 
-def _silent(window: Window) -> str | None:
+def _silent(window: Window, requests: Callable[[ArmCounts], int] = lambda counts: counts.requests) -> str | None:
     """The versions that answered no requests, in words; None when both answered some."""
     silent = [
         arm
         for arm, counts in (("challenger", window.challenger), ("incumbent", window.incumbent))
-        if not counts.requests
+        if not requests(counts)
     ]
     return f"the {' and the '.join(silent)}" if silent else None
 
@@ -424,15 +426,9 @@ def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
         alpha, tolerance = alphas[guardrail.name], guardrail.tolerance
         if guardrail.name == "errorRate":
             comparison = compare_rates(
-                guardrail.name,
-                incumbent.errors,
-                incumbent.requests,
-                challenger.errors,
-                challenger.requests,
-                tolerance=tolerance,
-                alpha=alpha,
+                guardrail.name, *answered(incumbent), *answered(challenger), tolerance=tolerance, alpha=alpha
             )
-            silent = _silent(window)
+            silent = _silent(window, lambda counts: answered(counts)[1])
             waiting = None if silent is None else f"{silent} answered none"
         elif guardrail.name == "slowRequests":
             comparison, waiting = _slow_requests(incumbent, challenger, tolerance, alpha)
@@ -518,9 +514,7 @@ def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[spec
     source = "the errorRate guardrail's tolerance" if tolerance else "the default, as errorRate allows no increase"
     incumbent, challenger = window.incumbent, window.challenger
     alpha = _alpha(rollout)
-    gate = non_inferiority(
-        _GATE, incumbent.errors, incumbent.requests, challenger.errors, challenger.requests, margin=margin, alpha=alpha
-    )
+    gate = non_inferiority(_GATE, *answered(incumbent), *answered(challenger), margin=margin, alpha=alpha)
     evidence = (*evidence, as_evidence(gate))
     upper = "no bound" if gate.upper is None else f"at most {_points(gate.upper)}"
     rates = f"{_rate(gate.challenger)} against {_rate(gate.incumbent)}"
@@ -538,7 +532,7 @@ def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[spec
     return Verdict("continue", rule, evidence)
 
 
-def _breach(stage: _Stage, failed: list[_Check]) -> str:
+def _breach(stage: _Stage, failed: list[_Check], window: Window) -> str:
     first = failed[0]
     guardrail, comparison = first.guardrail, first.comparison
     samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,}"
@@ -556,6 +550,9 @@ def _breach(stage: _Stage, failed: list[_Check]) -> str:
             f" {samples} {counted}, an increase of at least {_points(comparison.lower)}, above the tolerance of"
             f" {_points(guardrail.tolerance)} {at}"
         )
+        gateway, own = window.challenger.gateway_errors or 0, window.challenger.errors
+        if guardrail.name == "errorRate" and gateway > own:
+            what += f" (the gateway answered {gateway:,} of its requests with a 5xx, its predictors {own:,})"
     also = "".join(f"; {check.guardrail.name} failed too" for check in failed[1:])
     return f"guardrail {guardrail.name} failed in {stage.name}: {what}{also}; roll back"
 
@@ -590,14 +587,27 @@ def _unusable_readings(rollout: specs.Rollout, window: Window) -> list[str]:
 
 
 def _unusable_requests(arm: str, counts: ArmCounts) -> list[str]:
+    found = _unusable_count(arm, "", counts.requests, counts.errors)
+    if counts.gateway_requests is not None or counts.gateway_errors is not None:
+        found += _unusable_count(arm, "gateway's ", counts.gateway_requests or 0, counts.gateway_errors or 0)
+    return found
+
+
+def _unusable_count(arm: str, whose: str, requests: int, errors: int) -> list[str]:
     found = [
-        f"the {arm}'s {name} ({_amount(value)}) are {flaw}"
-        for name, value in (("requests", counts.requests), ("errors", counts.errors))
+        f"the {arm}'s {whose}{name} ({_amount(value)}) are {flaw}"
+        for name, value in (("requests", requests), ("errors", errors))
         if (flaw := _flaw(value)) is not None
     ]
-    if not found and counts.errors > counts.requests:
-        found.append(f"the {arm}'s errors ({counts.errors:,}) outnumber its requests ({counts.requests:,})")
+    if not found and errors > requests:
+        found.append(f"the {arm}'s {whose}errors ({errors:,}) outnumber its requests ({requests:,})")
     return found
+
+
+def answered(counts: ArmCounts) -> tuple[int, int]:
+    """(errors, requests) of one version as clients were answered: each the larger of what its predictors counted
+    and what the gateway in front of it counted, where one did."""
+    return max(counts.errors, counts.gateway_errors or 0), max(counts.requests, counts.gateway_requests or 0)
 
 
 def _unusable_latency(arm: str, counts: ArmCounts) -> list[str]:

@@ -98,6 +98,11 @@ def predictor_service(inference_service: str) -> str:
     return f"{inference_service}-predictor"
 
 
+def backend(model: str, namespace: str, version: str) -> Backend:
+    """The Service a version's traffic is sent to: its own predictor's."""
+    return Backend(predictor_service(child_name(model, version)), namespace)
+
+
 def monitor_token(key: str, namespace: str, model: str) -> str:
     """The token the monitor takes one ModelDeployment's predictions with, and no other's:
     `namespace/model/hex(HMAC-SHA256(key, "namespace/model"))`, as the monitor derives it from the same key."""
@@ -153,12 +158,8 @@ def plan_online(name: str, namespace: str, uid: str, spec: specs.ModelDeployment
     canary, one InferenceService whose revisions split it."""
     traffic = provider(spec.rollout.traffic.provider)
     owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
-    incumbent = Backend(predictor_service(child_name(name, release.incumbent.version)), namespace)
-    challenger = (
-        Backend(predictor_service(child_name(name, release.challenger.version)), namespace)
-        if release.challenger
-        else None
-    )
+    incumbent = backend(name, namespace, release.incumbent.version)
+    challenger = backend(name, namespace, release.challenger.version) if release.challenger else None
     split = Split(incumbent, challenger, release.challenger_weight, release.shadow_percent)
     if traffic.one_inference_service:
         # The newest version's predictor; KServe keeps the one rolled out before it for the rest of the traffic.

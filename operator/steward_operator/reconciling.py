@@ -24,7 +24,7 @@ from steward_operator.kubernetes import (
     NotFoundError,
     kind_of,
 )
-from steward_operator.metric_providers import HeldOutResults, MetricProvider, MetricsUnavailableError
+from steward_operator.metric_providers import Gateway, HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.providers import gateway_api
 from steward_operator.providers.base import MirrorRefusal, Owner, parent
 
@@ -182,6 +182,11 @@ async def gather(
     if stage.phase != "Validating" and spec.serving.mode != "online":
         return None
     name, since = deployment.metadata["name"], status.stage_started
+
+    def gateway(version: str) -> Gateway:
+        backend = planners.backend(name, namespace, version)
+        return Gateway(spec.rollout.traffic.provider, backend.namespace, backend.service, backend.port)
+
     try:
         if stage.phase == "Validating":
             held_i, held_c = await asyncio.gather(
@@ -191,8 +196,10 @@ async def gather(
             holdouts = deciding.Holdouts(_held_out(held_i), _held_out(held_c))
             return releasing.Evidence(challenger.version, stage, since, holdouts=holdouts)
         counts_i, counts_c = await asyncio.gather(
-            source.window(name, incumbent.version, since or now, now, namespace=namespace),
-            source.window(name, challenger.version, since or now, now, namespace=namespace),
+            *(
+                source.window(name, version, since or now, now, namespace=namespace, gateway=gateway(version))
+                for version in (incumbent.version, challenger.version)
+            )
         )
         return releasing.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
     except MetricsUnavailableError:

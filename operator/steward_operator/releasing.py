@@ -380,9 +380,9 @@ def _retold(draft: _Draft, since: int, why: str) -> _Draft:
 
 def _move_traffic(draft: _Draft) -> _Draft:
     """Traffic follows the stage, but never reaches a challenger that is not ready. One that stops being ready
-    loses its share and its mirror at once (the gateway's errors for it would reach no guardrail), and one not
-    ready within rollout.progressDeadline of its stage's split is rolled back: a version that stops answering
-    counts against itself."""
+    loses its share and its mirror at once (its clients are moved rather than answered 502s by the gateway), and
+    one not ready within rollout.progressDeadline of its stage's split is rolled back: a version that stops
+    answering counts against itself."""
     status, now = draft.status, draft.observed.now
     target = target_weights(draft.spec, status)
     if target.shadow and draft.observed.mirroring_refused is not None:

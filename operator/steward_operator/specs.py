@@ -390,10 +390,12 @@ class Guardrail(Model):
     """A live check that rolls the challenger back as soon as it is credibly worse than the incumbent."""
 
     name: Literal["errorRate", "slowRequests", "predictionShift"]
-    """errorRate: share of requests answered with 5xx. slowRequests: share of timed requests slower than the
-    incumbent's p95 latency (the smallest latency bucket boundary holding 95% of its requests in the same
-    window). predictionShift: total variation distance between the two prediction distributions. A guardrail
-    without data on both versions holds the release: no data is not a pass."""
+    """errorRate: share of requests answered with 5xx, counted by the predictors and, where the traffic
+    provider's gateway exports per-backend counts (traefik), by the gateway, whichever saw more. slowRequests:
+    share of timed requests slower than the incumbent's p95 latency (the smallest latency bucket boundary holding
+    95% of its requests in the same window). predictionShift: total variation distance between the two
+    prediction distributions. A guardrail without data on both versions holds the release: no data is not a
+    pass."""
     tolerance: float = Field(0.0, ge=0, le=1)
     """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
     share of requests, or a distance). 0: any credible increase. For slowRequests, whose incumbent share is at

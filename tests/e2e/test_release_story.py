@@ -7,14 +7,17 @@ object. The tests run in this order, one chapter each, on one story."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
 from steward_operator import planners
+from steward_operator.metric_providers import Gateway
+from steward_operator.metric_providers.prometheus import Prometheus as Evidence
 from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
@@ -63,6 +68,8 @@ class World:
     bundles: dict[str, str]
     rows: list[dict[str, Any]]
     traffic: demo.Traffic | None = None
+    findings: list[str] = field(default_factory=list)
+    """What the story measured, in words, for story.md."""
 
     def apply(self, version: str, label: str, why: str, **spec: Any) -> None:
         self.story.apply(version, self.bundles[version], label, why, serving=SERVING, **spec)
@@ -143,8 +150,9 @@ def world(
     # What happened when, and what clients saw, for whoever reads the run afterwards.
     lines = "".join(f"| {version} | {code} | {count} |\n" for (version, code), count in answers)
     answered = f"\n\n| answered by | status | requests |\n|---|---|---|\n{lines}"
+    found = "".join(f"- {finding}\n" for finding in world.findings)
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    (OUTPUT / "story.md").write_text(story.timeline.markdown() + answered)
+    (OUTPUT / "story.md").write_text(story.timeline.markdown() + answered + (f"\n\n{found}" if found else ""))
 
 
 def _pods(world: World, version: str) -> list[dict[str, Any]]:
@@ -193,6 +201,8 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     world.apply("v2", "apply v2", "v2 is applied: better held-out results")
     story.until("v2 in canary", demo.phase("Canary", challenger="v2"), CHAPTER)
     pod = _settled_pod(world, "v2")
+    assert world.traffic is not None
+    before, killed = dict(world.traffic.answered), datetime.now(UTC)
     print(f"\n[{story.elapsed():5.0f} s] v2's pod {pod['metadata']['name']} is killed mid-canary", flush=True)
     world.cluster.kubectl.run("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
     # KServe's Deployment starts another pod; until it is ready, the challenger takes no traffic.
@@ -210,6 +220,38 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     promoted = next(moment for moment in story.timeline.moments if moment.phase == "Promoted")
     served = _served_by_traefik(story, story.begun + step.at + 5, story.begun + promoted.at - 1)
     assert 0.4 < served["v2"] / (served["v1"] + served["v2"]) < 0.6, served
+    _gateway_counted_what_clients_got(world, before, killed)
+
+
+def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int], int], since: datetime) -> None:
+    """The errors Traefik answered for v2's dead pod, which no predictor counts, as the operator reads them: from
+    before the kill until now, against the clients' own tally of the gateway's answers (no version header)."""
+    assert world.traffic is not None
+    # Every request sent around the kill has been answered or given up by now: clients wait at most 30 s.
+    settled = since + timedelta(seconds=35)
+    wait_until(lambda: datetime.now(UTC) >= settled, timeout=40, interval=1)
+    end, after = datetime.now(UTC), dict(world.traffic.answered)
+    time.sleep(2)  # Prometheus scrapes every second: every sample up to `end` is in.
+    grew = {answer: count - before.get(answer, 0) for answer, count in after.items()}
+    from_gateway = sum(count for (version, code), count in grew.items() if version == "?" and code >= 500)
+    gave_up = grew.get(("unreachable", 0), 0)
+    backend = planners.backend(demo.NAME, NAMESPACE, "v2")
+    gateway = Gateway("traefik", NAMESPACE, backend.service, backend.port)
+    window = Evidence(world.story.prometheus.url).window(
+        demo.NAME, "v2", since - timedelta(seconds=20), end, namespace=NAMESPACE, gateway=gateway
+    )
+    counts = asyncio.run(window)
+    world.findings.append(
+        f"Around the kill of v2's pod, Traefik answered {counts.gateway_errors} of v2's"
+        f" {counts.gateway_requests} requests with a 5xx and v2's predictors {counts.errors} of {counts.requests};"
+        f" clients got {from_gateway} 5xx answers from the gateway and gave up on {gave_up} requests."
+    )
+    print(f"\n{world.findings[-1]}", flush=True)
+    # Traefik's series for v2's Service is found by the name the operator gives it.
+    assert counts.gateway_requests, counts
+    assert counts.errors == 0, counts
+    assert counts.gateway_errors is not None
+    assert from_gateway <= counts.gateway_errors <= from_gateway + gave_up, (counts, grew)
 
 
 def test_a_bad_v3_is_rolled_back(world: World) -> None:

@@ -457,6 +457,53 @@ class TestGuardrails:
         assert verdict.evidence == ()
 
 
+class TestGatewayErrors:
+    """errorRate and the promotion gate count what clients were answered: the gateway also answers for pods that died
+    mid-request or never answered, which no predictor counts."""
+
+    def test_errors_only_the_gateway_saw_roll_back(self) -> None:
+        # The challenger's pods keep dying: its predictors answered 200 requests without an error, while the gateway
+        # answered 100 more of its share with 502s.
+        dying = replace(arm(200), gateway_requests=300, gateway_errors=100)
+        window = Window(replace(arm(10_000, errors=100), gateway_requests=10_000, gateway_errors=100), dying)
+        verdict = live(window, when=timing(in_stage=timedelta(minutes=1)))
+        assert verdict.decision == "rollback"
+        assert "challenger 33.33% against incumbent 1.00% over 300 and 10,000 requests" in verdict.rule
+        assert "(the gateway answered 100 of its requests with a 5xx, its predictors 0)" in verdict.rule
+        unseen = live(Window(arm(10_000, errors=100), arm(200)), when=timing(in_stage=timedelta(minutes=1)))
+        assert unseen.decision != "rollback"
+
+    def test_a_gateway_that_saw_what_the_predictors_saw_changes_nothing(self) -> None:
+        window = alike(100_000, 100_000)
+        incumbent, challenger = (
+            replace(counts, gateway_requests=counts.requests, gateway_errors=counts.errors)
+            for counts in (window.incumbent, window.challenger)
+        )
+        assert live(Window(incumbent, challenger), step=2) == live(window, step=2)
+
+    def test_a_challenger_only_the_gateway_answered_for_is_not_silent(self) -> None:
+        # No pod answered at all: the predictors counted nothing, the gateway a 503 for every request.
+        gone = replace(arm(0), gateway_requests=500, gateway_errors=500)
+        verdict = live(Window(arm(10_000, errors=100), gone), when=timing(in_stage=timedelta(minutes=1)))
+        assert verdict.decision == "rollback"
+        assert verdict.rule.startswith("guardrail errorRate failed")
+
+    def test_the_promotion_gate_counts_the_gateway_s_errors(self) -> None:
+        window = alike(20_000, 20_000)
+        assert live(window, step=2).decision == "promote"
+        # 40 more 5xx from the gateway than from the predictors: neither credibly worse nor credibly not worse yet.
+        challenger = replace(window.challenger, gateway_requests=20_000, gateway_errors=200 + 40)
+        verdict = live(Window(window.incumbent, challenger), step=2)
+        assert verdict.decision == "continue"
+        assert evidence_of(verdict, "errorRateNonInferiority").challenger == pytest.approx(0.012)
+
+    def test_gateway_errors_outnumbering_its_requests_are_unusable(self) -> None:
+        challenger = replace(arm(1_000), gateway_requests=10, gateway_errors=20)
+        verdict = live(Window(arm(1_000), challenger))
+        assert verdict.decision == "pause"
+        assert "the challenger's gateway's errors (20) outnumber its requests (10)" in verdict.rule
+
+
 class TestMinimumEvidence:
     def test_shadow_waits_for_its_requests(self) -> None:
         verdict = live(alike(400, 400), "Shadowing", None, SHADOWED, timing(in_stage=timedelta(hours=1)))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steward_operator import specs
-from steward_operator.metric_providers import ArmCounts, HeldOutResults, MetricsUnavailableError, Quality
+from steward_operator.metric_providers import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
 from steward_operator.reconciling import gather
 from steward_operator.releasing import Stage
 from tests.conftest import REPOSITORY
@@ -38,8 +38,9 @@ class Recording:
         slow_after: float | None = None,
         *,
         namespace: str | None = None,
+        gateway: Gateway | None = None,
     ) -> ArmCounts:
-        self._ask("window", model, version, start, end, namespace)
+        self._ask("window", model, version, start, end, namespace, gateway)
         return ArmCounts(requests=100 if version == "v1" else 10)
 
     async def held_out(
@@ -91,10 +92,12 @@ def test_a_canary_reads_both_versions_since_its_split_took_effect() -> None:
     assert (evidence.version, evidence.stage, evidence.since) == ("v2", Stage("Canary", 1), STARTED)
     assert (evidence.window.incumbent.requests, evidence.window.challenger.requests) == (100, 10)
     assert evidence.holdouts is None
-    name = _deployment().metadata["name"]
+    deployment = _deployment()
+    name, traffic = deployment.metadata["name"], deployment.spec.rollout.traffic.provider
+    # With what the gateway in front of each version's own predictor Service answered for it.
     assert sorted(provider.asked) == [
-        ("window", name, "v1", STARTED, NOW, "ml"),
-        ("window", name, "v2", STARTED, NOW, "ml"),
+        ("window", name, "v1", STARTED, NOW, "ml", Gateway(traffic, "ml", f"{name}--v1-predictor", 80)),
+        ("window", name, "v2", STARTED, NOW, "ml", Gateway(traffic, "ml", f"{name}--v2-predictor", 80)),
     ]
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from steward_operator.metric_providers import (
     ArmCounts,
+    Gateway,
     MetricsUnavailableError,
     UnknownProviderError,
     metric_provider,
@@ -33,6 +34,8 @@ from steward_operator.metric_providers.prometheus import (
     restarts,
     selector,
     slow_bound,
+    traefik,
+    with_gateway,
     zero_point,
 )
 
@@ -231,6 +234,47 @@ def test_samples_that_add_up_to_no_number_are_named_not_raised() -> None:
     counts = count(series, start=0.0, since=0.0, slow_after=None)
     assert counts.predictions == {"yes": 0}
     assert counts.unusable == {"predictions": "its samples add up to inf"}
+
+
+# --- what the gateway answered ----------------------------------------------------------------------------------
+
+
+def _answered(instance: str, code: str, samples: list[Sample]) -> Series:
+    labels = {"job": "traefik", "instance": instance, "service": "ml-churn-v2-predictor-80@kubernetescrd"}
+    return Series("traefik_service_requests_total", {**labels, "code": code, "method": "POST"}, tuple(samples))
+
+
+def test_traefik_is_asked_for_the_service_it_names_after_the_version_s_predictor() -> None:
+    # Traefik makes every run of characters other than letters and digits one dash: "--" and "." included.
+    gateway = Gateway("traefik", "ml.team", "churn--v2-predictor", 80)
+    assert traefik(gateway) == 'traefik_service_requests_total{service="ml-team-churn-v2-predictor-80@kubernetescrd"}'
+
+
+def test_the_gateway_s_answers_are_summed_over_its_instances_and_status_codes() -> None:
+    series = [
+        # Instance a: scraped every 5 s; its first 502 appears after the scrape at 10, so it was 0 then.
+        _answered("a", "200", [(0, 10), (5, 12), (10, 15), (15, 20), (20, 26)]),
+        _answered("a", "502", [(15, 4), (20, 6)]),
+        # Instance b restarted between 10 and 15: its counter counted from 0 again.
+        _answered("b", "200", [(5, 7), (10, 9), (15, 2), (20, 5)]),
+        _answered("b", "504", [(20, 1)]),  # b was scraped at 15 without it
+    ]
+    counts = with_gateway(ArmCounts(requests=9, errors=0), series, start=7.0, since=0.0)
+    assert (counts.requests, counts.errors) == (9, 0)  # the predictors' own counts stay as they were
+    assert counts.gateway_requests == (26 - 12) + 6 + (2 + 2 + 3) + 1
+    assert counts.gateway_errors == 6 + 1
+
+
+def test_a_gateway_that_reported_nothing_leaves_the_counts_alone() -> None:
+    counts = ArmCounts(requests=3)
+    assert with_gateway(counts, [], start=0.0, since=0.0) is counts
+
+
+def test_a_gateway_sample_that_is_no_count_makes_the_requests_unusable() -> None:
+    series = [_answered("a", "200", [(0, 1), (5, math.nan)])]
+    counts = with_gateway(ArmCounts(requests=3), series, start=0.0, since=0.0)
+    assert (counts.gateway_requests, counts.gateway_errors) == (None, None)
+    assert counts.unusable["requests"].startswith("the gateway's traefik_service_requests_total{code=\"200\",")
 
 
 def test_nothing_scraped_is_zero_counts_not_an_error() -> None:

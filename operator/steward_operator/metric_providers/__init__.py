@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from steward_operator.metric_providers.base import (
     ArmCounts,
+    Gateway,
     HeldOutResults,
     MetricProvider,
     MetricsUnavailableError,
@@ -19,6 +20,7 @@ _PROVIDERS: dict[str, Callable[[str], MetricProvider]] = {"prometheus": Promethe
 
 __all__ = [
     "ArmCounts",
+    "Gateway",
     "HeldOutResults",
     "MetricProvider",
     "MetricsUnavailableError",

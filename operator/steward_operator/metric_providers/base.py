@@ -54,6 +54,26 @@ class ArmCounts:
     """Readings that could not be used, by the field they would have counted into (requests, latency,
     predictions, scores), with what was wrong, such as a sample that is not a finite number. That field's count
     leaves them out, so it is incomplete: the decision engine does not decide on it."""
+    gateway_requests: int | None = None
+    """Requests the gateway in front of the version sent to its Service (mirrored ones included) and answered;
+    None when no gateway reported any for it (the traffic provider's gateway exports no per-backend counts, or
+    the metric provider does not read them)."""
+    gateway_errors: int | None = None
+    """Of those, the ones the gateway answered with a 5xx status code: the predictors' own errors, and those the
+    gateway made itself when no pod answered (a 502 or 504 for a pod that died mid-request), which no predictor
+    ever counts."""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The gateway that leads requests to a version, and the Service it sends them to: where the gateway's own
+    count of what it answered for the version is found."""
+
+    provider: str
+    """The traffic provider (spec.rollout.traffic.provider) whose gateway it is."""
+    namespace: str
+    service: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -91,9 +111,11 @@ class MetricProvider(Protocol):
         slow_after: float | None = None,
         *,
         namespace: str | None = None,
+        gateway: Gateway | None = None,
     ) -> ArmCounts:
         """What `version` of `model` served between `start` and `end` (aware datetimes), with requests slower than
-        `slow_after` seconds counted; only pods in `namespace` when given. Raises MetricsUnavailableError."""
+        `slow_after` seconds counted; only pods in `namespace` when given; with what `gateway` answered for it
+        when its metrics are known. Raises MetricsUnavailableError."""
         ...
 
     async def held_out(

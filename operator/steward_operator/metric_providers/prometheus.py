@@ -21,22 +21,34 @@ Then, per series:
   counts into is named in ArmCounts.unusable with the series and the sample, so nothing is decided on it.
 
 Series are summed over pods (and variants) to give one version's counts.
+
+The gateway in front of a version counts what it answered for it too, and that is read the same way when this
+provider knows the gateway's series (GATEWAYS): it also answers for pods that died mid-request or never answered,
+which no predictor counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 import aiohttp
 
-from steward_operator.metric_providers.base import ArmCounts, HeldOutResults, MetricsUnavailableError, Quality
+from steward_operator.metric_providers.base import (
+    ArmCounts,
+    Gateway,
+    HeldOutResults,
+    MetricsUnavailableError,
+    Quality,
+)
 
 REQUESTS = "steward_predictor_requests"
 LATENCY = "steward_predictor_request_duration_seconds"
@@ -55,6 +67,19 @@ DEFAULT_LOOKBACK = timedelta(minutes=5)
 _GAP_FACTOR = 1.5
 # The ArmCounts field each counter family counts into.
 _FIELDS = {REQUESTS: "requests", LATENCY: "latency", PREDICTIONS: "predictions", SCORES: "scores"}
+
+
+def traefik(gateway: Gateway) -> str:
+    """Traefik counts what it answered per load-balanced Service, mirrored requests included, and names one that
+    a TraefikService leads to `<namespace>-<name>-<port>@kubernetescrd`, every run of characters other than letters
+    and digits made one dash."""
+    name = "-".join(re.findall(r"[^\W_]+", f"{gateway.namespace}-{gateway.service}-{gateway.port}"))
+    return f"traefik_service_requests_total{{service={quote(name + '@kubernetescrd')}}}"
+
+
+# The series a gateway counts what it answered for one Service in, per traffic provider; a request counter with the
+# status code in its `code` label. A provider not named here gives no gateway counts.
+GATEWAYS: dict[str, Callable[[Gateway], str]] = {"traefik": traefik}
 
 Sample = tuple[float, float]
 """One raw sample: (unix seconds, value)."""
@@ -103,6 +128,7 @@ class Prometheus:
         slow_after: float | None = None,
         *,
         namespace: str | None = None,
+        gateway: Gateway | None = None,
     ) -> ArmCounts:
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError(f"a window needs aware datetimes, not {start!r} .. {end!r}")
@@ -114,8 +140,15 @@ class Prometheus:
         until = math.floor(end.timestamp() * 1000) / 1000
         since = start.timestamp() - self.lookback.total_seconds()
         span = math.ceil((until - since) * 1000)
-        data = await self._query(f"{selector(model, version, namespace)}[{span}ms]", until)
-        return count(parse_matrix(data), start.timestamp(), since, slow_after)
+        queries = [f"{selector(model, version, namespace)}[{span}ms]"]
+        gateway_series = GATEWAYS.get(gateway.provider) if gateway is not None else None
+        if gateway is not None and gateway_series is not None:
+            queries.append(f"{gateway_series(gateway)}[{span}ms]")
+        found = await asyncio.gather(*(self._query(query, until) for query in queries))
+        counts = count(parse_matrix(found[0]), start.timestamp(), since, slow_after)
+        if len(found) == 1:
+            return counts
+        return with_gateway(counts, parse_matrix(found[1]), start.timestamp(), since)
 
     async def held_out(
         self, model: str, version: str, at: datetime, *, namespace: str | None = None
@@ -373,6 +406,34 @@ def count(series: Sequence[Series], start: float, since: float, slow_after: floa
         newest=None if newest is None else datetime.fromtimestamp(newest, UTC),
         unusable=dict(tally.unusable),
     )
+
+
+def with_gateway(counts: ArmCounts, series: Sequence[Series], start: float, since: float) -> ArmCounts:
+    """`counts` with what the gateway answered in the window after `start`, from its request counter's raw series
+    read over [since, end] (one per gateway instance and status code); unchanged when it reported nothing."""
+    scrapes: dict[_Target, set[float]] = defaultdict(set)
+    for one in series:
+        scrapes[one.target].update(moment for moment, _ in one.samples)
+    ordered = {target: sorted(moments) for target, moments in scrapes.items()}
+    requests = errors = 0.0
+    for one in series:
+        if not one.samples:
+            continue
+        spoilt = next(((at, value) for at, value in one.samples if not (math.isfinite(value) and value >= 0)), None)
+        if spoilt is not None:
+            what = f"the gateway's {_shown(one)} has a sample of {spoilt[1]} at {_moment(spoilt[0])}"
+            return replace(counts, unusable={"requests": what, **counts.unusable})
+        # A status code's series appears with its first request: it was 0 at the instance's scrape before.
+        zero_at = zero_point(one.samples[0][0], since, None, ordered[one.target])
+        grown = counter_increase(one.samples, start, zero_at=zero_at).value
+        requests += grown
+        if one.labels.get("code", "").startswith("5"):
+            errors += grown
+    if not ordered:
+        return counts
+    if not math.isfinite(requests):
+        return replace(counts, unusable={"requests": f"the gateway's counts add up to {requests}", **counts.unusable})
+    return replace(counts, gateway_requests=round(requests), gateway_errors=round(errors))
 
 
 @dataclass
