@@ -215,11 +215,18 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     assert answered.get(("v2", 200), 0) > 0, "no client was ever answered by v2"
     # The route never went away: a 404 would be Traefik dropping it while v2 had no pod.
     assert not [answer for answer in answered if answer[1] == 404], answered
-    # Traefik itself split the last canary step as the operator asked, by its own per-Service counts.
-    step = next(moment for moment in story.timeline.moments if moment.weights == (50, 50, 0))
-    promoted = next(moment for moment in story.timeline.moments if moment.phase == "Promoted")
+    # Traefik itself mirrored every request in shadow and split the last canary step as the operator asked, by its
+    # own per-Service counts (a mirrored request counts against the mirror's Service).
+    moments = story.timeline.moments
+    shadow = next(moment for moment in moments if moment.weights == (100, 0, 100))
+    canary = next(moment for moment in moments if moment.phase == "Canary")
+    mirrored = _served_by_traefik(story, story.begun + shadow.at + 5, story.begun + canary.at - 1)
+    assert 0.9 < mirrored["v2"] / mirrored["v1"] < 1.1, mirrored
+    step = next(moment for moment in moments if moment.weights == (50, 50, 0))
+    promoted = next(moment for moment in moments if moment.phase == "Promoted")
     served = _served_by_traefik(story, story.begun + step.at + 5, story.begun + promoted.at - 1)
     assert 0.4 < served["v2"] / (served["v1"] + served["v2"]) < 0.6, served
+    world.findings.append(f"Traefik's counts: shadow {_shares(mirrored)}, the 50 % step {_shares(served)}.")
     _gateway_counted_what_clients_got(world, before, killed)
 
 
@@ -343,6 +350,10 @@ def _served_by_traefik(story: demo.Story, start: float, end: float) -> dict[str,
         if match is not None:
             served[match[1]] = served.get(match[1], 0.0) + float(series["value"][1])
     return served
+
+
+def _shares(served: dict[str, float]) -> str:
+    return ", ".join(f"{version} {count:.0f}" for version, count in sorted(served.items()))
 
 
 def _query(prometheus: Prometheus, query: str, at: float | None = None) -> list[Any]:
