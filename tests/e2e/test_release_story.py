@@ -202,6 +202,9 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     story.until("v2 in canary", demo.phase("Canary", challenger="v2"), CHAPTER)
     pod = _settled_pod(world, "v2")
     assert world.traffic is not None
+    # Once clients get v2's answers, Traefik has loaded the canary's split, and with it the end of the mirror.
+    shadowed = world.traffic.answered.get(("v2", 200), 0)
+    wait_until(lambda: world.traffic and world.traffic.answered.get(("v2", 200), 0) >= shadowed + 20, timeout=60)
     before, killed = dict(world.traffic.answered), datetime.now(UTC)
     print(f"\n[{story.elapsed():5.0f} s] v2's pod {pod['metadata']['name']} is killed mid-canary", flush=True)
     world.cluster.kubectl.run("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
@@ -231,8 +234,9 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
 
 
 def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int], int], since: datetime) -> None:
-    """The errors Traefik answered for v2's dead pod, which no predictor counts, as the operator reads them: from
-    before the kill until now, against the clients' own tally of the gateway's answers (no version header)."""
+    """The errors Traefik answered for v2's dead pod, which no predictor counts, as the operator reads them, from the
+    kill until now, against the clients' own tally of the gateway's answers (no version header). The gateway may
+    count more than clients got: a mirrored request still in flight to the dead pod fails too."""
     assert world.traffic is not None
     # Every request sent around the kill has been answered or given up by now: clients wait at most 30 s.
     settled = since + timedelta(seconds=35)
@@ -245,7 +249,7 @@ def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int]
     backend = planners.backend(demo.NAME, NAMESPACE, "v2")
     gateway = Gateway("traefik", NAMESPACE, backend.service, backend.port)
     window = Evidence(world.story.prometheus.url).window(
-        demo.NAME, "v2", since - timedelta(seconds=20), end, namespace=NAMESPACE, gateway=gateway
+        demo.NAME, "v2", since, end, namespace=NAMESPACE, gateway=gateway
     )
     counts = asyncio.run(window)
     world.findings.append(
@@ -258,7 +262,7 @@ def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int]
     assert counts.gateway_requests, counts
     assert counts.errors == 0, counts
     assert counts.gateway_errors is not None
-    assert from_gateway <= counts.gateway_errors <= from_gateway + gave_up, (counts, grew)
+    assert counts.gateway_errors >= from_gateway, (counts, grew)
 
 
 def test_a_bad_v3_is_rolled_back(world: World) -> None:
