@@ -16,6 +16,9 @@ from steward_operator.providers.base import Owner, owned
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 # KServe derives more names from an InferenceService's ("<name>-predictor-..."); leave them room.
 MAX_CHILD_NAME = 52
+# How long a stopping predictor keeps answering: gateways and kube-proxy send it requests until they learn its
+# endpoint is gone, a second or two after it starts terminating; stopping at once answers those with 502s.
+DRAIN_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ def inference_service(
         "ports": [{"containerPort": port, "protocol": "TCP"}],
         # Not ready until the bundle checked out (digest, version, golden examples): the reason is in the body.
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{owner.name}", "port": port}, "periodSeconds": 5},
+        "lifecycle": {"preStop": {"exec": {"command": ["/bin/sleep", str(DRAIN_SECONDS)]}}},
     }
     if online.resources is not None:
         container["resources"] = online.resources.model_dump(by_alias=True, exclude_none=True)

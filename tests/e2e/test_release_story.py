@@ -206,6 +206,9 @@ def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_
     shadowed = world.traffic.answered.get(("v2", 200), 0)
     wait_until(lambda: world.traffic and world.traffic.answered.get(("v2", 200), 0) >= shadowed + 20, timeout=60)
     before, killed = dict(world.traffic.answered), datetime.now(UTC)
+    # Every rollout so far was hitless: pinning v1's and v2's digests rolled their Deployments, and each stopping pod
+    # answered on until Traefik had taken it out.
+    assert not _from_gateway({}, before), before
     print(f"\n[{story.elapsed():5.0f} s] v2's pod {pod['metadata']['name']} is killed mid-canary", flush=True)
     world.cluster.kubectl.run("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
     # KServe's Deployment starts another pod; until it is ready, the challenger takes no traffic.
@@ -243,7 +246,7 @@ def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int]
     wait_until(lambda: datetime.now(UTC) >= settled, timeout=40, interval=1)
     end, after = datetime.now(UTC), dict(world.traffic.answered)
     time.sleep(2)  # Prometheus scrapes every second: every sample up to `end` is in.
-    grew = {answer: count - before.get(answer, 0) for answer, count in after.items()}
+    grew = _from_gateway(before, after)
     from_gateway = sum(count for (version, code), count in grew.items() if version == "?" and code >= 500)
     gave_up = grew.get(("unreachable", 0), 0)
     backend = planners.backend(demo.NAME, NAMESPACE, "v2")
@@ -267,8 +270,13 @@ def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int]
 
 def test_a_bad_v3_is_rolled_back(world: World) -> None:
     story = world.story
+    assert world.traffic is not None
+    before = dict(world.traffic.answered)
     world.apply("v3", "apply v3", "v3 is applied: new feature code with a bug")
     body = story.until("v3 rolled back", demo.phase("RolledBack", incumbent="v2", rolledBack="v3"), CHAPTER)
+    # v3's pods and v1's stopped without a client getting an answer from the gateway rather than a version.
+    time.sleep(planners.DRAIN_SECONDS + 2)
+    assert not _from_gateway(before, world.traffic.answered), world.traffic.answered
     # v3 fails some requests and shifts its predictions: whichever guardrail sees it first rolls it back.
     analysis = body["status"]["lastAnalysis"]
     assert analysis["decision"] == "rollback", analysis
@@ -354,6 +362,15 @@ def _served_by_traefik(story: demo.Story, start: float, end: float) -> dict[str,
         if match is not None:
             served[match[1]] = served.get(match[1], 0.0) + float(series["value"][1])
     return served
+
+
+def _from_gateway(before: dict[tuple[str, int], int], after: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """The answers clients got from the gateway rather than a version (none said which), and the requests they gave
+    up on, after `before`."""
+    grew = {
+        answer: count - before.get(answer, 0) for answer, count in after.items() if answer[0] in ("?", "unreachable")
+    }
+    return {answer: count for answer, count in grew.items() if count}
 
 
 def _shares(served: dict[str, float]) -> str:

@@ -59,6 +59,8 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     }
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/churn"
+    # A stopping pod answers on until the gateways have taken it out: a rollout is hitless.
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": ["/bin/sleep", "10"]}}}
     (route,) = plan.routes
     assert route["spec"]["rules"][0]["backendRefs"] == [
         {"name": "churn--2024-06-01-predictor", "port": 80, "weight": 100}
