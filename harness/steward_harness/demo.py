@@ -445,15 +445,15 @@ def _headers(host: str) -> dict[str, str]:
 
 def wait_for_route(url: str, host: str = "", timeout: float = 30.0) -> None:
     """Until the gateway routes `url` (for `host`) to a predictor: a gateway serves a new route a moment after it
-    accepts it."""
+    accepts it (404 until then), and knows its backends' endpoints a moment after that (502, 503 until then)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         request = urllib.request.Request(url, data=b"{}", method="POST", headers=_headers(host))  # noqa: S310
         try:
             urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
         except urllib.error.HTTPError as error:
-            if error.code != 404:
-                return  # The route exists; the predictor answered (the empty body is a 400).
+            if error.code not in (404, 502, 503, 504):
+                return  # A predictor answered (the empty body is a 400).
         except OSError:
             pass
         time.sleep(0.2)
