@@ -274,7 +274,7 @@ def test_a_gateway_sample_that_is_no_count_makes_the_requests_unusable() -> None
     series = [_answered("a", "200", [(0, 1), (5, math.nan)])]
     counts = with_gateway(ArmCounts(requests=3), series, start=0.0, since=0.0)
     assert (counts.gateway_requests, counts.gateway_errors) == (None, None)
-    assert counts.unusable["requests"].startswith("the gateway's traefik_service_requests_total{code=\"200\",")
+    assert counts.unusable["requests"].startswith('the gateway\'s traefik_service_requests_total{code="200",')
 
 
 def test_nothing_scraped_is_zero_counts_not_an_error() -> None:
