@@ -34,7 +34,7 @@ from itertools import pairwise
 from typing import Literal
 
 from steward_operator import specs
-from steward_operator.metric_providers.base import ArmCounts
+from steward_operator.evidence.base import ArmCounts
 from steward_operator.sequential import (
     Comparison,
     compare_distributions,

@@ -11,9 +11,9 @@ import aiohttp
 import kopf
 import prometheus_client
 
-from steward_operator import metrics, reconciling, specs
+from steward_operator import reconciling, specs, telemetry
+from steward_operator.evidence import MetricProvider, metric_provider
 from steward_operator.kubernetes import MODEL_COMMAND, MODEL_DEPLOYMENT, ApiError, Cluster
-from steward_operator.metric_providers import MetricProvider, metric_provider
 from steward_operator.settings import METRICS_PORT, PROMETHEUS_URL, RESYNC_SECONDS
 
 MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -91,7 +91,7 @@ async def inference_service(namespace: str | None, meta: kopf.Meta, **_: Any) ->
 async def deleted(namespace: str | None, name: str | None, **_: Any) -> None:
     """Children go with their owner through garbage collection; only the metrics are Steward's to drop.
     optional=True: no finalizer for this."""
-    metrics.forget(namespace or "", name or "")
+    telemetry.forget(namespace or "", name or "")
     _locks.pop((namespace or "", name or ""), None)
 
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from steward_operator import settings, specs
-from steward_operator.providers import Backend, Split, provider
-from steward_operator.providers.base import Owner, owned
+from steward_operator.children import Owner, child_name, owned, predictor_service
+from steward_operator.traffic import Backend, Split, provider
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
-# KServe derives more names from an InferenceService's ("<name>-predictor-..."); leave them room.
-MAX_CHILD_NAME = 52
 # How long a stopping predictor keeps answering: gateways and kube-proxy send it requests until they learn its
 # endpoint is gone, a second or two after it starts terminating; stopping at once answers those with 502s.
 DRAIN_SECONDS = 10
@@ -81,24 +78,6 @@ def plan(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, r
         owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
         found.cron_jobs.append(retraining_cron_job(owner, retraining, release.incumbent.version))
     return found
-
-
-def child_name(model: str, version: str) -> str:
-    """The DNS-1035 name of a version's InferenceService or CronJob: `<model>--<version>`. A ModelDeployment's name
-    never holds "--" (the CRD refuses it) and a respelled version never does, so the name splits one way only and
-    two ModelDeployments never claim the same child. Versions that had to be respelled (v1.0 and v1_0 both become
-    v1-0), and names too long, get a short hash of the original pair."""
-    spelled = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", version.lower())).strip("-")
-    name = f"{model}--{spelled}"
-    if spelled != version or len(name) > MAX_CHILD_NAME:
-        digest = hashlib.sha256(f"{model}/{version}".encode()).hexdigest()[:6]
-        name = f"{name[: MAX_CHILD_NAME - 7].rstrip('-')}-{digest}"
-    return name
-
-
-def predictor_service(inference_service: str) -> str:
-    """The Service KServe makes for an InferenceService's predictor, which routes send its traffic to."""
-    return f"{inference_service}-predictor"
 
 
 def backend(model: str, namespace: str, version: str) -> Backend:

@@ -10,7 +10,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from steward_operator import deciding, metrics, planners, releasing, retraining, specs
+from steward_operator import deciding, planners, releasing, retraining, specs, telemetry
+from steward_operator.children import Owner, predictor_service
+from steward_operator.evidence import Gateway, HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.kubernetes import (
     CHILD_KINDS,
     ENDPOINT_SLICE,
@@ -24,9 +26,8 @@ from steward_operator.kubernetes import (
     NotFoundError,
     kind_of,
 )
-from steward_operator.metric_providers import Gateway, HeldOutResults, MetricProvider, MetricsUnavailableError
-from steward_operator.providers import gateway_api
-from steward_operator.providers.base import MirrorRefusal, Owner, parent
+from steward_operator.traffic import gateway_api
+from steward_operator.traffic.base import MirrorRefusal, parent
 
 CONFLICT_RETRIES = 5
 
@@ -53,14 +54,14 @@ async def reconcile(
         try:
             step = await _reconcile_once(cluster, body, evidence_source, command)
         except ConflictError:
-            metrics.RECONCILES.labels("conflict").inc()
+            telemetry.RECONCILES.labels("conflict").inc()
             await asyncio.sleep(0.05 * 2**attempt)
             continue
         except Exception:
-            metrics.RECONCILES.labels("error").inc()
+            telemetry.RECONCILES.labels("error").inc()
             raise
-        metrics.RECONCILES.labels("ok").inc()
-        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        telemetry.RECONCILES.labels("ok").inc()
+        telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return step
     raise ConflictError(409, "Conflict", f"{namespace}/{name} kept changing while it was reconciled")
 
@@ -121,9 +122,9 @@ async def _reconcile_once(
         await _answer(cluster, command, body, operation.result or "done")
     await _prune(cluster, children, plan)
     for decision in step.decisions:
-        metrics.DECISIONS.labels(decision.reason).inc()
+        telemetry.DECISIONS.labels(decision.reason).inc()
         await cluster.record(body, decision.reason, decision.message, decision.warning)
-    metrics.observe(namespace, name, step.status)
+    telemetry.observe(namespace, name, step.status)
     return step
 
 
@@ -355,7 +356,7 @@ def _predictor_service(child: dict[str, Any]) -> str | None:
         or (child.get("status") or {}).get("deploymentMode") not in _DEPLOYMENT_MODES
     ):
         return None
-    return planners.predictor_service(child["metadata"]["name"])
+    return predictor_service(child["metadata"]["name"])
 
 
 async def serving_endpoints(cluster: Cluster, namespace: str, children: list[dict[str, Any]]) -> frozenset[str]:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal
 
 from steward_operator import deciding, specs
-from steward_operator.providers.base import MirrorRefusal
+from steward_operator.traffic.base import MirrorRefusal
 
 RELEASE_PHASES = frozenset({"Validating", "Shadowing", "Canary"})
 ALL_TO_INCUMBENT = specs.Weights(incumbent=100, challenger=0, shadow=0)

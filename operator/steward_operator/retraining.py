@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from steward_operator import planners, specs
-from steward_operator.metric_providers.base import Quality
-from steward_operator.providers.base import Owner, owned
+from steward_operator.children import Owner, owned
+from steward_operator.evidence.base import Quality
 from steward_operator.releasing import Decision
 
 Reason = Literal["maxAge", "drift", "qualityDrop", "manual"]

@@ -14,7 +14,7 @@ from steward_harness import addons, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.kubectl import Kubectl
 from steward_operator import planners, specs
-from steward_operator.providers.base import Owner
+from steward_operator.children import Owner
 from tests.support import models
 from tests.support.waiting import wait_until
 

@@ -28,9 +28,9 @@ from steward_harness import addons, demo, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
-from steward_operator import planners
-from steward_operator.metric_providers import Gateway
-from steward_operator.metric_providers.prometheus import Prometheus as Evidence
+from steward_operator import children, planners
+from steward_operator.evidence import Gateway
+from steward_operator.evidence.prometheus import Prometheus as Evidence
 from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
@@ -156,7 +156,7 @@ def world(
 
 
 def _pods(world: World, version: str) -> list[dict[str, Any]]:
-    selector = f"serving.kserve.io/inferenceservice={planners.child_name(demo.NAME, version)}"
+    selector = f"serving.kserve.io/inferenceservice={children.child_name(demo.NAME, version)}"
     found: list[dict[str, Any]] = world.cluster.kubectl.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
     return found
 

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 from steward_harness.predictors import Predictor
 from steward_harness.prometheus import Prometheus as PrometheusServer
 from steward_harness.servers import free_ports
-from steward_operator.metric_providers import ArmCounts, MetricProvider, MetricsUnavailableError, metric_provider
-from steward_operator.metric_providers.prometheus import Prometheus
+from steward_operator.evidence import ArmCounts, MetricProvider, MetricsUnavailableError, metric_provider
+from steward_operator.evidence.prometheus import Prometheus
 from steward_predictor.metrics import LATENCY_BUCKETS
 from tests.support.models import Trained, records
 

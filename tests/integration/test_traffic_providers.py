@@ -17,8 +17,8 @@ from steward_harness import upstream
 from steward_harness.controlplane import ControlPlane
 from steward_harness.kubectl import Kubectl
 from steward_operator import specs
-from steward_operator.providers import Backend, Split, provider
-from steward_operator.providers.base import Owner
+from steward_operator.children import Owner
+from steward_operator.traffic import Backend, Split, provider
 from tests.integration.test_operator import Deployment, example, version
 from tests.support.waiting import wait_until
 

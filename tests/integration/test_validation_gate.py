@@ -14,7 +14,7 @@ import pytest
 from steward_harness.predictors import Predictor
 from steward_harness.prometheus import Prometheus as PrometheusServer
 from steward_operator import deciding, specs
-from steward_operator.metric_providers import HeldOutResults, metric_provider
+from steward_operator.evidence import HeldOutResults, metric_provider
 from tests.support import models
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from steward_operator import releasing, settings, specs
+from steward_operator.children import Owner
 from steward_operator.planners import (
     Live,
     Plan,
@@ -22,7 +23,6 @@ from steward_operator.planners import (
     release_of,
     shadow_location,
 )
-from steward_operator.providers.base import Owner
 from steward_predictor import datasets
 from steward_predictor.scoring import parser
 from tests.conftest import REPOSITORY

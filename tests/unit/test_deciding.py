@@ -29,7 +29,7 @@ from steward_operator.deciding import (
     decide,
     slow_threshold,
 )
-from steward_operator.metric_providers.base import ArmCounts
+from steward_operator.evidence.base import ArmCounts
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
 from steward_predictor.metrics import LATENCY_BUCKETS
 

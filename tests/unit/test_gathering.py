@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steward_operator import specs
-from steward_operator.metric_providers import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
+from steward_operator.evidence import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
 from steward_operator.reconciling import gather
 from steward_operator.releasing import Stage
 from tests.conftest import REPOSITORY

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from steward_operator import specs
-from steward_operator.providers import Backend, Split, provider
-from steward_operator.providers.base import MirrorRefusal, Owner
-from steward_operator.providers.gateway_api import GatewayClass, mirror_refusal
+from steward_operator.children import Owner
 from steward_operator.releasing import ALL_TO_INCUMBENT, Decision, Observed
+from steward_operator.traffic import Backend, Split, provider
+from steward_operator.traffic.base import MirrorRefusal
+from steward_operator.traffic.gateway_api import GatewayClass, mirror_refusal
 from tests.unit.test_releasing import World, _holding, _reasons, _weights
 
 GATEWAY = "ingress/public"

@@ -8,7 +8,8 @@ import yaml
 
 from steward_monitor.tokens import IngestKey
 from steward_operator import settings, specs
-from steward_operator.planners import Live, Release, child_name, plan_online
+from steward_operator.children import child_name
+from steward_operator.planners import Live, Release, plan_online
 from tests.conftest import REPOSITORY
 
 V1 = Live("2024-06-01", "s3://models/churn/2024-06-01/", "sha256:" + "a" * 64)

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steward_operator import deciding, retraining, specs
-from steward_operator.metric_providers.base import ArmCounts
-from steward_operator.providers.base import Owner
+from steward_operator.children import Owner
+from steward_operator.evidence.base import ArmCounts
 from steward_operator.releasing import (
     ALL_TO_INCUMBENT,
     RELEASE_PHASES,

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from steward_operator import planners, specs
-from steward_operator.metric_providers.base import Quality
+from steward_operator.children import Owner
+from steward_operator.evidence.base import Quality
 from steward_operator.planners import Release
-from steward_operator.providers.base import Owner
 from steward_operator.retraining import Job, Signals, quality_drop, step
 from tests.conftest import REPOSITORY
 

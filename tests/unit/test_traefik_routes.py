@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from steward_operator import specs
+from steward_operator.children import Owner
 from steward_operator.planners import Live, Release, plan_online
-from steward_operator.providers import Backend, Split, provider
-from steward_operator.providers.base import Owner
+from steward_operator.traffic import Backend, Split, provider
 
 INCUMBENT = Backend("churn--v1-predictor", "ml")
 CHALLENGER = Backend("churn--v2-predictor", "ml")

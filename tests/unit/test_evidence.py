@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steward_operator.metric_providers import (
+from steward_operator.evidence import (
     ArmCounts,
     Gateway,
     MetricsUnavailableError,
     UnknownProviderError,
     metric_provider,
 )
-from steward_operator.metric_providers.prometheus import (
+from steward_operator.evidence.prometheus import (
     LATENCY,
     PREDICTIONS,
     READY,

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 from steward_operator import specs
-from steward_operator.providers.base import Backend, Owner, Split, owned, parent
+from steward_operator.children import Owner, owned
+from steward_operator.traffic.base import Backend, Split, parent
 
 API_VERSION = "traefik.io/v1alpha1"
 

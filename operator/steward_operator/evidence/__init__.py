@@ -1,11 +1,11 @@
-"""Metric providers: what each model version served in a window of time, read from a metrics system. One module
-per provider; `metric_provider(name, url)` picks one."""
+"""The evidence releases are judged on: what each model version served in a window of time, read from a metrics
+system by a metric provider. One module per provider; `metric_provider(name, url)` picks one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from steward_operator.metric_providers.base import (
+from steward_operator.evidence.base import (
     ArmCounts,
     Gateway,
     HeldOutResults,
@@ -14,7 +14,7 @@ from steward_operator.metric_providers.base import (
     Quality,
     UnknownProviderError,
 )
-from steward_operator.metric_providers.prometheus import Prometheus
+from steward_operator.evidence.prometheus import Prometheus
 
 _PROVIDERS: dict[str, Callable[[str], MetricProvider]] = {"prometheus": Prometheus}
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from steward_operator.providers.base import Backend, MirrorRefusal, Owner, Split, owned, parent
+from steward_operator.children import Owner, owned
+from steward_operator.traffic.base import Backend, MirrorRefusal, Split, parent
 
 # Gateway API's feature names (its pkg/features), as a GatewayClass's status.supportedFeatures lists them.
 MIRROR = "HTTPRouteRequestMirror"

@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from steward_operator.metric_providers.base import (
+from steward_operator.evidence.base import (
     ArmCounts,
     Gateway,
     HeldOutResults,

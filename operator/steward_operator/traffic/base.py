@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from steward_operator import specs
+from steward_operator.children import Owner
 
 
 class UnknownProviderError(ValueError):
@@ -55,16 +55,6 @@ class MirrorRefusal:
     message: str
 
 
-@dataclass(frozen=True)
-class Owner:
-    """The ModelDeployment the route objects belong to."""
-
-    name: str
-    namespace: str
-    uid: str
-    traffic: specs.Traffic
-
-
 class TrafficProvider(Protocol):
     name: str
     """The value of spec.rollout.traffic.provider that selects this provider."""
@@ -81,30 +71,6 @@ class TrafficProvider(Protocol):
     def predictor_patch(self, split: Split) -> dict[str, Any]:
         """Fields to set on the challenger's InferenceService predictor (KServe's own canary); usually none."""
         ...
-
-
-def owned(owner: Owner, api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A route object named after its owner, labelled as Steward's, and garbage-collected with the owner."""
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": {
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "steward", "steward.dev/model": owner.name},
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{specs.GROUP}/{specs.VERSION}",
-                    "kind": specs.KIND,
-                    "name": owner.name,
-                    "uid": owner.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": spec,
-    }
 
 
 def parent(gateway: str | None, namespace: str) -> tuple[str, str] | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from steward_operator import specs
-from steward_operator.providers import Backend, Split, UnknownProviderError, provider
-from steward_operator.providers.base import Owner, ShadowNotSupportedError
+from steward_operator.children import Owner
+from steward_operator.traffic import Backend, Split, UnknownProviderError, provider
+from steward_operator.traffic.base import ShadowNotSupportedError
 
 INCUMBENT = Backend("churn-v1-predictor", "ml")
 CHALLENGER = Backend("churn-v2-predictor", "ml")

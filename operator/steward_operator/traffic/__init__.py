@@ -3,11 +3,11 @@ objects for one traffic layer. One module per provider; `provider(name)` picks o
 
 from __future__ import annotations
 
-from steward_operator.providers.base import Backend, Split, TrafficProvider, UnknownProviderError
-from steward_operator.providers.gateway_api import GatewayApi
-from steward_operator.providers.istio import Istio
-from steward_operator.providers.kserve import KServe
-from steward_operator.providers.traefik import Traefik
+from steward_operator.traffic.base import Backend, Split, TrafficProvider, UnknownProviderError
+from steward_operator.traffic.gateway_api import GatewayApi
+from steward_operator.traffic.istio import Istio
+from steward_operator.traffic.kserve import KServe
+from steward_operator.traffic.traefik import Traefik
 
 _PROVIDERS: dict[str, type[TrafficProvider]] = {
     "gateway-api": GatewayApi,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from steward_operator.providers.base import Backend, Owner, Split, owned, parent
+from steward_operator.children import Owner, owned
+from steward_operator.traffic.base import Backend, Split, parent
 
 
 class Istio:

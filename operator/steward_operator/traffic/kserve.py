@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from steward_operator.providers.base import Owner, ShadowNotSupportedError, Split
+from steward_operator.children import Owner
+from steward_operator.traffic.base import ShadowNotSupportedError, Split
 
 
 class KServe:
