@@ -1,9 +1,10 @@
 """The evidence releases are judged on: what each model version served in a window of time, read from a metrics
-system by a metric provider. One module per provider; `metric_provider(name, url)` picks one."""
+system by a metric provider. One module per provider; `metric_provider(name, url)` picks one, and only then imports
+it, so the pure modules that read the evidence's types never load a metrics system's client."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from steward_operator.evidence.base import (
     ArmCounts,
@@ -14,9 +15,9 @@ from steward_operator.evidence.base import (
     Quality,
     UnknownProviderError,
 )
-from steward_operator.evidence.prometheus import Prometheus
 
-_PROVIDERS: dict[str, Callable[[str], MetricProvider]] = {"prometheus": Prometheus}
+# Each provider's class, as module:attribute.
+_PROVIDERS = {"prometheus": "steward_operator.evidence.prometheus:Prometheus"}
 
 __all__ = [
     "ArmCounts",
@@ -33,8 +34,9 @@ __all__ = [
 def metric_provider(name: str, url: str) -> MetricProvider:
     """The provider called `name`, reading from the metrics system at `url`."""
     try:
-        make = _PROVIDERS[name]
+        module, attribute = _PROVIDERS[name].split(":")
     except KeyError:
         known = ", ".join(_PROVIDERS)
         raise UnknownProviderError(f"unknown metric provider {name!r}: expected one of {known}") from None
-    return make(url)
+    provider: MetricProvider = getattr(importlib.import_module(module), attribute)(url)
+    return provider
