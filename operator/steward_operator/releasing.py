@@ -110,7 +110,7 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
         _pin,
         _judge,
         _move_traffic,
-        _settle,
+        _first_ready,
         _conditions,
     )
     if spec.serving.mode == "streaming":
@@ -215,13 +215,13 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
         refused = Decision("CommandRefused", f"{operation.action}: {refusal}", warning=True)
         return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {refusal}"))
     handlers: dict[str, Callable[[_Draft, specs.Operation], _Draft | str]] = {
-        "promote": _promote,
-        "promoteFull": _promote,
-        "abort": _abort,
-        "retry": _retry,
-        "pause": _pause,
-        "resume": _pause,
-        "rollback": _rollback,
+        "promote": _on_promote,
+        "promoteFull": _on_promote,
+        "abort": _on_abort,
+        "retry": _on_retry,
+        "pause": _on_pause,
+        "resume": _on_pause,
+        "rollback": _on_rollback,
     }
     outcome = handlers[operation.action](draft, operation)
     if isinstance(outcome, str):
@@ -423,7 +423,7 @@ def _finish_switch(draft: _Draft) -> _Draft:
     )
 
 
-def _settle(draft: _Draft) -> _Draft:
+def _first_ready(draft: _Draft) -> _Draft:
     """A new deployment's first version is serving once it is ready."""
     status = draft.status
     if status.phase == "Pending" and status.incumbent is not None and status.incumbent.version in draft.observed.ready:
@@ -435,16 +435,16 @@ def _conditions(draft: _Draft) -> _Draft:
     """Ready, Reconciling and Stalled, as kstatus reads them (Argo CD and Flux judge health from these)."""
     spec, status = draft.spec, draft.status
     if spec.serving.mode == "streaming":
-        found = _three(False, False, True, "StreamingNotSupported", "streaming serving is not supported yet")
+        found = _kstatus(False, False, True, "StreamingNotSupported", "streaming serving is not supported yet")
     elif _version_reused(spec, status):
         message = (
             f"spec.model names version {spec.model.version} with another bundle or digest than the one that"
             " serves under that version; give the new bundle a new version"
         )
-        found = _three(False, False, True, "VersionReused", message)
+        found = _kstatus(False, False, True, "VersionReused", message)
     elif status.challenger is not None and status.phase == "RolledBack":
         message = f"switching back to {status.challenger.version}; it takes all traffic once it is ready"
-        found = _three(False, True, False, "RollingBack", message)
+        found = _kstatus(False, True, False, "RollingBack", message)
     elif status.challenger is not None:
         draft, found = _releasing(draft, status.challenger)
     elif same_model(status.rolled_back, spec.model):
@@ -453,14 +453,16 @@ def _conditions(draft: _Draft) -> _Draft:
             f"{spec.model.version} was rolled back and {incumbent} serves; change spec.model or run"
             " `kubectl steward retry` to release it again"
         )
-        found = _three(False, False, True, "RolledBack", message)
+        found = _kstatus(False, False, True, "RolledBack", message)
     elif not same_model(status.incumbent, spec.model):
-        found = _three(False, True, False, "Paused", f"paused: {spec.model.version} waits for `kubectl steward resume`")
+        found = _kstatus(
+            False, True, False, "Paused", f"paused: {spec.model.version} waits for `kubectl steward resume`"
+        )
     elif status.incumbent is None or status.incumbent.version not in draft.observed.ready:
-        found = _three(False, True, False, "WaitingForReady", f"waiting for {spec.model.version} to become ready")
+        found = _kstatus(False, True, False, "WaitingForReady", f"waiting for {spec.model.version} to become ready")
     else:
         message = f"{spec.model.version} serves all traffic"
-        found = _three(True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else ""))
+        found = _kstatus(True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else ""))
     return _with_conditions(draft, found)
 
 
@@ -474,7 +476,7 @@ def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, 
         told = {condition.type: condition for condition in status.conditions}.get("Stalled")
         if told is None or (told.status, told.reason, told.message) != ("True", refused.reason, message):
             draft = draft.with_status(Decision(refused.reason, refused.message, warning=True))
-        return draft, _three(False, False, True, refused.reason, message)
+        return draft, _kstatus(False, False, True, refused.reason, message)
     stage = Stage(status.phase or "Validating", status.canary_step)
     message = f"releasing {challenger.version}: {_describe(spec, stage)}"
     analysis = status.last_analysis
@@ -486,7 +488,7 @@ def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, 
         message += "; paused: it waits for `kubectl steward resume` or a command"
     elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:
         message += f"; automatic decisions wait: {analysis.rule}"
-    return draft, _three(False, True, False, status.phase or "Releasing", message)
+    return draft, _kstatus(False, True, False, status.phase or "Releasing", message)
 
 
 def stall(
@@ -506,7 +508,7 @@ def stall(
         condition for condition in step.status.conditions if condition.type not in {"Ready", "Reconciling", "Stalled"}
     ]
     draft = _Draft(spec, step.status.model_copy(update={"conditions": held + others}), observed, step.decisions)
-    stalled = _with_conditions(draft, _three(False, False, True, reason, message))
+    stalled = _with_conditions(draft, _kstatus(False, False, True, reason, message))
     already = any(
         condition.type == "Stalled" and condition.status == "True" and condition.message == message
         for condition in before.conditions
@@ -540,7 +542,7 @@ def _with_conditions(draft: _Draft, found: list[tuple[str, bool, str, str]]) -> 
 # --- the commands -------------------------------------------------------------------------------------------
 
 
-def _promote(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+def _on_promote(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     if draft.status.challenger is None or draft.status.phase not in RELEASE_PHASES:
         return "no release is in progress"
     return _next_stage(draft, full=operation.action == "promoteFull")
@@ -569,7 +571,7 @@ def _next_stage(draft: _Draft, *, full: bool) -> _Draft | str:
     )
 
 
-def _abort(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+def _on_abort(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     status = draft.status
     if status.challenger is None:
         return "no release is in progress"
@@ -581,7 +583,7 @@ def _abort(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     )
 
 
-def _retry(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+def _on_retry(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     status = draft.status
     if status.challenger is not None and status.phase in RELEASE_PHASES:
         first = stages(draft.spec)[0]
@@ -597,7 +599,7 @@ def _retry(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     return "there is no release to retry"
 
 
-def _pause(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+def _on_pause(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     pausing = operation.action == "pause"
     if draft.status.paused == pausing:
         return f"already {'paused' if pausing else 'running'}"
@@ -605,10 +607,10 @@ def _pause(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     return draft.with_status(decision, paused=pausing)
 
 
-def _rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
+def _on_rollback(draft: _Draft, operation: specs.Operation) -> _Draft | str:
     status = draft.status
     if status.challenger is not None and status.phase in RELEASE_PHASES and operation.to_version is None:
-        return _abort(draft, operation)
+        return _on_abort(draft, operation)
     incumbent = status.incumbent.version if status.incumbent else None
     if operation.to_version is not None and operation.to_version == incumbent:
         return f"{incumbent} already serves"
@@ -727,9 +729,10 @@ def _describe(spec: specs.ModelDeploymentSpec, stage: Stage) -> str:
     return stage.phase.lower()
 
 
-def _three(
+def _kstatus(
     ready: bool, reconciling: bool, stalled: bool, reason: str, message: str
 ) -> list[tuple[str, bool, str, str]]:
+    """The three conditions kstatus reads (and Argo CD's health check with it), each with one reason and message."""
     return [
         ("Ready", ready, reason, message),
         ("Reconciling", reconciling, reason, message),

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from steward_operator import planners, specs
+from steward_operator import deciding, planners, specs
 from steward_operator.children import Owner, owned
 from steward_operator.evidence.base import Quality
 from steward_operator.releasing import Decision
 
 Reason = Literal["maxAge", "drift", "qualityDrop", "manual"]
-HIGHER_IS_BETTER = frozenset({"accuracy", "rocAuc", "r2"})
-PREFERRED_METRICS = ("rocAuc", "accuracy", "logLoss", "rmse", "mae", "r2")
 DEFAULT_MIN_LABELS = 200
 
 
@@ -67,7 +65,7 @@ def step(
     owner: Owner, spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus, signals: Signals, now: datetime
 ) -> Outcome:
     """Settle the runs that ended, answer a pending `retrain` command, and start a Job when a trigger fires."""
-    runs, decisions = _settle(status.retrainings, signals.jobs, now)
+    runs, decisions = _record_jobs(status.retrainings, signals.jobs, now)
     status = status.model_copy(update={"retrainings": runs})
     if signals.drifting is not None and status.incumbent is not None:
         status = drifting_condition(status, status.incumbent.version, signals.drifting, now)
@@ -146,21 +144,21 @@ def quality_drop(spec: specs.ModelDeploymentSpec, quality: Quality) -> tuple[str
     needed = outcome.min_labels if outcome is not None else DEFAULT_MIN_LABELS
     if quality.labelled < needed:
         return None
-    preferred = [outcome.metric] if outcome is not None else [*PREFERRED_METRICS]
+    preferred = [outcome.metric] if outcome is not None else [*deciding.CLASSIFIER_METRICS, *deciding.REGRESSOR_METRICS]
     metric = next((name for name in preferred if name in quality.live and name in quality.held_out), None)
     if metric is None:
         return None
     live, held_out = quality.live[metric], quality.held_out[metric]
     if not (math.isfinite(live) and math.isfinite(held_out)) or held_out == 0:
         return None
-    worse = held_out - live if metric in HIGHER_IS_BETTER else live - held_out
+    worse = held_out - live if metric in deciding.HIGHER_IS_BETTER else live - held_out
     return metric, worse / abs(held_out)
 
 
 # --- the pieces ----------------------------------------------------------------------------------------------
 
 
-def _settle(
+def _record_jobs(
     runs: list[specs.RetrainingRun], jobs: Mapping[str, Job], now: datetime
 ) -> tuple[list[specs.RetrainingRun], tuple[Decision, ...]]:
     """Runs brought up to date with their Jobs. A Job status never recorded (the operator stopped between
