@@ -32,11 +32,10 @@ from sklearn.utils.validation import check_is_fitted
 from steward_predictor import baselines as baselines_module
 from steward_predictor import trusting
 from steward_predictor.baselines import Baselines
+from steward_predictor.defaults import DEFAULT_URI
 from steward_predictor.schemas import FeatureSchema, infer_schema
 
 FORMAT = "steward.dev/bundle-v1"
-# Where KServe's storage initializer puts the model; the default everywhere a bundle is read.
-DEFAULT_URI = "/mnt/models"
 MANIFEST = "manifest.json"
 SKOPS_FILE = "pipeline.skops"
 PICKLE_FILE = "pipeline.joblib"

@@ -12,53 +12,12 @@ import joblib
 import pandas as pd
 
 from steward_predictor import parity
-from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, build_bundle, load_bundle, read_skops
+from steward_predictor.bundles import Bundle, BundleError, build_bundle, load_bundle, read_skops
+from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="steward-bundle",
-        description="Seal a fitted scikit-learn pipeline with its feature schema, training baselines, held-out "
-        "results and golden examples; inspect a bundle; verify that it loads and reproduces its golden examples.",
-        epilog=f"Exit codes: {EXIT_OK} ok, {EXIT_FAILED} the bundle failed a check (or could not be built), "
-        f"{EXIT_USAGE} bad arguments.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    build = commands.add_parser("build", help="seal a fitted pipeline into a new bundle directory")
-    build.add_argument("output", type=Path, help="new directory to write (must not exist)")
-    build.add_argument("--pipeline", type=Path, required=True, help="fitted pipeline: .skops, or .joblib/.pkl")
-    build.add_argument(
-        "--train", type=Path, required=True, help="training data the pipeline was fitted on (.csv/.parquet)"
-    )
-    build.add_argument("--target", required=True, help="name of the target column in --train and --holdout")
-    build.add_argument("--holdout", type=Path, help="held-out data for evaluation and golden examples")
-    build.add_argument("--version", required=True, help="model version, e.g. 2024-06-01")
-    build.add_argument("--feature-set-version", default="1", help="version of the feature code (default %(default)s)")
-    build.add_argument("--schema-overrides", type=Path, help='JSON: {"policy": {...}, "features": {"name": {...}}}')
-    build.add_argument("--trust-type", action="append", default=[], help="type to trust when reading a .skops pipeline")
-    build.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="read a .joblib/.pkl pipeline (runs code: only your own files), and seal the bundle with pickle "
-        "instead of skops",
-    )
-
-    inspect = commands.add_parser("inspect", help="show a bundle's metadata, schema and held-out results")
-    inspect.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    verify = commands.add_parser(
-        "verify", help="check digests, trusted types and golden-example parity, as the server does at start"
-    )
-    verify.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
-    verify.add_argument("--digest", help="require this sha256 digest")
-    verify.add_argument("--trust-type", action="append", default=[], help="extra type to trust; repeatable")
-    verify.add_argument("--allow-pickle", action="store_true", help="accept a pickled pipeline")
-
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`steward-bundle`, on the arguments cli.bundle_parser() parsed."""
     try:
         if args.command == "build":
             return _build(args)
@@ -175,7 +134,3 @@ def _split(frame: pd.DataFrame, target: str, path: Path) -> tuple[pd.DataFrame, 
     if target not in frame.columns:
         raise KeyError(f"{path} has no target column {target!r} (columns: {', '.join(map(str, frame.columns))})")
     return frame.drop(columns=[target]), frame[target]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,10 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine import Transaction as DatabaseTransaction
 
-Format = Literal["csv", "parquet", "sql"]
-FORMATS: tuple[Format, ...] = ("csv", "parquet", "sql")
-IfExists = Literal["fail", "replace", "append"]
-IF_EXISTS: tuple[IfExists, ...] = ("fail", "replace", "append")
+from steward_predictor.defaults import FORMATS, Format, IfExists
+
 Prepared = TypeVar("Prepared")
 SUFFIXES: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # A file is staged under this suffix beside its target until it is published by a rename.

@@ -30,18 +30,19 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from steward_predictor import datasets, parity
-from steward_predictor.bundles import DEFAULT_URI, Bundle, BundleError, load_bundle
+from steward_predictor.bundles import Bundle, BundleError, load_bundle
+from steward_predictor.defaults import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_MAX_REJECT_FRACTION,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    IfExists,
+)
 from steward_predictor.schemas import Checked, FeatureSchema, Validator, Violation
-from steward_predictor.settings import allow_pickle, trusted_types
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REJECTED = 3
-EXIT_REFUSED = 4
-
-DEFAULT_CHUNK_ROWS = 50_000
-DEFAULT_MAX_REJECT_FRACTION = 0.05
 # Column names of the scores (an --id-column follows ROW) and of the rejects (ROW, the id, the features, REASONS).
 ROW = "row"
 REQUEST_ID = "request_id"
@@ -62,49 +63,6 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
-
-EXIT_CODES = """\
-exit codes:
-  0  scored: output and rejects published
-  1  runtime failure: a file or database could not be read or written, or the run was
-     interrupted; the output is as it was
-  2  usage error: a bad flag, an unknown format, an --id-column the input lacks, or an output
-     that exists without --if-exists; nothing was written
-  3  rejected: more than --max-reject-fraction of the rows failed validation, or the input
-     lacks a column the model needs; the output is as it was, the rejects are published
-  4  bundle refused: digest mismatch, untrusted types, a pickle without --allow-pickle, or
-     golden examples that no longer reproduce (training/serving parity)"""
-
-DESCRIPTION = """\
-Score a CSV file, Parquet file or SQL table with a Steward model bundle.
-
-Rows are read --chunk-rows at a time, so memory does not grow with the input, and every chunk is
-validated against the bundle's feature schema exactly as online requests are. Rows that fail go to
-the rejects with the reasons; problems the schema's policy only counts are scored and counted.
-Input columns the model does not use are ignored; only --id-column is copied through.
-
-Output columns: row (the row's position in the input, from 0), the --id-column if named,
-request_id (<run id>-<row>: reproducible, and joinable with outcomes that arrive later),
-model_version, bundle_digest, scored_at (UTC), prediction, and for classifiers one
-probability_<class> column per class.
-Rejects columns: row, the --id-column, the model's input columns as read (as text), reasons.
-
-Files are written to a hidden file beside the target and renamed into place at the end; tables
-are written in one transaction (new tables under a staging name, renamed at the end). A run that
-fails or is killed leaves the output as it was (a killed run may leave a hidden .NAME.*.partial
-file). Rejects follow --if-exists append; otherwise they replace the rejects of an earlier run.
-
-Before scoring, the bundle's digest is checked and its golden examples are replayed: a bundle whose
-outputs no longer reproduce is refused. A JSON summary goes to stdout at the end, progress to stderr.
-Database passwords may come from the driver's environment (PGPASSWORD) rather than the URL; URLs are
-shown without them."""
-
-EXAMPLES = """\
-examples:
-  steward-predict batch --input customers.parquet --output scores.parquet --id-column customer_id
-  steward-predict batch --bundle s3://models/churn/v3/ --digest sha256:9f2c... \\
-      --input postgresql://reader@warehouse/analytics --input-table customers \\
-      --output postgresql://writer@warehouse/analytics --output-table churn_scores --if-exists replace"""
 
 
 class UsageError(Exception):
@@ -134,7 +92,7 @@ class Settings:
     """An input column copied to every scored and rejected row (a customer id, say)."""
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
-    if_exists: datasets.IfExists = "fail"
+    if_exists: IfExists = "fail"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Prefix of every request id: <run id>-<row>."""
 
@@ -394,7 +352,7 @@ def score_batch(
     scorer = Scorer(bundle, run_id=settings.run_id, id_column=settings.id_column)
     schema = bundle.schema
     _refuse_missing_columns(settings.input, schema, columns)
-    rejects_mode: datasets.IfExists = "append" if settings.if_exists == "append" else "replace"
+    rejects_mode: IfExists = "append" if settings.if_exists == "append" else "replace"
     _check_appendable(transaction, settings.output, settings.if_exists, scorer.columns)
     _check_appendable(transaction, settings.rejects, rejects_mode, scorer.reject_columns)
     stream = progress or sys.stderr
@@ -470,94 +428,15 @@ def load(uri: str, digest: str | None, allow_pickle: bool, trusted_types: Sequen
     return bundle
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="steward-predict",
-        description="Steward's predictor: scores rows with a sealed scikit-learn model bundle.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    batch = commands.add_parser(
-        "batch",
-        help="score a CSV file, Parquet file or SQL table, chunk by chunk",
-        description=DESCRIPTION,
-        epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    model = batch.add_argument_group("model")
-    model.add_argument("--bundle", default=DEFAULT_URI, metavar="URI", help="bundle path or URL (default: %(default)s)")
-    model.add_argument("--digest", metavar="SHA256", help="refuse the bundle unless its digest is this (sha256:...)")
-    model.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        default=allow_pickle(),
-        help="load a pipeline stored as a plain pickle; only from a source you trust (STEWARD_ALLOW_PICKLE=true)",
-    )
-    model.add_argument(
-        "--trust-type",
-        action="append",
-        default=list(trusted_types()),
-        metavar="TYPE",
-        help="a type the pipeline may contain beyond scikit-learn's own; repeatable (STEWARD_TRUSTED_TYPES)",
-    )
-    data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
-    data.add_argument("--input", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
-    data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
-    data.add_argument("--input-format", choices=datasets.FORMATS, help="override the inferred input format")
-    data.add_argument("--output", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
-    data.add_argument("--output-table", metavar="NAME", help="table to write, with a database URL ([schema.]name)")
-    data.add_argument("--output-format", choices=datasets.FORMATS, help="override the inferred output format")
-    data.add_argument(
-        "--rejects",
-        metavar="URI",
-        help="where rejected rows go (default: beside the output: OUT.rejects.csv, or table OUTTABLE_rejects)",
-    )
-    data.add_argument("--rejects-table", metavar="NAME", help="table for rejected rows, with a database URL")
-    data.add_argument("--rejects-format", choices=datasets.FORMATS, help="override the inferred rejects format")
-    data.add_argument("--id-column", metavar="NAME", help="an input column to copy to every scored and rejected row")
-    data.add_argument(
-        "--if-exists",
-        choices=datasets.IF_EXISTS,
-        default="fail",
-        help="when the output exists: fail (default, exit 2), replace it whole, or append to it",
-    )
-    run = batch.add_argument_group("run")
-    run.add_argument(
-        "--chunk-rows",
-        type=int,
-        default=DEFAULT_CHUNK_ROWS,
-        metavar="N",
-        help="rows read, validated and scored at a time; bounds memory (default: %(default)s)",
-    )
-    run.add_argument(
-        "--max-reject-fraction",
-        type=float,
-        default=DEFAULT_MAX_REJECT_FRACTION,
-        metavar="F",
-        help="fail (exit 3, scores not published) if more than this fraction of rows is rejected "
-        "(default: %(default)s)",
-    )
-    run.add_argument(
-        "--run-id",
-        default=None,
-        metavar="ID",
-        help="prefix of the request ids <run id>-<row> (default: a new random hex id per run)",
-    )
-    return root
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "batch":
-        _prefer_jemalloc()
-        _keep_freed_memory()
-        # Chunks are read and written on other threads while the main one scores: a BLAS thread pool would
-        # only spin on their cores between one chunk's small matrix products and the next. The golden examples
-        # are replayed with the same single thread as the rows are scored.
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _batch(args)
-    return EXIT_USAGE
+def run(args: argparse.Namespace) -> int:
+    """`steward-predict batch`, on the arguments cli.predict_parser() parsed."""
+    _prefer_jemalloc()
+    _keep_freed_memory()
+    # Chunks are read and written on other threads while the main one scores: a BLAS thread pool would only spin
+    # on their cores between one chunk's small matrix products and the next. The golden examples are replayed
+    # with the same single thread as the rows are scored.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _batch(args)
 
 
 def _prefer_jemalloc() -> None:
@@ -650,7 +529,7 @@ def _refuse_missing_columns(source: datasets.Location, schema: FeatureSchema, co
 
 
 def _check_appendable(
-    transaction: datasets.Transaction, location: datasets.Location, if_exists: datasets.IfExists, columns: list[str]
+    transaction: datasets.Transaction, location: datasets.Location, if_exists: IfExists, columns: list[str]
 ) -> None:
     if if_exists != "append" or not transaction.exists(location):
         return
@@ -716,7 +595,3 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _say(message: str) -> None:
     print(f"steward-predict: {message}", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

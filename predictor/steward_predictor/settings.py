@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from steward_predictor.bundles import DEFAULT_URI
+from steward_predictor.defaults import DEFAULT_URI
 
 VARIANTS = ("incumbent", "challenger", "shadow")
 # An online request of 10,000 rows of a few dozen features is a few MiB of JSON, parsed and scored in well under a

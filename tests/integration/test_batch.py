@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 import threadpoolctl
 
-from steward_predictor import bundles, scoring
+from steward_predictor import bundles, cli, defaults
 from tests.support import models
 from tests.support.models import Trained
 
@@ -136,7 +136,7 @@ def _with_problems(x: pd.DataFrame) -> pd.DataFrame:
 
 
 def _steward_predict(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Run:
-    code = scoring.main(["batch", *map(str, args)])
+    code = cli.predict(["batch", *map(str, args)])
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     return Run(code, json.loads(lines[-1]) if lines else None, captured.err)
@@ -164,7 +164,7 @@ def test_scores_equal_the_pipeline_on_the_same_rows(
     rows = _with_problems(trained.x_test)
     place.write(rows, "rows")
     run = _batch(capsys, trained, place, "--chunk-rows", "20", "--run-id", "nightly")
-    assert run.code == scoring.EXIT_OK, run.stderr
+    assert run.code == defaults.EXIT_OK, run.stderr
     scores = place.read("scores").sort_values("row").reset_index(drop=True)
     kept = [row for row in range(len(rows)) if row not in REJECTED]
     # The rows as the pipeline should see them: numbers as numbers, the unseen category as it was given.
@@ -189,7 +189,7 @@ def test_rows_with_problems_land_in_the_rejects_with_reasons_naming_the_field(
 ) -> None:
     place.write(_with_problems(trained.x_test), "rows")
     run = _batch(capsys, trained, place, "--chunk-rows", "4")
-    assert run.code == scoring.EXIT_OK, run.stderr
+    assert run.code == defaults.EXIT_OK, run.stderr
     rejects = place.read(place.rejects("scores")).sort_values("row").reset_index(drop=True)
     assert rejects["row"].tolist() == REJECTED
     assert rejects["patient"].tolist() == ["p0002", "p0005"]
@@ -206,7 +206,7 @@ def test_an_input_with_no_rows_gives_outputs_with_no_rows(
 ) -> None:
     place.write(_with_problems(trained.x_test).iloc[:0], "rows")
     run = _batch(capsys, trained, place)
-    assert run.code == scoring.EXIT_OK, run.stderr
+    assert run.code == defaults.EXIT_OK, run.stderr
     assert len(place.read("scores")) == 0
     assert len(place.read(place.rejects("scores"))) == 0
 
@@ -228,7 +228,7 @@ def test_text_stored_as_a_categorical_scores_as_plain_text(
         )
         for name in ("plain", "coded")
     ]
-    assert [run.code for run in runs] == [scoring.EXIT_OK, scoring.EXIT_OK]
+    assert [run.code for run in runs] == [defaults.EXIT_OK, defaults.EXIT_OK]
     plain, coded = (place.read(f"scores-{name}").drop(columns=["scored_at"]) for name in ("plain", "coded"))
     pd.testing.assert_frame_equal(coded, plain)
     pd.testing.assert_frame_equal(place.read("scores-coded.rejects"), place.read("scores-plain.rejects"))
@@ -247,7 +247,7 @@ def test_rows_are_scored_with_one_blas_thread(
         return predict(bundle, frame)
 
     monkeypatch.setattr(bundles.Bundle, "predict", counting)
-    assert _batch(capsys, trained, place).code == scoring.EXIT_OK
+    assert _batch(capsys, trained, place).code == defaults.EXIT_OK
     assert threads
     assert set(threads) == {1}
 
@@ -260,7 +260,7 @@ def test_too_many_rejects_exit_3_and_publish_only_the_rejects(
 ) -> None:
     place.write(_with_problems(trained.x_test), "rows")
     run = _batch(capsys, trained, place, "--max-reject-fraction", "0.01")
-    assert run.code == scoring.EXIT_REJECTED, run.stderr
+    assert run.code == defaults.EXIT_REJECTED, run.stderr
     assert "more than --max-reject-fraction 0.01" in run.stderr
     assert not place.exists("scores")
     assert place.read(place.rejects("scores"))["row"].sort_values().tolist() == REJECTED
@@ -273,7 +273,7 @@ def test_an_input_without_a_column_the_model_needs_is_rejected_whole(
 ) -> None:
     place.write(_with_problems(trained.x_test).drop(columns=["mean area"]), "rows")
     run = _batch(capsys, trained, place)
-    assert run.code == scoring.EXIT_REJECTED
+    assert run.code == defaults.EXIT_REJECTED
     assert "has no column 'mean area'" in run.stderr
     assert not place.exists("scores")
 
@@ -285,7 +285,7 @@ def test_existing_output_is_refused_and_left_untouched(
     earlier = pd.DataFrame({"row": [0], "note": ["earlier run"]})
     place.write(earlier, "scores")
     run = _batch(capsys, trained, place)
-    assert run.code == scoring.EXIT_USAGE
+    assert run.code == defaults.EXIT_USAGE
     assert "already exists" in run.stderr
     assert "--if-exists" in run.stderr
     pd.testing.assert_frame_equal(place.read("scores"), earlier, check_dtype=False)
@@ -295,12 +295,12 @@ def test_existing_output_is_refused_and_left_untouched(
 def test_if_exists_replace_and_append(capsys: pytest.CaptureFixture[str], trained: Trained, place: Place) -> None:
     place.write(_with_problems(trained.x_test), "rows")
     scored = len(trained.x_test) - len(REJECTED)
-    assert _batch(capsys, trained, place).code == scoring.EXIT_OK
-    assert _batch(capsys, trained, place, "--if-exists", "replace").code == scoring.EXIT_OK
+    assert _batch(capsys, trained, place).code == defaults.EXIT_OK
+    assert _batch(capsys, trained, place, "--if-exists", "replace").code == defaults.EXIT_OK
     assert len(place.read("scores")) == scored
     assert len(place.read(place.rejects("scores"))) == len(REJECTED)
     run = _batch(capsys, trained, place, "--if-exists", "append")
-    assert run.code == scoring.EXIT_OK, run.stderr
+    assert run.code == defaults.EXIT_OK, run.stderr
     assert len(place.read("scores")) == 2 * scored
     assert len(place.read(place.rejects("scores"))) == 2 * len(REJECTED)
 
@@ -357,7 +357,7 @@ def test_a_terminated_run_exits_1_and_leaves_nothing_behind(trained: Trained, tm
                 process.send_signal(signal.SIGTERM)
                 break
         _, stderr = process.communicate(timeout=30)
-    assert process.returncode == scoring.EXIT_FAILED
+    assert process.returncode == defaults.EXIT_FAILED
     assert "interrupted; nothing was published" in stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["rows.csv"]
 
@@ -375,7 +375,7 @@ def test_a_tampered_bundle_is_refused_with_exit_4(
     place = Place("csv", tmp_path)
     place.write(_with_problems(trained.x_test), "rows")
     run = _steward_predict(capsys, "--bundle", bundle, *place.args("input", "rows"), *place.args("output", "scores"))
-    assert run.code == scoring.EXIT_REFUSED
+    assert run.code == defaults.EXIT_REFUSED
     assert "schema.json does not match its digest" in run.stderr
     assert not place.exists("scores")
 
@@ -392,7 +392,7 @@ def test_a_bundle_with_another_digest_than_pinned_is_refused(
         *place.args("input", "rows"),
         *place.args("output", "scores"),
     )
-    assert run.code == scoring.EXIT_REFUSED
+    assert run.code == defaults.EXIT_REFUSED
     assert f"but {pinned} was expected" in run.stderr
 
 
@@ -411,7 +411,7 @@ def test_a_bundle_whose_golden_examples_no_longer_reproduce_is_refused(
     place = Place("csv", tmp_path)
     place.write(_with_problems(trained.x_test), "rows")
     run = _steward_predict(capsys, "--bundle", bundle, *place.args("input", "rows"), *place.args("output", "scores"))
-    assert run.code == scoring.EXIT_REFUSED
+    assert run.code == defaults.EXIT_REFUSED
     assert "golden example 0: prediction" in run.stderr
     assert not place.exists("scores")
 

@@ -24,7 +24,7 @@ from steward_operator.planners import (
     shadow_location,
 )
 from steward_predictor import datasets
-from steward_predictor.scoring import parser
+from steward_predictor.cli import predict_parser as parser
 from tests.conftest import REPOSITORY
 
 DIGEST = "sha256:9f2c4b1e0d8a7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b"

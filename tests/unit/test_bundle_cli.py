@@ -10,7 +10,7 @@ import joblib
 import pytest
 import skops.io
 
-from steward_predictor.bundling import main
+from steward_predictor.cli import bundle as main
 from tests.support import models
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steward_predictor import datasets, scoring
+from steward_predictor import cli, datasets, defaults, scoring
 from tests.support import models
 from tests.support.models import Trained
 
@@ -59,7 +59,7 @@ def _with_problems(x: pd.DataFrame) -> pd.DataFrame:
         ("scores.pq", "parquet"),
     ],
 )
-def test_file_formats_are_inferred_from_the_suffix(uri: str, format: datasets.Format) -> None:
+def test_file_formats_are_inferred_from_the_suffix(uri: str, format: defaults.Format) -> None:
     assert datasets.locate(uri).format == format
 
 
@@ -99,7 +99,7 @@ def test_the_format_flag_overrides_the_suffix() -> None:
     ],
 )
 def test_unusable_locations_say_what_to_change(
-    uri: str, format: datasets.Format | None, table: str | None, message: str
+    uri: str, format: defaults.Format | None, table: str | None, message: str
 ) -> None:
     with pytest.raises(datasets.LocationError, match=message):
         datasets.locate(uri, format, table)
@@ -327,7 +327,7 @@ def test_the_summary_is_one_line_of_json_with_the_counts() -> None:
 
 def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        scoring.main(["batch", "--help"])
+        cli.predict(["batch", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for code, meaning in [
@@ -344,17 +344,17 @@ def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_a_missing_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        scoring.main(["batch", "--input", "rows.csv"])
-    assert exit_.value.code == scoring.EXIT_USAGE
+        cli.predict(["batch", "--input", "rows.csv"])
+    assert exit_.value.code == defaults.EXIT_USAGE
     assert "--output" in capsys.readouterr().err
 
 
 def test_an_unknown_format_is_a_usage_error_before_anything_is_read(capsys: pytest.CaptureFixture[str]) -> None:
-    assert scoring.main(["batch", "--input", "rows.txt", "--output", "scores.csv"]) == scoring.EXIT_USAGE
+    assert cli.predict(["batch", "--input", "rows.txt", "--output", "scores.csv"]) == defaults.EXIT_USAGE
     assert "--input-format" in capsys.readouterr().err
 
 
 def test_a_rejects_table_needs_a_database(capsys: pytest.CaptureFixture[str]) -> None:
-    code = scoring.main(["batch", "--input", "rows.csv", "--output", "scores.csv", "--rejects-table", "bad"])
-    assert code == scoring.EXIT_USAGE
+    code = cli.predict(["batch", "--input", "rows.csv", "--output", "scores.csv", "--rejects-table", "bad"])
+    assert code == defaults.EXIT_USAGE
     assert "--rejects" in capsys.readouterr().err

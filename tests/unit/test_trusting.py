@@ -11,7 +11,7 @@ from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingCla
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from steward_predictor import bundling
+from steward_predictor import cli, defaults
 from steward_predictor.bundles import SKOPS_FILE, BundleError, build_bundle, load_bundle, read_skops
 from tests.support import hostile, models
 
@@ -32,7 +32,7 @@ def test_verify_refuses_it_too_and_names_the_function(tmp_path: Path, capsys: py
     marker = tmp_path / "ran"
     bundle = hostile.command_bundle(tmp_path / "evil", marker)
 
-    assert bundling.main(["verify", str(bundle)]) == bundling.EXIT_FAILED
+    assert cli.bundle(["verify", str(bundle)]) == defaults.EXIT_FAILED
 
     assert "sklearn.utils._testing.check_output" in capsys.readouterr().err
     assert not marker.exists()

@@ -1,0 +1,206 @@
+"""The predictor's command-line tools, `steward-predict` and `steward-bundle`: their flags, help and exit codes.
+Only the standard library and light modules are imported here, so `--help` and a bad flag answer at once; the
+module that does the work is imported once the arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from steward_predictor.defaults import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_MAX_REJECT_FRACTION,
+    DEFAULT_URI,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FORMATS,
+    IF_EXISTS,
+)
+from steward_predictor.settings import allow_pickle, trusted_types
+
+EXIT_CODES = """\
+exit codes:
+  0  scored: output and rejects published
+  1  runtime failure: a file or database could not be read or written, or the run was
+     interrupted; the output is as it was
+  2  usage error: a bad flag, an unknown format, an --id-column the input lacks, or an output
+     that exists without --if-exists; nothing was written
+  3  rejected: more than --max-reject-fraction of the rows failed validation, or the input
+     lacks a column the model needs; the output is as it was, the rejects are published
+  4  bundle refused: digest mismatch, untrusted types, a pickle without --allow-pickle, or
+     golden examples that no longer reproduce (training/serving parity)"""
+
+DESCRIPTION = """\
+Score a CSV file, Parquet file or SQL table with a Steward model bundle.
+
+Rows are read --chunk-rows at a time, so memory does not grow with the input, and every chunk is
+validated against the bundle's feature schema exactly as online requests are. Rows that fail go to
+the rejects with the reasons; problems the schema's policy only counts are scored and counted.
+Input columns the model does not use are ignored; only --id-column is copied through.
+
+Output columns: row (the row's position in the input, from 0), the --id-column if named,
+request_id (<run id>-<row>: reproducible, and joinable with outcomes that arrive later),
+model_version, bundle_digest, scored_at (UTC), prediction, and for classifiers one
+probability_<class> column per class.
+Rejects columns: row, the --id-column, the model's input columns as read (as text), reasons.
+
+Files are written to a hidden file beside the target and renamed into place at the end; tables
+are written in one transaction (new tables under a staging name, renamed at the end). A run that
+fails or is killed leaves the output as it was (a killed run may leave a hidden .NAME.*.partial
+file). Rejects follow --if-exists append; otherwise they replace the rejects of an earlier run.
+
+Before scoring, the bundle's digest is checked and its golden examples are replayed: a bundle whose
+outputs no longer reproduce is refused. A JSON summary goes to stdout at the end, progress to stderr.
+Database passwords may come from the driver's environment (PGPASSWORD) rather than the URL; URLs are
+shown without them."""
+
+EXAMPLES = """\
+examples:
+  steward-predict batch --input customers.parquet --output scores.parquet --id-column customer_id
+  steward-predict batch --bundle s3://models/churn/v3/ --digest sha256:9f2c... \\
+      --input postgresql://reader@warehouse/analytics --input-table customers \\
+      --output postgresql://writer@warehouse/analytics --output-table churn_scores --if-exists replace"""
+
+
+def predict(argv: Sequence[str] | None = None) -> int:
+    """steward-predict."""
+    args = predict_parser().parse_args(argv)
+    from steward_predictor import scoring  # noqa: PLC0415 -- loads pandas, pyarrow and scikit-learn
+
+    return scoring.run(args)
+
+
+def bundle(argv: Sequence[str] | None = None) -> int:
+    """steward-bundle."""
+    args = bundle_parser().parse_args(argv)
+    from steward_predictor import bundling  # noqa: PLC0415 -- loads pandas and scikit-learn
+
+    return bundling.run(args)
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="steward-predict",
+        description="Steward's predictor: scores rows with a sealed scikit-learn model bundle.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    batch = commands.add_parser(
+        "batch",
+        help="score a CSV file, Parquet file or SQL table, chunk by chunk",
+        description=DESCRIPTION,
+        epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = batch.add_argument_group("model")
+    model.add_argument("--bundle", default=DEFAULT_URI, metavar="URI", help="bundle path or URL (default: %(default)s)")
+    model.add_argument("--digest", metavar="SHA256", help="refuse the bundle unless its digest is this (sha256:...)")
+    model.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=allow_pickle(),
+        help="load a pipeline stored as a plain pickle; only from a source you trust (STEWARD_ALLOW_PICKLE=true)",
+    )
+    model.add_argument(
+        "--trust-type",
+        action="append",
+        default=list(trusted_types()),
+        metavar="TYPE",
+        help="a type the pipeline may contain beyond scikit-learn's own; repeatable (STEWARD_TRUSTED_TYPES)",
+    )
+    data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
+    data.add_argument("--input", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
+    data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
+    data.add_argument("--input-format", choices=FORMATS, help="override the inferred input format")
+    data.add_argument("--output", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
+    data.add_argument("--output-table", metavar="NAME", help="table to write, with a database URL ([schema.]name)")
+    data.add_argument("--output-format", choices=FORMATS, help="override the inferred output format")
+    data.add_argument(
+        "--rejects",
+        metavar="URI",
+        help="where rejected rows go (default: beside the output: OUT.rejects.csv, or table OUTTABLE_rejects)",
+    )
+    data.add_argument("--rejects-table", metavar="NAME", help="table for rejected rows, with a database URL")
+    data.add_argument("--rejects-format", choices=FORMATS, help="override the inferred rejects format")
+    data.add_argument("--id-column", metavar="NAME", help="an input column to copy to every scored and rejected row")
+    data.add_argument(
+        "--if-exists",
+        choices=IF_EXISTS,
+        default="fail",
+        help="when the output exists: fail (default, exit 2), replace it whole, or append to it",
+    )
+    run = batch.add_argument_group("run")
+    run.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        metavar="N",
+        help="rows read, validated and scored at a time; bounds memory (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=DEFAULT_MAX_REJECT_FRACTION,
+        metavar="F",
+        help="fail (exit 3, scores not published) if more than this fraction of rows is rejected "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--run-id",
+        default=None,
+        metavar="ID",
+        help="prefix of the request ids <run id>-<row> (default: a new random hex id per run)",
+    )
+    return root
+
+
+def bundle_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steward-bundle",
+        description="Seal a fitted scikit-learn pipeline with its feature schema, training baselines, held-out "
+        "results and golden examples; inspect a bundle; verify that it loads and reproduces its golden examples.",
+        epilog=f"Exit codes: {EXIT_OK} ok, {EXIT_FAILED} the bundle failed a check (or could not be built), "
+        f"{EXIT_USAGE} bad arguments.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="seal a fitted pipeline into a new bundle directory")
+    build.add_argument("output", type=Path, help="new directory to write (must not exist)")
+    build.add_argument("--pipeline", type=Path, required=True, help="fitted pipeline: .skops, or .joblib/.pkl")
+    build.add_argument(
+        "--train", type=Path, required=True, help="training data the pipeline was fitted on (.csv/.parquet)"
+    )
+    build.add_argument("--target", required=True, help="name of the target column in --train and --holdout")
+    build.add_argument("--holdout", type=Path, help="held-out data for evaluation and golden examples")
+    build.add_argument("--version", required=True, help="model version, e.g. 2024-06-01")
+    build.add_argument("--feature-set-version", default="1", help="version of the feature code (default %(default)s)")
+    build.add_argument("--schema-overrides", type=Path, help='JSON: {"policy": {...}, "features": {"name": {...}}}')
+    build.add_argument("--trust-type", action="append", default=[], help="type to trust when reading a .skops pipeline")
+    build.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a .joblib/.pkl pipeline (runs code: only your own files), and seal the bundle with pickle "
+        "instead of skops",
+    )
+
+    inspect = commands.add_parser("inspect", help="show a bundle's metadata, schema and held-out results")
+    inspect.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    verify = commands.add_parser(
+        "verify", help="check digests, trusted types and golden-example parity, as the server does at start"
+    )
+    verify.add_argument("bundle", nargs="?", default=DEFAULT_URI, help="path or URI (default %(default)s)")
+    verify.add_argument("--digest", help="require this sha256 digest")
+    verify.add_argument("--trust-type", action="append", default=[], help="extra type to trust; repeatable")
+    verify.add_argument("--allow-pickle", action="store_true", help="accept a pickled pipeline")
+
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(predict())

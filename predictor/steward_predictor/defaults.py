@@ -1,0 +1,24 @@
+"""Defaults and choices the predictor's command-line tools share with the modules that do the work, importable
+without loading any of them (numpy, pandas, pyarrow, scikit-learn): `--help` and a bad flag answer at once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# Where KServe's storage initializer puts the model; the default everywhere a bundle is read.
+DEFAULT_URI = "/mnt/models"
+
+Format = Literal["csv", "parquet", "sql"]
+FORMATS: tuple[Format, ...] = ("csv", "parquet", "sql")
+IfExists = Literal["fail", "replace", "append"]
+IF_EXISTS: tuple[IfExists, ...] = ("fail", "replace", "append")
+
+DEFAULT_CHUNK_ROWS = 50_000
+DEFAULT_MAX_REJECT_FRACTION = 0.05
+
+# Exit codes of steward-predict and steward-bundle (which uses the first three).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_REFUSED = 4
