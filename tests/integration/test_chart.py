@@ -626,7 +626,7 @@ METRIC_SOURCES = [
     REPOSITORY / "predictor" / "steward_predictor" / "metrics.py",
     REPOSITORY / "predictor" / "steward_predictor" / "reporting.py",
     REPOSITORY / "monitor" / "steward_monitor" / "serving.py",
-    REPOSITORY / "operator" / "steward_operator" / "metrics.py",
+    REPOSITORY / "operator" / "steward_operator" / "telemetry.py",
 ]
 
 
