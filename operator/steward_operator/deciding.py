@@ -42,10 +42,10 @@ from steward_operator.sequential import (
     non_inferiority,
     split_alpha,
 )
+from steward_operator.stages import ONLINE, Layout, LiveStage, canary_name, first_live, judged_steps, live, shadowed
 
 Action = Literal["continue", "advance", "promote", "rollback", "pause", "hold"]
 """What a decision can be: the values of Analysis.decision."""
-Mode = Literal["online", "batch", "streaming"]
 
 DEFAULT_MARGIN = 0.005
 """Non-inferiority margin on the error rate when the errorRate guardrail allows no increase (or is not configured):
@@ -64,8 +64,6 @@ _LARGEST_ALPHA = 0.499
 _GATE = "errorRateNonInferiority"
 _WAIT = "an outage neither promotes nor rolls back, so the release waits until they can be read again"
 _UNUSABLE = "a reading that cannot be used is no reading: the release waits until the counts can be used again"
-# A canary step at this weight leaves the incumbent no traffic to compare the challenger with.
-_FULL = 100
 # Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
 _LARGEST_COUNT = 2**53
 
@@ -75,15 +73,10 @@ _LARGEST_COUNT = 2**53
 
 @dataclass(frozen=True)
 class Policy:
-    """What the spec asks of a release: the rollout, and the serving mode (only online has a canary)."""
+    """What the spec asks of a release: the rollout, and the stages its serving mode lays out."""
 
     rollout: specs.Rollout
-    mode: Mode = "online"
-
-    @classmethod
-    def of(cls, spec: specs.ModelDeploymentSpec) -> Policy:
-        """The policy a ModelDeployment's spec sets."""
-        return cls(spec.rollout, spec.serving.mode)
+    layout: Layout = ONLINE
 
 
 @dataclass(frozen=True)
@@ -220,9 +213,9 @@ def decide(
     """
     if phase == "Validating":
         return _validate(policy, timing, holdouts)
-    stage = _stage(policy, phase, step)
-    if stage.full is not None:
-        return stage.full
+    stage = live(policy.rollout, policy.layout, phase, step)
+    if stage.full:
+        return _full_step(policy, stage.name)
     if window is None:
         return Verdict("pause", f"metrics are unavailable: the live counts of {stage.name} could not be read; {_WAIT}")
     unusable = _unusable_readings(policy.rollout, window)
@@ -236,8 +229,8 @@ def decide(
 
 def _validate(policy: Policy, timing: Timing, holdouts: Holdouts | None) -> Verdict:
     validation = policy.rollout.validation
-    following = _first_live_stage(policy)
-    if not _shadowed(policy) and _judged_steps(policy.rollout) == 0:
+    following = first_live(policy.rollout, policy.layout)
+    if not shadowed(policy.rollout, policy.layout) and judged_steps(policy.rollout) == 0:
         rule = (
             f"no stage would judge the challenger on live traffic: the only one is {following}, where the incumbent"
             " answers nothing, and there is no shadow stage; it never receives traffic (canary steps must be below"
@@ -332,17 +325,6 @@ def _default_metric(incumbent: Mapping[str, float] | None, challenger: Mapping[s
 
 
 @dataclass(frozen=True)
-class _Stage:
-    name: str
-    following: str | None
-    """The stage after this one, in words; None when promotion follows."""
-    min_requests: int
-    min_duration: timedelta
-    full: Verdict | None = None
-    """The verdict on a canary step of 100 %, which no evidence changes; None for any other stage."""
-
-
-@dataclass(frozen=True)
 class _Check:
     guardrail: specs.Guardrail
     alpha: float
@@ -355,7 +337,7 @@ class _Check:
 _NEEDS = {"errorRate": "requests", "slowRequests": "latency", "predictionShift": "predictions"}
 
 
-def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Verdict:
+def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> Verdict:
     rollout = policy.rollout
     checks = _guardrails(rollout, window)
     evidence = tuple(as_evidence(check.comparison) for check in checks)
@@ -389,7 +371,7 @@ def _watch(policy: Policy, stage: _Stage, timing: Timing, window: Window) -> Ver
     return _gate(rollout, met, window, evidence)
 
 
-def _collecting(stage: _Stage, elapsed: timedelta, window: Window) -> str | None:
+def _collecting(stage: LiveStage, elapsed: timedelta, window: Window) -> str | None:
     """The rule while the stage still collects its minimum evidence, or a version answers nothing; else None."""
     silent = _silent(window)
     if silent and elapsed >= stage.min_duration:
@@ -532,7 +514,7 @@ def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[spec
     return Verdict("continue", rule, evidence)
 
 
-def _breach(stage: _Stage, failed: list[_Check], window: Window) -> str:
+def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
     first = failed[0]
     guardrail, comparison = first.guardrail, first.comparison
     samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,}"
@@ -693,34 +675,13 @@ def _le(bound: float) -> str:
 # --- shared pieces ------------------------------------------------------------------------------------------
 
 
-def _stage(policy: Policy, phase: specs.Phase, step: int | None) -> _Stage:
-    """The live stage at `phase` and `step`, as releasing.stages() lays them out."""
-    rollout, online = policy.rollout, policy.mode == "online"
-    judged = _judged_steps(rollout)
-    if phase == "Shadowing":
-        # Batch shadows even without rollout.shadow; its defaults then set the minimum evidence.
-        shadow = rollout.shadow or specs.Shadow()
-        following = _canary_step(rollout, 0) if online and judged else None
-        return _Stage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration))
-    if phase == "Canary":
-        if not online:
-            raise ValueError(f"{policy.mode} serving has no canary")
-        if step is None or step < 0:
-            raise ValueError(f"a canary stage needs a step index of 0 or more, got {step}")
-        canary = rollout.canary
-        # A step past the end (steps shortened mid-release) is the last step, as the traffic split treats it.
-        index = min(step, len(canary.steps) - 1)
-        name = _canary_step(rollout, index)
-        following = _canary_step(rollout, index + 1) if index + 1 < judged else None
-        full = _full_step(policy, name) if canary.steps[index] >= _FULL else None
-        return _Stage(name, following, canary.min_requests_per_step, specs.as_timedelta(canary.min_step_duration), full)
-    raise ValueError(f"no release decides in phase {phase}")
-
-
 def _full_step(policy: Policy, name: str) -> Verdict:
     """A canary step of 100 %: the incumbent answers nothing, so it is the promotion, judged by the stage before."""
-    judged = _judged_steps(policy.rollout)
-    before = _canary_step(policy.rollout, judged - 1) if judged else "shadow" if _shadowed(policy) else None
+    judged = judged_steps(policy.rollout)
+    layout = policy.layout
+    before = (
+        canary_name(policy.rollout, judged - 1) if judged else "shadow" if shadowed(policy.rollout, layout) else None
+    )
     if before is not None:
         rule = (
             f"{name} gives the challenger all traffic, as promotion does, and leaves the incumbent none to compare"
@@ -733,26 +694,6 @@ def _full_step(policy: Policy, name: str) -> Verdict:
         " 100%, or add rollout.shadow)"
     )
     return Verdict("rollback", rule)
-
-
-def _judged_steps(rollout: specs.Rollout) -> int:
-    """How many canary steps leave the incumbent traffic to compare with: those before the first of 100 %."""
-    steps = rollout.canary.steps
-    return next((index for index, weight in enumerate(steps) if weight >= _FULL), len(steps))
-
-
-def _shadowed(policy: Policy) -> bool:
-    """Whether a release of this policy has a shadow stage: online with rollout.shadow, and always in batch."""
-    return policy.rollout.shadow is not None or policy.mode != "online"
-
-
-def _first_live_stage(policy: Policy) -> str:
-    return "shadow" if _shadowed(policy) else _canary_step(policy.rollout, 0)
-
-
-def _canary_step(rollout: specs.Rollout, index: int) -> str:
-    steps = rollout.canary.steps
-    return f"canary step {index + 1} of {len(steps)} ({steps[index]}%)"
 
 
 def _overdue(policy: Policy, timing: Timing) -> str | None:

@@ -11,14 +11,13 @@ import aiohttp
 import kopf
 import prometheus_client
 
-from steward_operator import reconciling, specs, telemetry
+from steward_operator import modes, reconciling, specs, telemetry
 from steward_operator.evidence import MetricProvider, metric_provider
 from steward_operator.kubernetes import MODEL_COMMAND, MODEL_DEPLOYMENT, ApiError, Cluster
 from steward_operator.settings import METRICS_PORT, PROMETHEUS_URL, RESYNC_SECONDS
 
 MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
 MODEL_COMMANDS = (specs.GROUP, specs.VERSION, specs.COMMAND_PLURAL)
-INFERENCE_SERVICES = ("serving.kserve.io", "v1beta1", "inferenceservices")
 STATE_PREFIX = specs.GROUP
 
 _cluster: Cluster | None = None
@@ -79,12 +78,16 @@ async def command(namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: 
     await _reconcile(namespace, spec.get("modelDeployment"), dict(body))
 
 
-@kopf.on.event(*INFERENCE_SERVICES, labels={"steward.dev/model": kopf.PRESENT})
-async def inference_service(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
-    """A version's InferenceService changed (it became ready, say): its ModelDeployment may take a step."""
+async def child(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+    """A child a serving mode watches changed (an InferenceService became ready, say): its ModelDeployment may
+    take a step."""
     owners = [owner for owner in meta.get("ownerReferences", []) if owner.get("kind") == specs.KIND]
     if owners:
         await _reconcile(namespace, owners[0]["name"])
+
+
+for _kind in sorted({kind for serving in modes.all_modes() for kind in serving.watched}):
+    kopf.on.event(*_kind, labels={"steward.dev/model": kopf.PRESENT}, id=f"child-{_kind[2]}")(child)
 
 
 @kopf.on.delete(*MODEL_DEPLOYMENTS, optional=True)

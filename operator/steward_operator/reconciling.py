@@ -10,9 +10,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from steward_operator import deciding, planners, releasing, retraining, specs, telemetry
-from steward_operator.children import Owner, predictor_service
-from steward_operator.evidence import Gateway, HeldOutResults, MetricProvider, MetricsUnavailableError
+from steward_operator import deciding, modes, planners, releasing, retraining, specs, telemetry
+from steward_operator.children import Owner
+from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.kubernetes import (
     CHILD_KINDS,
     ENDPOINT_SLICE,
@@ -26,6 +26,7 @@ from steward_operator.kubernetes import (
     NotFoundError,
     kind_of,
 )
+from steward_operator.stages import Stage
 from steward_operator.traffic import gateway_api
 from steward_operator.traffic.base import MirrorRefusal, parent
 
@@ -93,7 +94,7 @@ async def _reconcile_once(
     )
 
     step = releasing.advance(deployment.spec, deployment.status, observed)
-    plan = planners.Plan()
+    plan = modes.Plan()
     claimed = {(child["kind"], child["metadata"]["name"]) for child in children}
     try:
         plan = _plan(deployment, namespace, name, uid, step)
@@ -111,7 +112,7 @@ async def _reconcile_once(
         step = releasing.stall(
             deployment.spec, step, observed, refused.reason, refused.message, before=deployment.status
         )
-        plan = planners.Plan()  # Half applied: prune nothing, so what served keeps serving.
+        plan = modes.Plan()  # Half applied: prune nothing, so what served keeps serving.
     step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -159,9 +160,9 @@ async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[st
 
 def _plan(
     deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releasing.Step
-) -> planners.Plan:
+) -> modes.Plan:
     if step.status.incumbent is None:
-        return planners.Plan()
+        return modes.Plan()
     return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))
 
 
@@ -170,23 +171,20 @@ async def gather(
 ) -> releasing.Evidence | None:
     """The evidence the decision engine needs for the current stage of a release, read from `source`: both
     versions' held-out results while Validating, and what each served since the stage began in Shadowing and
-    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a batch shadow
-    (its runs are not scraped, so a person promotes it). A provider that cannot be read gives evidence with
-    neither part: the release pauses until it can."""
+    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a live stage of a
+    mode whose predictors are not scraped (batch: a person promotes it). A provider that cannot be read gives
+    evidence with neither part: the release pauses until it can."""
     spec, status = deployment.spec, deployment.status
     incumbent, challenger = status.incumbent, status.challenger
     if incumbent is None or challenger is None or status.paused or status.phase not in releasing.RELEASE_PHASES:
         return None
     if status.weights != releasing.target_weights(spec, status):
         return None
-    stage = releasing.Stage(status.phase or "Validating", status.canary_step)
-    if stage.phase != "Validating" and spec.serving.mode != "online":
+    stage = Stage(status.phase or "Validating", status.canary_step)
+    serving = modes.mode(spec.serving.mode)
+    if serving is None or (stage.phase != "Validating" and not serving.scraped):
         return None
     name, since = deployment.metadata["name"], status.stage_started
-
-    def gateway(version: str) -> Gateway:
-        backend = planners.backend(name, namespace, version)
-        return Gateway(spec.rollout.traffic.provider, backend.namespace, backend.service, backend.port)
 
     try:
         if stage.phase == "Validating":
@@ -198,7 +196,14 @@ async def gather(
             return releasing.Evidence(challenger.version, stage, since, holdouts=holdouts)
         counts_i, counts_c = await asyncio.gather(
             *(
-                source.window(name, version, since or now, now, namespace=namespace, gateway=gateway(version))
+                source.window(
+                    name,
+                    version,
+                    since or now,
+                    now,
+                    namespace=namespace,
+                    gateway=serving.gateway(name, namespace, version, spec),
+                )
                 for version in (incumbent.version, challenger.version)
             )
         )
@@ -210,9 +215,10 @@ async def gather(
 async def reported_digests(
     source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
 ) -> dict[str, frozenset[str]]:
-    """The bundle digests reported by the predictors of each online version that is not pinned yet: what it will
-    be pinned to. Nothing while the metrics cannot be read."""
-    if deployment.spec.serving.mode != "online":
+    """The bundle digests reported by the predictors of each version that is not pinned yet, where they are
+    scraped: what it will be pinned to. Nothing while the metrics cannot be read."""
+    serving = modes.mode(deployment.spec.serving.mode)
+    if serving is None or not serving.scraped:
         return {}
     status, name = deployment.status, deployment.metadata["name"]
     unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
@@ -342,26 +348,21 @@ async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> lis
     return found
 
 
-# KServe's Standard (raw Deployment) mode reports an InferenceService Ready for as long as its Deployment's last
-# rollout stands complete, even once no pod is left; only the predictor Service's endpoints tell.
-_DEPLOYMENT_MODES = frozenset({"Standard", "RawDeployment"})
 SERVICE_NAME = "kubernetes.io/service-name"
 """The label naming an EndpointSlice's Service."""
 
 
-def _predictor_service(child: dict[str, Any]) -> str | None:
-    """The Service an InferenceService in Standard mode is served by, or None for another child or mode."""
-    if (
-        child["kind"] != "InferenceService"
-        or (child.get("status") or {}).get("deploymentMode") not in _DEPLOYMENT_MODES
-    ):
-        return None
-    return predictor_service(child["metadata"]["name"])
-
-
 async def serving_endpoints(cluster: Cluster, namespace: str, children: list[dict[str, Any]]) -> frozenset[str]:
-    """Of the Services that serve `children` in Standard mode, those with a ready endpoint (a pod that answers)."""
-    services = sorted({service for child in children if (service := _predictor_service(child)) is not None})
+    """Of the Services whose endpoints tell whether `children` answer, those with a ready endpoint (a pod that
+    answers)."""
+    services = sorted(
+        {
+            service
+            for child in children
+            for serving in modes.all_modes()
+            if (service := serving.answering_service(child)) is not None
+        }
+    )
     if not services:
         return frozenset()
     slices = await cluster.list(ENDPOINT_SLICE, namespace, f"{SERVICE_NAME} in ({','.join(services)})")
@@ -382,28 +383,17 @@ def _serving(endpoint: dict[str, Any]) -> bool:
 def ready_versions(
     children: list[dict[str, Any]], endpoints: frozenset[str], *, current: bool = True
 ) -> frozenset[str]:
-    """Versions whose serving child is ready: an InferenceService whose Ready condition holds for its current
-    generation (with `current` False: for any generation, as while a change rolls out) and, in Standard mode,
-    whose predictor Service is among `endpoints`; or a CronJob that exists."""
-    ready = set()
-    for child in children:
-        version = child["metadata"].get("labels", {}).get("steward.dev/version")
-        if version is None:
-            continue
-        if child["kind"] == "CronJob":
-            ready.add(version)
-        elif child["kind"] == "InferenceService":
-            status = child.get("status") or {}
-            latest = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
-            conditions = {condition.get("type"): condition.get("status") for condition in status.get("conditions", [])}
-            service = _predictor_service(child)
-            answers = service is None or service in endpoints
-            if (latest or not current) and conditions.get("Ready") == "True" and answers:
-                ready.add(version)
-    return frozenset(ready)
+    """Versions whose serving child is ready, as its serving mode reads it (see modes.ready); with `current` False,
+    readiness for an older generation counts, as while a change rolls out."""
+    return frozenset(
+        version
+        for child in children
+        if (version := child["metadata"].get("labels", {}).get("steward.dev/version")) is not None
+        and modes.ready(child, endpoints, current=current)
+    )
 
 
-async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: planners.Plan) -> None:
+async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: modes.Plan) -> None:
     """Delete what this ModelDeployment owns but no longer plans: a replaced version, a former provider's
     route. Only after status recorded the step that dropped them, so a restart never finds traffic
     pointing at something deleted."""

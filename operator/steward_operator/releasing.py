@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from steward_operator import deciding, specs
+from steward_operator import deciding, modes, specs
+from steward_operator.stages import Stage, path
 from steward_operator.traffic.base import MirrorRefusal
 
 RELEASE_PHASES = frozenset({"Validating", "Shadowing", "Canary"})
@@ -74,14 +75,6 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Stage:
-    """A stop on a release's way: its phase, and for the canary the step's index."""
-
-    phase: specs.Phase
-    step: int | None = None
-
-
-@dataclass(frozen=True)
 class Step:
     """The next status, and what was decided to reach it."""
 
@@ -113,8 +106,8 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
         _first_ready,
         _conditions,
     )
-    if spec.serving.mode == "streaming":
-        steps = (_carry_out_operation, _conditions)
+    if modes.mode(spec.serving.mode) is None:
+        steps = (_carry_out_operation, _conditions)  # Commands are answered, and the Stalled condition says why.
     draft = _Draft(spec, status, observed)
     # One step can enable another (a switch back to a version already ready completes at once): go round
     # until nothing moves, so a second call with the same world is a no-op.
@@ -141,18 +134,8 @@ def _restamped(before: _Draft, after: _Draft) -> _Draft:
 
 
 def stages(spec: specs.ModelDeploymentSpec) -> list[Stage]:
-    """The stages a release of this spec passes through, ending with Promoted. Batch has no canary: its
-    challenger scores the same batches in shadow, then takes over."""
-    online = spec.serving.mode == "online"
-    found: list[Stage] = []
-    if spec.rollout.validation.enabled:
-        found.append(Stage("Validating"))
-    if spec.rollout.shadow is not None or not online:
-        found.append(Stage("Shadowing"))
-    if online:
-        found.extend(Stage("Canary", index) for index in range(len(spec.rollout.canary.steps)))
-    found.append(Stage("Promoted"))
-    return found
+    """The stages a release of this spec passes through, ending with Promoted, as its serving mode lays them out."""
+    return path(spec.rollout, modes.policy(spec).layout)
 
 
 def target_weights(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus) -> specs.Weights:
@@ -208,10 +191,11 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
     operation = draft.status.operation
     if operation is None or operation.handled_at is not None:
         return draft
-    if operation.action == "retrain" and draft.spec.serving.mode != "streaming":
+    supported = modes.mode(draft.spec.serving.mode) is not None
+    if operation.action == "retrain" and supported:
         return draft  # Not a release's business: retraining.step answers it.
-    if draft.spec.serving.mode == "streaming":
-        refusal = "streaming serving is not supported yet"
+    if not supported:
+        _, refusal = modes.unsupported(draft.spec.serving.mode)
         refused = Decision("CommandRefused", f"{operation.action}: {refusal}", warning=True)
         return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {refusal}"))
     handlers: dict[str, Callable[[_Draft, specs.Operation], _Draft | str]] = {
@@ -363,7 +347,7 @@ def _verdict(draft: _Draft) -> deciding.Verdict | None:
     if status.weights != target_weights(spec, status):
         return None
     return deciding.decide(
-        deciding.Policy.of(spec),
+        modes.policy(spec),
         deciding.Timing(challenger.since or now, status.stage_started or now, now),
         phase=here.phase,
         step=here.step,
@@ -434,8 +418,8 @@ def _first_ready(draft: _Draft) -> _Draft:
 def _conditions(draft: _Draft) -> _Draft:
     """Ready, Reconciling and Stalled, as kstatus reads them (Argo CD and Flux judge health from these)."""
     spec, status = draft.spec, draft.status
-    if spec.serving.mode == "streaming":
-        found = _kstatus(False, False, True, "StreamingNotSupported", "streaming serving is not supported yet")
+    if modes.mode(spec.serving.mode) is None:
+        found = _kstatus(False, False, True, *modes.unsupported(spec.serving.mode))
     elif _version_reused(spec, status):
         message = (
             f"spec.model names version {spec.model.version} with another bundle or digest than the one that"
@@ -718,11 +702,9 @@ def _stage_fields(stage: Stage) -> dict[str, object]:
 def _describe(spec: specs.ModelDeploymentSpec, stage: Stage) -> str:
     if stage.phase == "Validating":
         return "offline validation against the incumbent"
-    if stage.phase == "Shadowing":
-        if spec.serving.mode != "online":
-            return "scoring the same batches in shadow"
-        percent = spec.rollout.shadow.percent if spec.rollout.shadow else 100
-        return f"shadow, {percent}% of requests mirrored"
+    serving = modes.mode(spec.serving.mode)
+    if stage.phase == "Shadowing" and serving is not None:
+        return serving.describe_shadow(spec)
     if stage.phase == "Canary" and stage.step is not None:
         steps = spec.rollout.canary.steps
         return f"canary step {stage.step + 1} of {len(steps)}, {steps[stage.step]}% of traffic"

@@ -13,8 +13,9 @@ import pytest
 from steward_harness import addons, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.kubectl import Kubectl
-from steward_operator import planners, specs
+from steward_operator import specs
 from steward_operator.children import Owner
+from steward_operator.modes import Live, online
 from tests.support import models
 from tests.support.waiting import wait_until
 
@@ -48,7 +49,7 @@ def served(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     claim = local_cluster.share_bundles(NAMESPACE, {"v1": trained.path})
     uid, spec = _model_deployment(kubectl, f"{claim}/v1")
     owner = Owner(name=MODEL, namespace=NAMESPACE, uid=uid, traffic=spec.rollout.traffic)
-    service = planners.inference_service(owner, spec, planners.Live("v1", f"{claim}/v1"))
+    service = online.inference_service(owner, spec, Live("v1", f"{claim}/v1"))
     service["spec"]["predictor"]["containers"][0]["image"] = images.image_references()["predictor"]
     kubectl.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=json.dumps(service))
     name = service["metadata"]["name"]

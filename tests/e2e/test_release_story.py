@@ -28,9 +28,10 @@ from steward_harness import addons, demo, images
 from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
-from steward_operator import children, planners
+from steward_operator import children
 from steward_operator.evidence import Gateway
 from steward_operator.evidence.prometheus import Prometheus as Evidence
+from steward_operator.modes import online
 from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
@@ -249,7 +250,7 @@ def _gateway_counted_what_clients_got(world: World, before: dict[tuple[str, int]
     grew = _from_gateway(before, after)
     from_gateway = sum(count for (version, code), count in grew.items() if version == "?" and code >= 500)
     gave_up = grew.get(("unreachable", 0), 0)
-    backend = planners.backend(demo.NAME, NAMESPACE, "v2")
+    backend = online.backend(demo.NAME, NAMESPACE, "v2")
     gateway = Gateway("traefik", NAMESPACE, backend.service, backend.port)
     window = Evidence(world.story.prometheus.url).window(
         demo.NAME, "v2", since, end, namespace=NAMESPACE, gateway=gateway
@@ -275,7 +276,7 @@ def test_a_bad_v3_is_rolled_back(world: World) -> None:
     world.apply("v3", "apply v3", "v3 is applied: new feature code with a bug")
     body = story.until("v3 rolled back", demo.phase("RolledBack", incumbent="v2", rolledBack="v3"), CHAPTER)
     # v3's pods and v1's stopped without a client getting an answer from the gateway rather than a version.
-    time.sleep(planners.DRAIN_SECONDS + 2)
+    time.sleep(online.DRAIN_SECONDS + 2)
     assert not _from_gateway(before, world.traffic.answered), world.traffic.answered
     # v3 fails some requests and shifts its predictions: whichever guardrail sees it first rolls it back.
     analysis = body["status"]["lastAnalysis"]

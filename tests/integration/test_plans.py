@@ -11,7 +11,8 @@ import yaml
 
 from steward_harness.kubectl import Kubectl
 from steward_operator import specs
-from steward_operator.planners import Live, Release, plan_online
+from steward_operator.modes import Live, Release
+from steward_operator.planners import plan as plan_children
 from tests.conftest import REPOSITORY
 
 
@@ -29,7 +30,7 @@ def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, na
     release = Release(
         Live("v1", "s3://models/house-prices/v1/"), Live("v2", "s3://models/house-prices/v2/"), 25, shadow
     )
-    plan = plan_online("house-prices", namespace, stored["metadata"]["uid"], spec, release)
+    plan = plan_children("house-prices", namespace, stored["metadata"]["uid"], spec, release)
     for child in [*plan.inference_services, *plan.routes]:
         body = json.dumps(child)
         cluster.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=body)

@@ -13,16 +13,9 @@ import yaml
 
 from steward_operator import releasing, settings, specs
 from steward_operator.children import Owner
-from steward_operator.planners import (
-    Live,
-    Plan,
-    Release,
-    cron_job,
-    plan,
-    plan_batch,
-    release_of,
-    shadow_location,
-)
+from steward_operator.modes import Live, Plan, Release
+from steward_operator.modes.batch import Batch, cron_job, shadow_location
+from steward_operator.planners import plan, release_of
 from steward_predictor import datasets
 from steward_predictor.cli import predict_parser as parser
 from tests.conftest import REPOSITORY
@@ -42,7 +35,8 @@ def _spec(example: str = "batch.yaml", **batch: object) -> specs.ModelDeployment
 
 
 def _jobs(release: Release, spec: specs.ModelDeploymentSpec | None = None) -> list[dict[str, Any]]:
-    return plan_batch("credit-limits", "risk", "uid-7", spec or _spec(), release).cron_jobs
+    spec = spec or _spec()
+    return Batch().plan(Owner("credit-limits", "risk", "uid-7", spec.rollout.traffic), spec, release).cron_jobs
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steward_operator import specs
+from steward_operator import modes, specs
 from steward_operator.deciding import (
     DEFAULT_MARGIN,
     Action,
@@ -30,6 +30,7 @@ from steward_operator.deciding import (
     slow_threshold,
 )
 from steward_operator.evidence.base import ArmCounts
+from steward_operator.modes.batch import Batch
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
 from steward_predictor.metrics import LATENCY_BUCKETS
 
@@ -45,7 +46,7 @@ def rollout(**fields: object) -> specs.Rollout:
 
 ONLINE = Policy(rollout())
 SHADOWED = Policy(rollout(shadow={}))
-BATCH = Policy(rollout(), "batch")
+BATCH = Policy(rollout(), Batch.layout)
 
 
 def timing(in_stage: timedelta = timedelta(minutes=30), in_release: timedelta = timedelta(hours=2)) -> Timing:
@@ -736,7 +737,7 @@ class TestStages:
                 },
             }
         )
-        assert Policy.of(spec) == Policy(spec.rollout, "batch")
+        assert modes.policy(spec) == Policy(spec.rollout, Batch.layout)
 
 
 class TestProperties:

@@ -14,7 +14,7 @@ import yaml
 from steward_operator import specs
 from steward_operator.evidence import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
 from steward_operator.reconciling import gather
-from steward_operator.releasing import Stage
+from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -23,7 +23,6 @@ from steward_operator.releasing import (
     Decision,
     Evidence,
     Observed,
-    Stage,
     Step,
     advance,
     same_model,
@@ -31,6 +30,7 @@ from steward_operator.releasing import (
     stall,
     target_weights,
 )
+from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

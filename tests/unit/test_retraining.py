@@ -12,7 +12,7 @@ import yaml
 from steward_operator import planners, specs
 from steward_operator.children import Owner
 from steward_operator.evidence.base import Quality
-from steward_operator.planners import Release
+from steward_operator.modes import Live, Release
 from steward_operator.retraining import Job, Signals, quality_drop, step
 from tests.conftest import REPOSITORY
 
@@ -190,7 +190,7 @@ def test_a_job_that_is_gone_counts_as_failed() -> None:
 
 def test_a_schedule_is_a_cron_job_running_the_same_template() -> None:
     spec = _spec()
-    plan = planners.plan("house-prices", "pricing", "uid-1", spec, Release(planners.Live("v7", "s3://models/v7/")))
+    plan = planners.plan("house-prices", "pricing", "uid-1", spec, Release(Live("v7", "s3://models/v7/")))
     (cron,) = [job for job in plan.cron_jobs if job["metadata"]["labels"].get("steward.dev/retraining")]
     assert cron["metadata"]["name"] == "house-prices-retrain"
     assert (cron["spec"]["schedule"], cron["spec"]["concurrencyPolicy"]) == ("0 4 1 * *", "Forbid")
@@ -199,9 +199,7 @@ def test_a_schedule_is_a_cron_job_running_the_same_template() -> None:
     (container,) = template["spec"]["template"]["spec"]["containers"]
     assert {"name": "STEWARD_RETRAIN_REASON", "value": "schedule"} in container["env"]
     unscheduled = _spec(schedule=None)
-    plain = planners.plan(
-        "house-prices", "pricing", "uid-1", unscheduled, Release(planners.Live("v7", "s3://models/v7/"))
-    )
+    plain = planners.plan("house-prices", "pricing", "uid-1", unscheduled, Release(Live("v7", "s3://models/v7/")))
     assert not any(job["metadata"]["labels"].get("steward.dev/retraining") for job in plain.cron_jobs)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from steward_operator import specs
 from steward_operator.children import Owner
-from steward_operator.planners import Live, Release, plan_online
+from steward_operator.modes import Live, Release
+from steward_operator.planners import plan as plan_children
 from steward_operator.traffic import Backend, Split, provider
 
 INCUMBENT = Backend("churn--v1-predictor", "ml")
@@ -139,7 +140,7 @@ def test_planning_applies_the_traefik_services_before_the_route_that_names_them(
             "rollout": {"traffic": {"provider": "traefik", "hostnames": ["churn.example.com"]}},
         }
     )
-    plan = plan_online("churn", "ml", "1234", spec, Release(Live("v1", "s3://v1/"), Live("v2", "s3://v2/"), 5))
+    plan = plan_children("churn", "ml", "1234", spec, Release(Live("v1", "s3://v1/"), Live("v2", "s3://v2/"), 5))
     assert [(route["kind"], route["metadata"]["name"]) for route in plan.routes] == [
         ("TraefikService", "churn--split"),
         ("TraefikService", "churn"),

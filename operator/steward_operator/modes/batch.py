@@ -1,0 +1,123 @@
+"""Batch serving: one CronJob per live version running `steward-predict batch`; a challenger scores the same input
+into a shadow location, then takes over. Its runs are not scraped, so a release past Validating is promoted by a
+person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steward_operator import settings, specs
+from steward_operator.children import Owner, child_name, owned
+from steward_operator.modes.base import Live, Plan, Release
+from steward_operator.stages import Layout
+
+
+class Batch:
+    name: str = "batch"
+    layout: Layout = Layout("batch", canary=False, always_shadows=True)
+    scraped: bool = False
+    watched: tuple[tuple[str, str, str], ...] = ()
+
+    def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
+        """One CronJob per live version: the incumbent writes the output; the challenger scores the same input on
+        the same schedule into a shadow location, and stays suspended until the shadow stage begins."""
+        jobs = [cron_job(owner, spec, release.incumbent, "incumbent", suspended=False)]
+        if release.challenger is not None:
+            jobs.append(cron_job(owner, spec, release.challenger, "shadow", suspended=not release.shadow_percent))
+        return Plan(cron_jobs=jobs)
+
+    def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
+        """A CronJob serves its version as soon as it exists."""
+        return True if child["kind"] == "CronJob" else None
+
+    def answering_service(self, child: dict[str, Any]) -> str | None:
+        return None
+
+    def gateway(self, model: str, namespace: str, version: str, spec: specs.ModelDeploymentSpec) -> None:
+        return None
+
+    def describe_shadow(self, spec: specs.ModelDeploymentSpec) -> str:
+        return "scoring the same batches in shadow"
+
+
+def cron_job(
+    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, suspended: bool
+) -> dict[str, Any]:
+    """A CronJob running the predictor image's batch command (steward-predict batch) on `live`'s bundle."""
+    batch = spec.serving.batch
+    if batch is None:
+        raise ValueError("serving.batch is required in batch mode")
+    arguments = ["batch", "--bundle", live.bundle]
+    if live.digest:
+        arguments += ["--digest", live.digest]
+    for name in spec.model.trusted_types:
+        arguments += ["--trust-type", name]
+    output, rejects = batch.output, batch.rejects
+    if variant == "shadow":
+        output = shadow_location(output, live.version)
+        rejects = shadow_location(rejects, live.version) if rejects else None
+    arguments += _location("input", batch.input) + _location("output", output)
+    if rejects is not None:
+        arguments += _location("rejects", rejects)
+    arguments += ["--if-exists", "replace", "--chunk-rows", str(batch.chunk_rows)]
+    secrets = {location.credentials_secret for location in (batch.input, output, rejects) if location} - {None}
+    container: dict[str, Any] = {
+        "name": "predictor",
+        "image": settings.PREDICTOR_IMAGE,
+        "command": ["steward-predict"],
+        "args": arguments,
+        "env": [
+            {"name": "STEWARD_MODEL_VERSION", "value": live.version},
+            {"name": "STEWARD_VARIANT", "value": variant},
+        ],
+    }
+    if secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in sorted(s for s in secrets if s)]
+    labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
+    job_spec: dict[str, Any] = {
+        "schedule": batch.schedule,
+        "suspend": suspended,
+        # A run still going when the next is due is left to finish; two never write the same output.
+        "concurrencyPolicy": "Forbid",
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": int(specs.seconds(batch.active_deadline)),
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never", "containers": [container]},
+                },
+            },
+        },
+    }
+    if batch.time_zone:
+        job_spec["timeZone"] = batch.time_zone
+    job = owned(owner, "batch/v1", "CronJob", job_spec)
+    job["metadata"]["name"] = child_name(owner.name, live.version)
+    job["metadata"]["labels"].update({"app.kubernetes.io/name": "steward-batch", **labels})
+    return job
+
+
+def shadow_location(location: specs.DataLocation, version: str) -> specs.DataLocation:
+    """Where a shadowing challenger writes: beside the output, never inside it. A table gets the suffix
+    _shadow; a file scores.parquet becomes scores.shadow-<version>.parquet, a prefix scores/ becomes
+    scores.shadow-<version>/."""
+    if location.table:
+        return location.model_copy(update={"table": f"{location.table}_shadow"})
+    uri = location.uri.rstrip("/")
+    head, slash, tail = uri.rpartition("/")
+    stem, dot, suffix = tail.rpartition(".") if "." in tail else (tail, "", "")
+    shadowed = f"{head}{slash}{stem}.shadow-{version}{dot}{suffix}"
+    return location.model_copy(update={"uri": shadowed + ("/" if location.uri.endswith("/") else "")})
+
+
+def _location(role: str, location: specs.DataLocation) -> list[str]:
+    arguments = [f"--{role}", location.uri]
+    if location.table:
+        arguments += [f"--{role}-table", location.table]
+    if location.format:
+        arguments += [f"--{role}-format", location.format]
+    return arguments
