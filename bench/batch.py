@@ -29,6 +29,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from steward_predictor.bundles import Bundle
+from steward_predictor.chunks import ChunkScorer
 from steward_predictor.scoring import Scorer
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def run_plain(pipeline: Any, source: Path, output: Path) -> float:
 def run_same_work(bundle: Bundle, source: Path, output: Path) -> float:
     """Seconds to read the whole file and validate, score and write it as steward-predict does, in one chunk."""
     started = time.monotonic()
-    scores = Scorer(bundle, run_id="same-work").score(_read_whole(source)).scores
+    scores = ChunkScorer(Scorer(bundle), run_id="same-work").score(_read_whole(source)).scores
     if output.suffix == ".csv":
         # The one timestamp formatted once, as steward-predict does: Arrow's CSV writer is slow at timestamps.
         moment = scores.column("scored_at").unique().cast(pa.string())

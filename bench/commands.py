@@ -14,7 +14,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 GOAL = 0.5
 COMMANDS = [
-    ("steward-predict batch --help", [str(BIN / "steward-predict"), "batch", "--help"], "steward_predictor.scoring"),
+    ("steward-predict batch --help", [str(BIN / "steward-predict"), "batch", "--help"], "steward_predictor.predicting"),
     ("steward-predict batch (no --output)", [str(BIN / "steward-predict"), "batch", "--input", "x.csv"], None),
     ("steward-bundle --help", [str(BIN / "steward-bundle"), "--help"], "steward_predictor.bundling"),
     ("kubectl-steward --help", [str(BIN / "kubectl-steward"), "--help"], None),

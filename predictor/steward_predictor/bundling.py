@@ -11,7 +11,7 @@ from typing import Any
 import joblib
 import pandas as pd
 
-from steward_predictor import parity
+from steward_predictor import scoring
 from steward_predictor.bundles import Bundle, BundleError, build_bundle, load_bundle, read_skops
 from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -49,7 +49,7 @@ def _build(args: argparse.Namespace) -> int:
         feature_set_version=args.feature_set_version,
         schema_overrides=overrides,
     )
-    problems = parity.check(bundle)
+    problems = scoring.replay(scoring.Scorer(bundle))
     if problems:
         raise BundleError(f"the pipeline does not reproduce its own outputs: {'; '.join(problems[:5])}")
     saved = bundle.save(args.output, allow_pickle=args.allow_pickle)
@@ -89,15 +89,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    bundle = load_bundle(
-        args.bundle, expected_digest=args.digest, allow_pickle=args.allow_pickle, trusted_types=tuple(args.trust_type)
-    )
-    problems = parity.check(bundle)
-    if problems:
-        print(f"steward-bundle: {args.bundle}: golden examples do not reproduce:", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_FAILED
+    bundle = scoring.load(
+        args.bundle, digest=args.digest, allow_pickle=args.allow_pickle, trusted_types=args.trust_type
+    ).bundle
     print(
         f"ok: {args.bundle} ({bundle.version}, {bundle.digest}): {len(bundle.golden.inputs)} golden examples reproduce"
     )

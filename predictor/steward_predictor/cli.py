@@ -68,9 +68,9 @@ examples:
 def predict(argv: Sequence[str] | None = None) -> int:
     """steward-predict."""
     args = predict_parser().parse_args(argv)
-    from steward_predictor import scoring  # noqa: PLC0415 -- loads pandas, pyarrow and scikit-learn
+    from steward_predictor import predicting  # noqa: PLC0415 -- loads pandas, pyarrow and scikit-learn
 
-    return scoring.run(args)
+    return predicting.run(args)
 
 
 def bundle(argv: Sequence[str] | None = None) -> int:

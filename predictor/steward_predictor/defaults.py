@@ -1,5 +1,6 @@
-"""Defaults and choices the predictor's command-line tools share with the modules that do the work, importable
-without loading any of them (numpy, pandas, pyarrow, scikit-learn): `--help` and a bad flag answer at once."""
+"""Defaults, choices, exit codes and the usage error that the predictor's command-line tools share with the modules
+that do the work, importable without loading any of them (numpy, pandas, pyarrow, scikit-learn): `--help` and a bad
+flag answer at once."""
 
 from __future__ import annotations
 
@@ -22,3 +23,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_REFUSED = 4
+
+
+class UsageError(Exception):
+    """The flags do not make a runnable job (exit EXIT_USAGE); nothing was read or written."""

@@ -1,4 +1,5 @@
-"""The KServe model: loads a bundle, refuses to serve until it checks out, validates and scores every request."""
+"""The KServe model, the online front end of the one scoring path (scoring.py): not ready until the bundle checks
+out, then every V1 or V2 request translated into rows to score, and the predictions into its answer."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from steward_predictor import parity
-from steward_predictor.bundles import Bundle, BundleError, load_bundle
+from steward_predictor import scoring
+from steward_predictor.bundles import Bundle
 from steward_predictor.metrics import Families, ModelMetrics
+from steward_predictor.observers import Metered, PredictionLog
 from steward_predictor.reporting import Reporter
-from steward_predictor.schemas import Checked, Validator
+from steward_predictor.schemas import Checked
 from steward_predictor.settings import Settings
+from steward_predictor.validating import Validator
 
 logger = logging.getLogger("steward.predictor")
 # A 400 lists at most this many problems; the rest are counted, so an error body stays readable.
@@ -85,13 +88,13 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         try:
             self.loaded = self._checked_bundle()
         except Exception as error:  # whatever is wrong with the bundle, the server stays up and says what
-            self.reason = _not_ready_reason(error, settings.bundle_uri)
+            self.reason = " ".join(str(scoring.refusal(error, settings.bundle_uri)).split())
             logger.error("model %s is not ready: %s", self.name, self.reason)
             version = settings.model_version or "unknown"
             self.metrics = ModelMetrics(self.families, self.name, version, settings.variant)
             self.metrics.ready.set(0)
             return False
-        bundle, self.metrics = self.loaded.bundle, self.loaded.metrics
+        bundle, self.metrics = self.loaded.scorer.bundle, self.loaded.metrics
         self.metrics.ready.set(1)
         self.reason = ""
         self.ready = True
@@ -105,29 +108,24 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
         return True
 
     def _checked_bundle(self) -> Loaded:
+        """The bundle loaded and checked for scoring, with the metrics and the prediction log fed by every
+        request."""
         settings = self.settings
-        bundle = load_bundle(
+        scorer = scoring.load(
             settings.bundle_uri,
-            expected_digest=settings.bundle_digest,
+            digest=settings.bundle_digest,
+            version=settings.model_version,
             allow_pickle=settings.allow_pickle,
             trusted_types=settings.trusted_types,
         )
-        if settings.model_version and bundle.version != settings.model_version:
-            raise BundleError(f"the bundle holds model version {bundle.version}, not {settings.model_version}")
-        validator = Validator(bundle.schema)
-        defects = parity.defects(bundle)
-        if defects:
-            raise BundleError(f"the golden examples cannot be replayed: {'; '.join(defects)}")
-        skew = parity.check(bundle, validator)
-        if skew:
-            raise BundleError(
-                f"training/serving skew: golden examples no longer reproduce ({'; '.join(skew[:5])}); trained "
-                f"with scikit-learn {bundle.metadata.sklearn}, numpy {bundle.metadata.numpy}"
-            )
+        bundle = scorer.bundle
         metrics = ModelMetrics(self.families, self.name, bundle.version, settings.variant)
         metrics.attach(bundle)
         metrics.thresholds(settings.drift_thresholds)
-        return Loaded(bundle, validator, metrics)
+        scorer.observers.append(Metered(metrics))
+        if self.reporter is not None:
+            scorer.observers.append(PredictionLog(self.reporter, settings.variant))
+        return Loaded(scorer, metrics)
 
     def start(self) -> None:
         """KServe marks a model ready here; Steward's readiness is decided by load() alone."""
@@ -160,52 +158,38 @@ class StewardModel(kserve.Model):  # type: ignore[misc]
             response_headers.update(
                 {
                     "x-request-id": identifier,
-                    "x-steward-model-version": loaded.bundle.version,
+                    "x-steward-model-version": loaded.scorer.bundle.version,
                     "x-steward-variant": self.settings.variant,
                 }
             )
             if replaced:
                 response_headers["x-steward-request-id-replaced"] = replaced
-        scoring = asyncio.get_running_loop().run_in_executor(
+        answer = asyncio.get_running_loop().run_in_executor(
             self._scoring, self._score, loaded, payload, identifier, started
         )
-        return await scoring
+        return await answer
 
     def _score(
         self, loaded: Loaded, payload: dict[str, Any] | InferRequest, identifier: str, started: float
     ) -> dict[str, Any] | InferResponse:
-        """Validate and score one request, on a scoring thread."""
-        bundle, metrics = loaded.bundle, loaded.metrics
-        checked = check_request(loaded.validator, payload, self.settings.max_rows)
-        metrics.observe_inputs(checked)
-        if checked.rejected:
+        """Validate and score one request, on a scoring thread: all its rows, or none if one is rejected."""
+        scorer = loaded.scorer
+        checked = check_request(scorer.validator, payload, self.settings.max_rows)
+        scored = scorer.score(checked, request_id=identifier, started=started, all_or_none=True)
+        if scored.refused:
             raise InvalidInput(_explain(checked))
-        predictions, probabilities = bundle.predict(checked.frame)
-        metrics.observe_outputs(predictions, probabilities)
-        metrics.latency.observe(time.perf_counter() - started)
-        if self.reporter is not None:
-            scores = probabilities[:, 1] if probabilities is not None and probabilities.shape[1] == 2 else None
-            self.reporter.report(bundle.version, self.settings.variant, identifier, predictions, scores)
         if isinstance(payload, InferRequest):
-            return _v2_response(self.name, bundle, identifier, predictions, probabilities)
-        return _v1_response(bundle, predictions, probabilities)
+            return _v2_response(self.name, scorer.bundle, identifier, scored.predictions, scored.probabilities)
+        return _v1_response(scorer.bundle, scored.predictions, scored.probabilities)
 
 
 @dataclass(frozen=True)
 class Loaded:
     """A bundle that passed its checks, with what serving it needs."""
 
-    bundle: Bundle
-    validator: Validator
+    scorer: scoring.Scorer
+    """Scores every request, feeding the metrics and the prediction log."""
     metrics: ModelMetrics
-
-
-def _not_ready_reason(error: Exception, uri: str) -> str:
-    """Why a bundle is not served, in one line."""
-    text = " ".join(str(error).split())
-    if isinstance(error, BundleError):
-        return text
-    return f"the bundle at {uri} cannot be loaded ({type(error).__name__}: {text})"
 
 
 def check_request(validator: Validator, payload: dict[str, Any] | InferRequest, max_rows: int) -> Checked:

@@ -1,4 +1,5 @@
-"""Training/serving parity: replay the bundle's golden examples through the serving path and compare."""
+"""Training/serving parity: whether a bundle's golden examples can be replayed, and whether what serving gives for
+them is what training recorded."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from steward_predictor.bundles import Bundle, plain
-from steward_predictor.schemas import Validator
 
 # Outputs must agree to this relative tolerance (probabilities and regression values); labels exactly.
 RELATIVE_TOLERANCE = 1e-6
@@ -37,36 +37,27 @@ def defects(bundle: Bundle) -> list[str]:
     return found
 
 
-def check(bundle: Bundle, validator: Validator | None = None) -> list[str]:
-    """What no longer reproduces, in words; empty when training and serving agree."""
-    unfit = defects(bundle)
-    if unfit:
-        return unfit
-    validator = validator or Validator(bundle.schema)
+def differences(bundle: Bundle, predictions: np.ndarray, probabilities: np.ndarray | None) -> list[str]:
+    """What serving gave for the golden examples (`predictions`, and `probabilities` for classifiers) and training
+    did not, in words; empty when they agree. The golden examples must be free of `defects`."""
     golden = bundle.golden
-    checked = validator.check_records(golden.inputs)
-    if checked.rejected:
-        return [f"golden example refused by the feature schema: {problem}" for problem in checked.problems[:5]]
-    try:
-        predictions = [plain(value) for value in bundle.pipeline.predict(checked.frame)]
-        probabilities = None
-        if golden.probabilities is not None:
-            probabilities = np.asarray(bundle.pipeline.predict_proba(checked.frame))
-    except Exception as error:  # a pipeline that fails on its own golden examples is the finding itself
-        return [f"the pipeline fails on the golden examples ({type(error).__name__}: {error})"]
-    problems = []
-    for row, (expected, actual) in enumerate(zip(golden.predictions, predictions, strict=True)):
-        if not _same(expected, actual):
-            problems.append(f"golden example {row}: prediction {actual!r}, trained as {expected!r}")
-    if probabilities is not None:
-        expected_probabilities = np.asarray(golden.probabilities)
-        if probabilities.shape != expected_probabilities.shape:
-            shapes = f"{probabilities.shape}, the golden examples {expected_probabilities.shape}"
-            return [*problems, f"the pipeline gives probabilities of shape {shapes}"]
-        close = np.isclose(probabilities, expected_probabilities, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE)
-        for position in np.flatnonzero(~close.all(axis=1)):
-            worst = float(np.max(np.abs(probabilities[position] - expected_probabilities[position])))
-            problems.append(f"golden example {position}: probabilities differ by up to {worst:.3g}")
+    problems = [
+        f"golden example {row}: prediction {actual!r}, trained as {expected!r}"
+        for row, (expected, actual) in enumerate(zip(golden.predictions, map(plain, predictions), strict=True))
+        if not _same(expected, actual)
+    ]
+    if golden.probabilities is None:
+        return problems
+    expected_probabilities = np.asarray(golden.probabilities)
+    if probabilities is None:
+        return [*problems, "the pipeline gives no probabilities, the golden examples have them"]
+    if probabilities.shape != expected_probabilities.shape:
+        shapes = f"{probabilities.shape}, the golden examples {expected_probabilities.shape}"
+        return [*problems, f"the pipeline gives probabilities of shape {shapes}"]
+    close = np.isclose(probabilities, expected_probabilities, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE)
+    for position in np.flatnonzero(~close.all(axis=1)):
+        worst = float(np.max(np.abs(probabilities[position] - expected_probabilities[position])))
+        problems.append(f"golden example {position}: probabilities differ by up to {worst:.3g}")
     return problems
 
 

@@ -16,7 +16,7 @@ from steward_operator.children import Owner
 from steward_operator.modes import Live, Plan, Release
 from steward_operator.modes.batch import Batch, cron_job, shadow_location
 from steward_operator.planners import plan, release_of
-from steward_predictor import datasets
+from steward_predictor import locations
 from steward_predictor.cli import predict_parser as parser
 from tests.conftest import REPOSITORY
 
@@ -294,23 +294,23 @@ def test_the_shadow_output_never_lies_inside_the_incumbents_output(output: str) 
     spec = _spec(output={"uri": output, "format": "parquet"})
     incumbent, challenger = _jobs(Release(V12, V13, shadow_percent=100), spec)
     ours, theirs = _parsed(incumbent), _parsed(challenger)
-    mine = datasets.locate(ours.output, ours.output_format, ours.output_table, role="output").path
-    shadow = datasets.locate(theirs.output, theirs.output_format, theirs.output_table, role="output").path
+    mine = locations.locate(ours.output, ours.output_format, ours.output_table, role="output").path
+    shadow = locations.locate(theirs.output, theirs.output_format, theirs.output_table, role="output").path
     assert not PurePosixPath(shadow).is_relative_to(PurePosixPath(mine))
 
 
 @pytest.mark.xfail(
     strict=True,
-    raises=datasets.LocationError,
+    raises=locations.LocationError,
     reason="examples/batch.yaml writes Parquet to s3://scores/credit-limits/ (the challenger to "
     "s3://scores/credit-limits.shadow-v13/), and the CronJobs pass these on, but the predictor's batch command "
-    "reads and writes only local files and databases: datasets.locate refuses an s3:// output",
+    "reads and writes only local files and databases: locations.locate refuses an s3:// output",
 )
 def test_the_batch_examples_locations_are_ones_the_predictor_can_open() -> None:
     for job in _jobs(Release(V12, V13, shadow_percent=100)):
         args = _parsed(job)
-        datasets.locate(args.input, args.input_format, args.input_table, role="input")
-        datasets.locate(args.output, args.output_format, args.output_table, role="output")
+        locations.locate(args.input, args.input_format, args.input_table, role="input")
+        locations.locate(args.output, args.output_format, args.output_table, role="output")
 
 
 # --- from status to plan -------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier
 
-from steward_predictor import parity
 from steward_predictor.bundles import BundleError, build_bundle, fingerprint, load_bundle
+from steward_predictor.scoring import Scorer, replay
 from tests.support import models
 
 
@@ -49,7 +49,7 @@ def test_a_bundle_holds_everything_serving_and_monitoring_need(wine: models.Trai
     assert set(bundle.baselines.predictions.categories or []) == {"barbera", "barolo", "grignolino"}
     # Golden examples include rows with missing values: imputation is where skew hides.
     assert any(value is None for row in bundle.golden.inputs for value in row.values())
-    assert parity.check(bundle) == []
+    assert replay(Scorer(bundle)) == []
 
 
 def test_regression_bundles_carry_regression_results(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_pickle_is_opt_in(wine: models.Trained, tmp_path: Path) -> None:
         load_bundle(str(tmp_path / "pickled"))
     loaded = load_bundle(str(tmp_path / "pickled"), allow_pickle=True)
     assert loaded.digest == pickled.digest
-    assert parity.check(loaded) == []
+    assert replay(Scorer(loaded)) == []
 
 
 def test_an_unfitted_pipeline_is_refused(wine: models.Trained) -> None:

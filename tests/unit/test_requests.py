@@ -14,8 +14,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from steward_monitor import records as monitor_records
 from steward_predictor.model import MAX_REQUEST_ID, check_request, request_id
-from steward_predictor.schemas import Validator, infer_schema
+from steward_predictor.schemas import infer_schema
 from steward_predictor.settings import Settings
+from steward_predictor.validating import Validator
 
 # Ids as real clients and meshes send them.
 REAL_IDS = [

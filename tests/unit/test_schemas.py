@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steward_predictor.schemas import FeatureSchema, Validator, frame_of, infer_schema
+from steward_predictor.schemas import FeatureSchema, infer_schema
+from steward_predictor.validating import Validator, frame_of
 
 TRAINING = pd.DataFrame(
     {

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steward_predictor import cli, datasets, defaults, scoring
+from steward_predictor import batch, chunks, cli, datasets, defaults, locations
+from steward_predictor.scoring import Scorer
 from tests.support import models
 from tests.support.models import Trained
 
@@ -34,6 +35,11 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 @pytest.fixture(scope="module")
 def diabetes(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return models.diabetes(tmp_path_factory.mktemp("models"))
+
+
+def _scorer(trained: Trained, id_column: str | None = None) -> chunks.ChunkScorer:
+    """A batch run's scorer of chunks, with `trained`'s bundle."""
+    return chunks.ChunkScorer(Scorer(trained.bundle), run_id=RUN_ID, id_column=id_column)
 
 
 def _with_problems(x: pd.DataFrame) -> pd.DataFrame:
@@ -60,11 +66,11 @@ def _with_problems(x: pd.DataFrame) -> pd.DataFrame:
     ],
 )
 def test_file_formats_are_inferred_from_the_suffix(uri: str, format: defaults.Format) -> None:
-    assert datasets.locate(uri).format == format
+    assert locations.locate(uri).format == format
 
 
 def test_database_urls_are_sql_and_name_a_table() -> None:
-    location = datasets.locate("postgresql://reader@warehouse:5432/analytics", table="customers")
+    location = locations.locate("postgresql://reader@warehouse:5432/analytics", table="customers")
     assert (location.format, location.table) == ("sql", "customers")
     # The bare scheme gets the driver Steward ships with, whatever SQLAlchemy's default.
     assert location.uri.startswith("postgresql+psycopg://")
@@ -72,19 +78,19 @@ def test_database_urls_are_sql_and_name_a_table() -> None:
 
 def test_sqlite_files_are_named_by_their_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    relative = datasets.locate("sqlite:///rows.db", table="rows")
-    absolute = datasets.locate(f"sqlite:///{tmp_path / 'rows.db'}", table="rows")
+    relative = locations.locate("sqlite:///rows.db", table="rows")
+    absolute = locations.locate(f"sqlite:///{tmp_path / 'rows.db'}", table="rows")
     assert relative.uri == absolute.uri
 
 
 def test_passwords_are_kept_out_of_what_is_displayed() -> None:
-    location = datasets.locate("postgresql://scorer:s3cret@warehouse/analytics", table="scores")
+    location = locations.locate("postgresql://scorer:s3cret@warehouse/analytics", table="scores")
     assert "s3cret" not in location.display
     assert "s3cret" in location.uri
 
 
 def test_the_format_flag_overrides_the_suffix() -> None:
-    assert datasets.locate("export.txt", "csv").format == "csv"
+    assert locations.locate("export.txt", "csv").format == "csv"
 
 
 @pytest.mark.parametrize(
@@ -101,8 +107,8 @@ def test_the_format_flag_overrides_the_suffix() -> None:
 def test_unusable_locations_say_what_to_change(
     uri: str, format: defaults.Format | None, table: str | None, message: str
 ) -> None:
-    with pytest.raises(datasets.LocationError, match=message):
-        datasets.locate(uri, format, table)
+    with pytest.raises(locations.LocationError, match=message):
+        locations.locate(uri, format, table)
 
 
 @pytest.mark.parametrize(
@@ -114,16 +120,16 @@ def test_unusable_locations_say_what_to_change(
     ],
 )
 def test_rejects_go_beside_the_output(output: str, table: str | None, rejects: str, rejects_table: str | None) -> None:
-    location = datasets.rejects_beside(datasets.locate(output, table=table, role="output"))
+    location = locations.rejects_beside(locations.locate(output, table=table, role="output"))
     assert (location.uri, location.table) == (rejects, rejects_table)
 
 
 def test_a_file_named_without_a_suffix_gets_rejects_beside_it() -> None:
-    location = datasets.rejects_beside(datasets.locate("/out/scores", "csv", role="output"))
+    location = locations.rejects_beside(locations.locate("/out/scores", "csv", role="output"))
     assert (location.uri, location.format) == ("/out/scores.rejects", "csv")
 
 
-def _read(location: datasets.Location, columns: list[str], **options: Any) -> list[pd.DataFrame]:
+def _read(location: locations.Location, columns: list[str], **options: Any) -> list[pd.DataFrame]:
     with datasets.Transaction() as transaction:
         return list(transaction.read(location, columns, chunk_rows=2, prepare=lambda frame: frame, **options))
 
@@ -137,7 +143,7 @@ def test_text_named_as_categories_comes_out_of_files_as_categoricals(tmp_path: P
     else:
         frame.to_parquet(path, index=False)
     chunks = _read(
-        datasets.locate(str(path)),
+        locations.locate(str(path)),
         ["plan", "age", "code"],
         numbers=["age"],
         texts=["plan"],
@@ -162,7 +168,7 @@ def test_parquet_dictionaries_go_to_columns_with_few_distinct_values(tmp_path: P
             "unique_first": pa.array([*range(20), *([0] * (rows - 20))]),
         }
     )
-    location = datasets.Location(uri=str(tmp_path / "scores.parquet"), format="parquet")
+    location = locations.Location(uri=str(tmp_path / "scores.parquet"), format="parquet")
     with datasets.Transaction() as transaction:
         writer = transaction.writer(location, "fail")
         writer.write(table)
@@ -180,7 +186,7 @@ def test_parquet_dictionaries_go_to_columns_with_few_distinct_values(tmp_path: P
 
 
 def test_scores_are_the_pipelines_predictions_and_probabilities(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    scorer = _scorer(breast_cancer)
     chunk = scorer.score(breast_cancer.x_test.reset_index(drop=True))
     scores = chunk.scores.to_pandas()
     assert chunk.rejected == 0
@@ -190,7 +196,7 @@ def test_scores_are_the_pipelines_predictions_and_probabilities(breast_cancer: T
 
 
 def test_every_scored_row_carries_its_row_ids_model_and_time(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    scorer = _scorer(breast_cancer, id_column="patient")
     moment = datetime(2025, 3, 1, 2, 30, tzinfo=UTC)
     frame = _with_problems(breast_cancer.x_test)
     scores = scorer.score(frame, first_row=1000, scored_at=moment).scores.to_pandas()
@@ -215,7 +221,7 @@ def test_every_scored_row_carries_its_row_ids_model_and_time(breast_cancer: Trai
 
 
 def test_rejected_rows_keep_their_values_and_say_why_in_input_rows(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    scorer = _scorer(breast_cancer, id_column="patient")
     chunk = scorer.score(_with_problems(breast_cancer.x_test), first_row=1000)
     rejects = chunk.rejects.to_pandas()
     assert rejects["row"].tolist() == [1002, 1005]
@@ -228,7 +234,7 @@ def test_rejected_rows_keep_their_values_and_say_why_in_input_rows(breast_cancer
 
 
 def test_problems_the_policy_only_counts_are_scored_and_counted(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    scorer = _scorer(breast_cancer)
     chunk = scorer.score(_with_problems(breast_cancer.x_test))
     assert 7 in chunk.scores.column("row").to_pylist()
     assert chunk.counted["unseenCategory"] == 1
@@ -238,7 +244,7 @@ def test_every_reason_of_a_row_is_given(breast_cancer: Trained) -> None:
     frame = breast_cancer.x_test.reset_index(drop=True).astype({"mean radius": object})
     frame.loc[0, "mean radius"] = "big"
     frame.loc[0, "mean area"] = np.nan
-    reasons = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID).score(frame).rejects.column("reasons").to_pylist()
+    reasons = _scorer(breast_cancer).score(frame).rejects.column("reasons").to_pylist()
     assert reasons == [
         "row 0, field 'mean radius': expected a number, got text 'big'; "
         "row 0, field 'mean area': value is missing and the model was trained without"
@@ -246,14 +252,14 @@ def test_every_reason_of_a_row_is_given(breast_cancer: Trained) -> None:
 
 
 def test_class_labels_name_the_probability_columns(wine: Trained) -> None:
-    scores = scoring.Scorer(wine.bundle, run_id=RUN_ID).score(wine.x_test.reset_index(drop=True)).scores
+    scores = _scorer(wine).score(wine.x_test.reset_index(drop=True)).scores
     labels = list(wine.pipeline.classes_)
     assert scores.column_names[-3:] == [f"probability_{label}" for label in labels]
     assert scores.column("prediction").to_pylist() == wine.pipeline.predict(wine.x_test).tolist()
 
 
 def test_a_regressor_has_a_prediction_and_no_probabilities(diabetes: Trained) -> None:
-    scores = scoring.Scorer(diabetes.bundle, run_id=RUN_ID).score(diabetes.x_test.reset_index(drop=True)).scores
+    scores = _scorer(diabetes).score(diabetes.x_test.reset_index(drop=True)).scores
     assert scores.column_names[-1] == "prediction"
     np.testing.assert_array_equal(scores.column("prediction").to_numpy(), diabetes.pipeline.predict(diabetes.x_test))
 
@@ -261,18 +267,18 @@ def test_a_regressor_has_a_prediction_and_no_probabilities(diabetes: Trained) ->
 def test_a_chunk_of_nothing_but_rejects_has_typed_empty_scores(breast_cancer: Trained) -> None:
     frame = breast_cancer.x_test.iloc[:3].reset_index(drop=True)
     frame["mean area"] = np.nan
-    chunk = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID).score(frame)
+    chunk = _scorer(breast_cancer).score(frame)
     assert (chunk.scores.num_rows, chunk.rejected) == (0, 3)
     assert str(chunk.scores.schema.field("prediction").type) == "int64"
 
 
 def test_an_id_column_may_not_clash_with_an_output_column(breast_cancer: Trained) -> None:
-    with pytest.raises(scoring.UsageError, match="clash"):
-        scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="prediction")
+    with pytest.raises(defaults.UsageError, match="clash"):
+        _scorer(breast_cancer, id_column="prediction")
 
 
 def test_a_chunk_checked_ahead_scores_as_one_checked_in_place(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID, id_column="patient")
+    scorer = _scorer(breast_cancer, id_column="patient")
     frame = _with_problems(breast_cancer.x_test)
     moment = datetime(2025, 3, 1, tzinfo=UTC)
     ahead = scorer.score(frame, first_row=40, scored_at=moment, checked=scorer.check(frame))
@@ -283,7 +289,7 @@ def test_a_chunk_checked_ahead_scores_as_one_checked_in_place(breast_cancer: Tra
 
 
 def test_chunks_of_any_size_carry_the_model_on_every_row(breast_cancer: Trained) -> None:
-    scorer = scoring.Scorer(breast_cancer.bundle, run_id=RUN_ID)
+    scorer = _scorer(breast_cancer)
     frame = breast_cancer.x_test.reset_index(drop=True)
     first = 0
     for size in (50, 120, 7, 120, 0):
@@ -298,7 +304,7 @@ def test_chunks_of_any_size_carry_the_model_on_every_row(breast_cancer: Trained)
 
 
 def test_the_summary_is_one_line_of_json_with_the_counts() -> None:
-    summary = scoring.Summary(
+    summary = batch.Summary(
         run_id=RUN_ID,
         model_version="v1",
         digest="sha256:abc",

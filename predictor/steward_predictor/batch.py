@@ -1,0 +1,219 @@
+"""Batch scoring: a model bundle applied to a file or table chunk by chunk, every row validated exactly as an
+online request is, scores and rejects published whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from steward_predictor import datasets, locations
+from steward_predictor.chunks import ChunkScorer, ScoredChunk
+from steward_predictor.defaults import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_REJECT_FRACTION, IfExists, UsageError
+from steward_predictor.progress import Progress
+from steward_predictor.schemas import FeatureSchema
+from steward_predictor.scoring import Scorer
+
+
+class RejectedError(Exception):
+    """Too many rows failed validation; the output was not published."""
+
+    def __init__(self, message: str, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one batch run reads, writes and tolerates."""
+
+    input: locations.Location
+    output: locations.Location
+    rejects: locations.Location
+    id_column: str | None = None
+    """An input column copied to every scored and rejected row (a customer id, say)."""
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
+    if_exists: IfExists = "fail"
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Prefix of every request id: <run id>-<row>."""
+
+
+@dataclass
+class Summary:
+    """What a run did, printed as one line of JSON on stdout."""
+
+    run_id: str
+    model_version: str
+    digest: str | None
+    input: str
+    output: str
+    rejects: str
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    counted: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    published: bool = False
+
+    def add(self, chunk: ScoredChunk) -> None:
+        self.rows_read += chunk.rows
+        self.rows_scored += chunk.rows - chunk.rejected
+        self.rows_rejected += chunk.rejected
+        self.counted.update(chunk.counted)
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "runId": self.run_id,
+                "rowsRead": self.rows_read,
+                "rowsScored": self.rows_scored,
+                "rowsRejected": self.rows_rejected,
+                "rejectedFraction": round(self.rejected_fraction, 6),
+                "counted": dict(sorted(self.counted.items())),
+                "seconds": round(self.seconds, 3),
+                "rowsPerSecond": round(self.rows_per_second, 1),
+                "input": self.input,
+                "output": self.output,
+                "rejects": self.rejects,
+                "published": self.published,
+                "modelVersion": self.model_version,
+                "digest": self.digest,
+            }
+        )
+
+
+def prepare(transaction: datasets.Transaction, settings: Settings) -> list[str]:
+    """Checks that need no bundle, before anything is loaded or written; returns the input's columns."""
+    named = {"--input": settings.input, "--output": settings.output, "--rejects": settings.rejects}
+    for first, second in (("--output", "--input"), ("--rejects", "--input"), ("--rejects", "--output")):
+        if named[first].same_as(named[second]):
+            raise UsageError(f"{first} and {second} name the same place: {named[first].display}")
+    if settings.chunk_rows < 1:
+        raise UsageError(f"--chunk-rows must be at least 1, not {settings.chunk_rows}")
+    if not 0.0 <= settings.max_reject_fraction <= 1.0:
+        raise UsageError(f"--max-reject-fraction must be between 0 and 1, not {settings.max_reject_fraction}")
+    columns = transaction.columns(settings.input)
+    if settings.id_column is not None and settings.id_column not in columns:
+        raise UsageError(f"--id-column {settings.id_column} is not a column of {settings.input.display}")
+    if settings.if_exists == "fail" and transaction.exists(settings.output):
+        raise locations.LocationError(
+            f"{settings.output.display} already exists and was left as it is: pass --if-exists replace to "
+            "replace it, or --if-exists append to add the new scores to it"
+        )
+    return columns
+
+
+def score_batch(
+    transaction: datasets.Transaction,
+    settings: Settings,
+    scorer: Scorer,
+    columns: Sequence[str],
+    progress: TextIO | None = None,
+) -> Summary:
+    """Score every row of the input, write scores and rejects, and publish them: the scores only if no more
+    than the allowed fraction of rows was rejected (else `RejectedError`), the rejects either way."""
+    bundle = scorer.bundle
+    chunk_scorer = ChunkScorer(scorer, run_id=settings.run_id, id_column=settings.id_column)
+    schema = bundle.schema
+    _refuse_missing_columns(settings.input, schema, columns)
+    rejects_mode: IfExists = "append" if settings.if_exists == "append" else "replace"
+    _check_appendable(transaction, settings.output, settings.if_exists, chunk_scorer.columns)
+    _check_appendable(transaction, settings.rejects, rejects_mode, chunk_scorer.reject_columns)
+    stream = progress or sys.stderr
+    ignored = [name for name in columns if name not in {*schema.names, settings.id_column}]
+    if ignored:
+        print(f"steward-predict: ignoring {len(ignored)} input columns the model does not use", file=stream)
+
+    summary = Summary(
+        run_id=settings.run_id,
+        model_version=bundle.metadata.model_version,
+        digest=bundle.digest,
+        input=settings.input.display,
+        output=settings.output.display,
+        rejects=settings.rejects.display,
+    )
+    started = time.monotonic()
+    output = transaction.writer(settings.output, settings.if_exists)
+    rejects = transaction.writer(settings.rejects, rejects_mode)
+    wanted = list(dict.fromkeys(name for name in [settings.id_column, *schema.names] if name and name in columns))
+    chunks = transaction.read(
+        settings.input,
+        wanted,
+        chunk_rows=settings.chunk_rows,
+        # Validation needs no row numbers: files have it done where the chunk is read, a chunk ahead.
+        prepare=chunk_scorer.prepare,
+        numbers=[feature.name for feature in schema.features if feature.kind == "numeric"],
+        texts=[
+            *(feature.name for feature in schema.features if feature.kind == "categorical"),
+            *([settings.id_column] if settings.id_column else []),
+        ],
+        categories=[
+            feature.name
+            for feature in schema.features
+            if feature.categories is not None and feature.name != settings.id_column
+        ],
+    )
+    bar = Progress(stream, transaction.count(settings.input))
+    try:
+        for frame, checked in chunks:
+            chunk = chunk_scorer.score(frame, summary.rows_read, checked=checked)
+            output.write(chunk.scores)
+            rejects.write(chunk.rejects)
+            summary.add(chunk)
+            bar.advance(chunk.rows, summary.rows_read, summary.rows_rejected)
+    finally:
+        bar.close()
+    too_many = summary.rows_rejected > settings.max_reject_fraction * summary.rows_read
+    if too_many:
+        output.discard()
+    else:
+        output.publish()
+    rejects.publish()
+    transaction.commit()
+    summary.published = not too_many
+    summary.seconds = time.monotonic() - started
+    if too_many:
+        raise RejectedError(
+            f"{summary.rows_rejected:,} of {summary.rows_read:,} rows rejected ({summary.rejected_fraction:.2%}), "
+            f"more than --max-reject-fraction {settings.max_reject_fraction:g}: the scores were not published; "
+            f"the reasons are in {settings.rejects.display}",
+            summary,
+        )
+    return summary
+
+
+def _refuse_missing_columns(source: locations.Location, schema: FeatureSchema, columns: Sequence[str]) -> None:
+    """Every row of an input without a column the model needs would be rejected: say so before reading it."""
+    missing = [name for name in schema.names if name not in columns]
+    if missing and schema.policy.missing_field == "reject":
+        raise RejectedError(
+            f"{source.display} has no column {', '.join(map(repr, missing))}, which the model needs: "
+            "every row would be rejected, so none was scored"
+        )
+
+
+def _check_appendable(
+    transaction: datasets.Transaction, location: locations.Location, if_exists: IfExists, columns: list[str]
+) -> None:
+    if if_exists != "append" or not transaction.exists(location):
+        return
+    existing = transaction.columns(location)
+    fits = set(columns) <= set(existing) if location.format == "sql" else existing == columns
+    if not fits:
+        raise locations.LocationError(
+            f"cannot append to {location.display}: it has the columns {existing}, this run writes {columns}"
+        )
