@@ -37,7 +37,7 @@ images: node-binaries host-packages ## Build the predictor, operator, monitor, p
 lint: install ## ruff (lint + format), mypy --strict, import-linter layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator/steward_operator predictor/steward_predictor monitor/steward_monitor harness/steward_harness tests bench
+	$(BIN)/mypy contracts/steward_contracts operator/steward_operator predictor/steward_predictor monitor/steward_monitor harness/steward_harness tests bench
 	$(BIN)/lint-imports
 
 format: install ## Apply ruff's fixes and formatting

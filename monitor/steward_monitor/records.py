@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from steward_contracts import metrics
+
 MAX_ID = 256
 """Longest request id, model, namespace or version accepted."""
 MAX_COLUMNS = 1_000
@@ -22,7 +24,7 @@ CHUNK_ROWS = 10_000
 """Rows of an upload decoded at a time."""
 SHOWN = 80
 """Characters of a refused value quoted back in a reason."""
-VARIANTS = frozenset({"incumbent", "challenger", "shadow"})
+VARIANTS = frozenset(metrics.VARIANTS)
 Label = str | float | bool
 """A prediction or an outcome: a class label, or a value for regression."""
 

@@ -22,6 +22,22 @@ from typing import Any, TypeVar
 import prometheus_client
 from aiohttp import web
 
+from steward_contracts.metrics import (
+    LABEL_DELAY_QUANTILES,
+    MONITOR_COMMIT_DURATION,
+    MONITOR_COMMIT_RECORDS,
+    MONITOR_DRIFT_ALERTING,
+    MONITOR_DRIFT_LEVEL,
+    MONITOR_DRIFT_PSI,
+    MONITOR_DRIFT_UP,
+    MONITOR_DRIFT_WINDOW_SAMPLES,
+    MONITOR_DROPPED_VERSIONS,
+    MONITOR_EVENTS,
+    MONITOR_LABEL_DELAY,
+    MONITOR_LABELLED_PREDICTIONS,
+    MONITOR_PREDICTIONS,
+    MONITOR_QUALITY,
+)
 from steward_monitor import records
 from steward_monitor.pairing import compare
 from steward_monitor.quality import Quality, assess
@@ -68,82 +84,86 @@ class Metrics:
         self.max_versions = max_versions
         self._left_out: dict[str, set[Version]] = {}
         self.events = prometheus_client.Counter(
-            "steward_monitor_events",
+            MONITOR_EVENTS.name,
             "Records received, by kind (prediction, outcome) and result (stored, duplicate, rejected: a record "
             "refused, or a request that could not be read at all).",
-            ["kind", "result"],
+            MONITOR_EVENTS.labels,
             registry=self.registry,
         )
         self.dropped_versions = prometheus_client.Counter(
-            "steward_monitor_dropped_versions",
+            MONITOR_DROPPED_VERSIONS.name,
             "Model versions left out of the per-version gauges (quality or drift) because more than the cap were "
             "seen, the least recently seen first; counted when they leave. Their records stay in the store.",
-            ["gauges"],
+            MONITOR_DROPPED_VERSIONS.labels,
             registry=self.registry,
         )
         self.commit_seconds = prometheus_client.Histogram(
-            "steward_monitor_commit_duration_seconds",
+            MONITOR_COMMIT_DURATION.name,
             "Time to commit one batch of records.",
+            MONITOR_COMMIT_DURATION.labels,
             registry=self.registry,
         )
         self.batch_records = prometheus_client.Histogram(
-            "steward_monitor_commit_records",
+            MONITOR_COMMIT_RECORDS.name,
             "Records per committed batch.",
+            MONITOR_COMMIT_RECORDS.labels,
             buckets=(1, 10, 100, 1_000, 10_000, 100_000),
             registry=self.registry,
         )
-        version = ["namespace", "model", "version"]
         self.quality = prometheus_client.Gauge(
-            "steward_monitor_quality",
-            "Quality of a model version on its predictions with known outcomes (accuracy, logLoss, rocAuc, mae, rmse).",
-            [*version, "metric"],
+            MONITOR_QUALITY.name,
+            "Quality of a model version on its predictions with known outcomes (accuracy, logLoss, rocAuc, "
+            "calibrationError, mae, rmse).",
+            MONITOR_QUALITY.labels,
             registry=self.registry,
         )
         self.predictions = prometheus_client.Gauge(
-            "steward_monitor_predictions", "Predictions stored in the quality window.", version, registry=self.registry
+            MONITOR_PREDICTIONS.name,
+            "Predictions stored in the quality window.",
+            MONITOR_PREDICTIONS.labels,
+            registry=self.registry,
         )
         self.labelled = prometheus_client.Gauge(
-            "steward_monitor_labelled_predictions",
+            MONITOR_LABELLED_PREDICTIONS.name,
             "Predictions in the quality window whose outcome has arrived.",
-            version,
+            MONITOR_LABELLED_PREDICTIONS.labels,
             registry=self.registry,
         )
         self.label_delay = prometheus_client.Gauge(
-            "steward_monitor_label_delay_seconds",
+            MONITOR_LABEL_DELAY.name,
             "Time from prediction to outcome, over the labelled predictions in the quality window.",
-            [*version, "quantile"],
+            MONITOR_LABEL_DELAY.labels,
             registry=self.registry,
         )
-
-        feature = [*version, "feature"]
         self.drift_psi = prometheus_client.Gauge(
-            "steward_monitor_drift_psi",
+            MONITOR_DRIFT_PSI.name,
             "PSI of a feature (or __prediction__) in the last drift window against its training shares.",
-            feature,
+            MONITOR_DRIFT_PSI.labels,
             registry=self.registry,
         )
         self.drift_level = prometheus_client.Gauge(
-            "steward_monitor_drift_level",
+            MONITOR_DRIFT_LEVEL.name,
             "Drift of a feature in the last window: 0 ok, 1 warn, 2 alert (PSI over the level and significant "
             "after Benjamini-Hochberg).",
-            feature,
+            MONITOR_DRIFT_LEVEL.labels,
             registry=self.registry,
         )
         self.drift_alerting = prometheus_client.Gauge(
-            "steward_monitor_drift_alerting",
+            MONITOR_DRIFT_ALERTING.name,
             "1 while a feature's drift has reached the alert level in enough of the last windows (persistence).",
-            feature,
+            MONITOR_DRIFT_ALERTING.labels,
             registry=self.registry,
         )
         self.drift_samples = prometheus_client.Gauge(
-            "steward_monitor_drift_window_samples",
+            MONITOR_DRIFT_WINDOW_SAMPLES.name,
             "Values of a feature counted in the last drift window.",
-            feature,
+            MONITOR_DRIFT_WINDOW_SAMPLES.labels,
             registry=self.registry,
         )
         self.drift_up = prometheus_client.Gauge(
-            "steward_monitor_drift_up",
+            MONITOR_DRIFT_UP.name,
             "1 when the last drift window could be read from Prometheus, 0 when not (no data is not no drift).",
+            MONITOR_DRIFT_UP.labels,
             registry=self.registry,
         )
 
@@ -183,7 +203,7 @@ class Metrics:
             self.labelled.labels(*labels).set(quality.labelled)
             for metric, value in quality.metrics.items():
                 self.quality.labels(*labels, metric).set(value)
-            for quantile, delay in (("0.5", quality.delay_p50), ("0.9", quality.delay_p90)):
+            for quantile, delay in zip(LABEL_DELAY_QUANTILES, (quality.delay_p50, quality.delay_p90), strict=True):
                 if delay is not None:
                     self.label_delay.labels(*labels, quantile).set(delay)
 

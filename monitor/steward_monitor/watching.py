@@ -11,12 +11,18 @@ from typing import Any
 
 import aiohttp
 
+from steward_contracts.metrics import (
+    PREDICTION_FEATURE,
+    PREDICTOR_DRIFT_THRESHOLD,
+    PREDICTOR_FEATURE_TRAINING_SHARE,
+    PREDICTOR_FEATURE_VALUES,
+    PREDICTOR_PREDICTION_TRAINING_SHARE,
+    PREDICTOR_PREDICTIONS,
+)
 from steward_monitor.drifting import FeatureDrift, Level, Thresholds, persistent, window
 
 logger = logging.getLogger(__name__)
 
-PREDICTION = "__prediction__"
-"""The name predictions go by among the features: drift in what the model answers."""
 Version = tuple[str, str, str]
 """(namespace, model, version)"""
 
@@ -37,7 +43,7 @@ class VersionDrift:
 @dataclass
 class DriftWatch:
     """Reads Prometheus at `url` and keeps the last levels of every feature. `thresholds` apply to versions whose
-    predictors publish none of their own (steward_predictor_drift_threshold, from spec.monitoring.drift)."""
+    predictors publish none of their own (PREDICTOR_DRIFT_THRESHOLD, from spec.monitoring.drift)."""
 
     url: str
     thresholds: Thresholds
@@ -49,25 +55,25 @@ class DriftWatch:
         """Judge the window that just ended; raises PrometheusUnavailableError."""
         span = f"{max(1, round(self.window_seconds))}s"
         shares = await self._vector(
-            "steward_predictor_feature_training_share", ("namespace", "model", "version", "feature", "bin")
+            PREDICTOR_FEATURE_TRAINING_SHARE.name, ("namespace", "model", "version", "feature", "bin")
         )
         by_bin = "sum by (namespace, model, version, feature, bin)"
         counts = await self._vector(
-            f"{by_bin} (increase(steward_predictor_feature_values_total[{span}]))",
+            f"{by_bin} (increase({PREDICTOR_FEATURE_VALUES.sample('total')}[{span}]))",
             ("namespace", "model", "version", "feature", "bin"),
         )
         for key, value in (
-            await self._vector("steward_predictor_prediction_training_share", ("namespace", "model", "version", "bin"))
+            await self._vector(PREDICTOR_PREDICTION_TRAINING_SHARE.name, ("namespace", "model", "version", "bin"))
         ).items():
-            shares[(*key[:3], PREDICTION, key[3])] = value
+            shares[(*key[:3], PREDICTION_FEATURE, key[3])] = value
         for key, value in (
             await self._vector(
-                f"sum by (namespace, model, version, bin) (increase(steward_predictor_predictions_total[{span}]))",
+                f"sum by (namespace, model, version, bin) (increase({PREDICTOR_PREDICTIONS.sample('total')}[{span}]))",
                 ("namespace", "model", "version", "bin"),
             )
         ).items():
-            counts[(*key[:3], PREDICTION, key[3])] = value
-        asked = await self._vector("steward_predictor_drift_threshold", ("namespace", "model", "version", "threshold"))
+            counts[(*key[:3], PREDICTION_FEATURE, key[3])] = value
+        asked = await self._vector(PREDICTOR_DRIFT_THRESHOLD.name, ("namespace", "model", "version", "threshold"))
         now = datetime.now(UTC)
         judged = {}
         for version, (baselines, observed) in _by_version(shares, counts).items():

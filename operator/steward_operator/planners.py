@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from steward_contracts import environment as env
 from steward_operator import modes, specs
 from steward_operator.children import Owner, owned
 from steward_operator.modes import Live, Plan, Release
@@ -56,11 +57,11 @@ def retraining_job(
     }
     spec = copy.deepcopy(template.spec.model_dump(by_alias=True, exclude_none=True))
     environment = [
-        {"name": "STEWARD_RETRAIN_REASON", "value": reason},
-        {"name": "STEWARD_RETRAIN_MESSAGE", "value": message[:1024]},
-        {"name": "STEWARD_MODEL", "value": owner.name},
-        {"name": "STEWARD_NAMESPACE", "value": owner.namespace},
-        {"name": "STEWARD_MODEL_VERSION", "value": version},
+        {"name": env.RETRAIN_REASON, "value": reason},
+        {"name": env.RETRAIN_MESSAGE, "value": message[:1024]},
+        {"name": env.MODEL, "value": owner.name},
+        {"name": env.NAMESPACE, "value": owner.namespace},
+        {"name": env.MODEL_VERSION, "value": version},
     ]
     for container in spec["template"]["spec"]["containers"]:
         container["env"] = [*container.get("env", []), *environment]

@@ -158,9 +158,7 @@ async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[st
         await cluster.merge(command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}})
 
 
-def _plan(
-    deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releasing.Step
-) -> modes.Plan:
+def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releasing.Step) -> modes.Plan:
     if step.status.incumbent is None:
         return modes.Plan()
     return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from steward_operator import deciding, modes, specs
+from steward_operator import deciding, modes, recording, specs
 from steward_operator.stages import Stage, path
 from steward_operator.traffic.base import MirrorRefusal
 
@@ -197,7 +197,9 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
     if not supported:
         _, refusal = modes.unsupported(draft.spec.serving.mode)
         refused = Decision("CommandRefused", f"{operation.action}: {refusal}", warning=True)
-        return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {refusal}"))
+        return draft.with_status(
+            refused, operation=recording.handled(operation, draft.observed.now, f"refused: {refusal}")
+        )
     handlers: dict[str, Callable[[_Draft, specs.Operation], _Draft | str]] = {
         "promote": _on_promote,
         "promoteFull": _on_promote,
@@ -210,9 +212,11 @@ def _carry_out_operation(draft: _Draft) -> _Draft:
     outcome = handlers[operation.action](draft, operation)
     if isinstance(outcome, str):
         refused = Decision("CommandRefused", f"{operation.action}: {outcome}", warning=True)
-        return draft.with_status(refused, operation=_handled(operation, draft.observed.now, f"refused: {outcome}"))
+        return draft.with_status(
+            refused, operation=recording.handled(operation, draft.observed.now, f"refused: {outcome}")
+        )
     result = outcome.decisions[-1].message if len(outcome.decisions) > len(draft.decisions) else "done"
-    return outcome.with_status(operation=_handled(operation, draft.observed.now, result))
+    return outcome.with_status(operation=recording.handled(operation, draft.observed.now, result))
 
 
 def _follow_spec(draft: _Draft) -> _Draft:
@@ -419,16 +423,16 @@ def _conditions(draft: _Draft) -> _Draft:
     """Ready, Reconciling and Stalled, as kstatus reads them (Argo CD and Flux judge health from these)."""
     spec, status = draft.spec, draft.status
     if modes.mode(spec.serving.mode) is None:
-        found = _kstatus(False, False, True, *modes.unsupported(spec.serving.mode))
+        found = recording.kstatus(False, False, True, *modes.unsupported(spec.serving.mode))
     elif _version_reused(spec, status):
         message = (
             f"spec.model names version {spec.model.version} with another bundle or digest than the one that"
             " serves under that version; give the new bundle a new version"
         )
-        found = _kstatus(False, False, True, "VersionReused", message)
+        found = recording.kstatus(False, False, True, "VersionReused", message)
     elif status.challenger is not None and status.phase == "RolledBack":
         message = f"switching back to {status.challenger.version}; it takes all traffic once it is ready"
-        found = _kstatus(False, True, False, "RollingBack", message)
+        found = recording.kstatus(False, True, False, "RollingBack", message)
     elif status.challenger is not None:
         draft, found = _releasing(draft, status.challenger)
     elif same_model(status.rolled_back, spec.model):
@@ -437,20 +441,24 @@ def _conditions(draft: _Draft) -> _Draft:
             f"{spec.model.version} was rolled back and {incumbent} serves; change spec.model or run"
             " `kubectl steward retry` to release it again"
         )
-        found = _kstatus(False, False, True, "RolledBack", message)
+        found = recording.kstatus(False, False, True, "RolledBack", message)
     elif not same_model(status.incumbent, spec.model):
-        found = _kstatus(
+        found = recording.kstatus(
             False, True, False, "Paused", f"paused: {spec.model.version} waits for `kubectl steward resume`"
         )
     elif status.incumbent is None or status.incumbent.version not in draft.observed.ready:
-        found = _kstatus(False, True, False, "WaitingForReady", f"waiting for {spec.model.version} to become ready")
+        found = recording.kstatus(
+            False, True, False, "WaitingForReady", f"waiting for {spec.model.version} to become ready"
+        )
     else:
         message = f"{spec.model.version} serves all traffic"
-        found = _kstatus(True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else ""))
+        found = recording.kstatus(
+            True, False, False, status.phase or "Stable", message + (" (paused)" if status.paused else "")
+        )
     return _with_conditions(draft, found)
 
 
-def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, list[tuple[str, bool, str, str]]]:
+def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, list[recording.Found]]:
     """The conditions of a release under way: its stage and what it waits for. A shadow stage whose mirror may
     not be written where the routes attach is Stalled, and told as a Warning Event once."""
     spec, status = draft.spec, draft.status
@@ -460,7 +468,7 @@ def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, 
         told = {condition.type: condition for condition in status.conditions}.get("Stalled")
         if told is None or (told.status, told.reason, told.message) != ("True", refused.reason, message):
             draft = draft.with_status(Decision(refused.reason, refused.message, warning=True))
-        return draft, _kstatus(False, False, True, refused.reason, message)
+        return draft, recording.kstatus(False, False, True, refused.reason, message)
     stage = Stage(status.phase or "Validating", status.canary_step)
     message = f"releasing {challenger.version}: {_describe(spec, stage)}"
     analysis = status.last_analysis
@@ -472,7 +480,7 @@ def _releasing(draft: _Draft, challenger: specs.ServedVersion) -> tuple[_Draft, 
         message += "; paused: it waits for `kubectl steward resume` or a command"
     elif analysis is not None and analysis.decision == "pause" and analysis.phase == status.phase:
         message += f"; automatic decisions wait: {analysis.rule}"
-    return draft, _kstatus(False, True, False, status.phase or "Releasing", message)
+    return draft, recording.kstatus(False, True, False, status.phase or "Releasing", message)
 
 
 def stall(
@@ -487,12 +495,10 @@ def stall(
     """`step`, but Stalled: something only a person can fix (a missing CRD, a refused child) blocks it. `before`
     is the status this reconcile started from: a stall it already held is not told again and keeps its time,
     though `step` (advanced first) no longer shows it."""
-    held = [condition for condition in before.conditions if condition.type in {"Ready", "Reconciling", "Stalled"}]
-    others = [
-        condition for condition in step.status.conditions if condition.type not in {"Ready", "Reconciling", "Stalled"}
-    ]
+    held = [condition for condition in before.conditions if condition.type in recording.KSTATUS]
+    others = [condition for condition in step.status.conditions if condition.type not in recording.KSTATUS]
     draft = _Draft(spec, step.status.model_copy(update={"conditions": held + others}), observed, step.decisions)
-    stalled = _with_conditions(draft, _kstatus(False, False, True, reason, message))
+    stalled = _with_conditions(draft, recording.kstatus(False, False, True, reason, message))
     already = any(
         condition.type == "Stalled" and condition.status == "True" and condition.message == message
         for condition in before.conditions
@@ -501,26 +507,9 @@ def stall(
     return Step(stalled.status, (*stalled.decisions, *told))
 
 
-def _with_conditions(draft: _Draft, found: list[tuple[str, bool, str, str]]) -> _Draft:
-    status = draft.status
-    previous = {condition.type: condition for condition in status.conditions}
-    conditions = []
-    for kind, holds, reason, message in found:
-        old = previous.get(kind)
-        state = "True" if holds else "False"
-        since = old.last_transition_time if old is not None and old.status == state else draft.observed.now
-        conditions.append(
-            specs.Condition(
-                type=kind,
-                status=state,
-                observed_generation=draft.observed.generation,
-                last_transition_time=since,
-                reason=reason,
-                message=message,
-            )
-        )
-    others = [condition for condition in status.conditions if condition.type not in {"Ready", "Reconciling", "Stalled"}]
-    return draft.with_status(conditions=conditions + others)
+def _with_conditions(draft: _Draft, found: list[recording.Found]) -> _Draft:
+    conditions = recording.with_conditions(draft.status, found, draft.observed.generation, draft.observed.now)
+    return draft.with_status(conditions=conditions)
 
 
 # --- the commands -------------------------------------------------------------------------------------------
@@ -691,10 +680,6 @@ def _version_reused(spec: specs.ModelDeploymentSpec, status: specs.ModelDeployme
     )
 
 
-def _handled(operation: specs.Operation, now: datetime, result: str) -> specs.Operation:
-    return operation.model_copy(update={"handled_at": now, "result": result[:1024]})
-
-
 def _stage_fields(stage: Stage) -> dict[str, object]:
     return {"phase": stage.phase, "canary_step": stage.step}
 
@@ -709,14 +694,3 @@ def _describe(spec: specs.ModelDeploymentSpec, stage: Stage) -> str:
         steps = spec.rollout.canary.steps
         return f"canary step {stage.step + 1} of {len(steps)}, {steps[stage.step]}% of traffic"
     return stage.phase.lower()
-
-
-def _kstatus(
-    ready: bool, reconciling: bool, stalled: bool, reason: str, message: str
-) -> list[tuple[str, bool, str, str]]:
-    """The three conditions kstatus reads (and Argo CD's health check with it), each with one reason and message."""
-    return [
-        ("Ready", ready, reason, message),
-        ("Reconciling", reconciling, reason, message),
-        ("Stalled", stalled, reason, message),
-    ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from steward_operator import deciding, planners, specs
+from steward_operator import deciding, planners, recording, specs
 from steward_operator.children import Owner, owned
 from steward_operator.evidence.base import Quality
 from steward_operator.releasing import Decision
@@ -76,9 +76,7 @@ def step(
     if manual and operation is not None:
         refusal = _refusal(spec, running)
         result = f"refused: {refusal}" if refusal else "a retraining Job starts"
-        status = status.model_copy(
-            update={"operation": operation.model_copy(update={"handled_at": now, "result": result})}
-        )
+        status = status.model_copy(update={"operation": recording.handled(operation, now, result)})
         if refusal:
             return Outcome(status, None, (*decisions, Decision("CommandRefused", f"retrain: {refusal}", warning=True)))
         who = operation.requested_by or "someone"
@@ -122,19 +120,9 @@ def drifting_condition(
     message = (
         f"sustained drift in {version}: {', '.join(features[:10])}" if holds else f"no sustained drift in {version}"
     )
-    state = "True" if holds else "False"
-    previous = next((item for item in status.conditions if item.type == "Drifting"), None)
-    since = previous.last_transition_time if previous is not None and previous.status == state else now
-    condition = specs.Condition(
-        type="Drifting",
-        status=state,
-        observed_generation=status.observed_generation,
-        last_transition_time=since,
-        reason="SustainedDrift" if holds else "NoDrift",
-        message=message,
-    )
-    others = [item for item in status.conditions if item.type != "Drifting"]
-    return status.model_copy(update={"conditions": [*others, condition]})
+    found = recording.Found("Drifting", holds, "SustainedDrift" if holds else "NoDrift", message)
+    conditions = recording.with_conditions(status, [found], status.observed_generation, now)
+    return status.model_copy(update={"conditions": conditions})
 
 
 def quality_drop(spec: specs.ModelDeploymentSpec, quality: Quality) -> tuple[str, float] | None:

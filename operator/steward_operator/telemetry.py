@@ -7,6 +7,13 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from steward_contracts.metrics import (
+    OPERATOR_DECISIONS,
+    OPERATOR_PHASE,
+    OPERATOR_RECONCILE_DURATION,
+    OPERATOR_RECONCILES,
+    OPERATOR_TRAFFIC_RATIO,
+)
 from steward_operator import specs
 
 PHASES: tuple[specs.Phase, ...] = (
@@ -22,25 +29,28 @@ PHASES: tuple[specs.Phase, ...] = (
 ROLES = ("incumbent", "challenger", "shadow")
 
 RECONCILES = Counter(
-    "steward_operator_reconciles_total", "ModelDeployment reconciles, by result (ok, conflict, error).", ["result"]
+    OPERATOR_RECONCILES.name,
+    "ModelDeployment reconciles, by result (ok, conflict, error).",
+    OPERATOR_RECONCILES.labels,
 )
 RECONCILE_SECONDS = Histogram(
-    "steward_operator_reconcile_duration_seconds",
+    OPERATOR_RECONCILE_DURATION.name,
     "Time to reconcile one ModelDeployment: observe, decide, apply, record.",
+    OPERATOR_RECONCILE_DURATION.labels,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DECISIONS = Counter(
-    "steward_operator_decisions_total", "Decisions taken (each also a Kubernetes Event), by reason.", ["reason"]
+    OPERATOR_DECISIONS.name,
+    "Decisions taken (each also a Kubernetes Event), by reason.",
+    OPERATOR_DECISIONS.labels,
 )
 PHASE = Gauge(
-    "steward_operator_phase",
-    "1 for the phase each ModelDeployment is in, 0 for the others.",
-    ["namespace", "name", "phase"],
+    OPERATOR_PHASE.name, "1 for the phase each ModelDeployment is in, 0 for the others.", OPERATOR_PHASE.labels
 )
 TRAFFIC = Gauge(
-    "steward_operator_traffic_ratio",
+    OPERATOR_TRAFFIC_RATIO.name,
     "Share of live requests each role receives (shadow: share mirrored to the challenger), 0-1.",
-    ["namespace", "name", "role"],
+    OPERATOR_TRAFFIC_RATIO.labels,
 )
 
 

@@ -9,7 +9,6 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import kserve
-import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -277,8 +276,6 @@ def main() -> None:
         max_body_bytes=args.max_body_bytes,
         max_rows=args.max_rows,
     )
-    # The *_created series double every family's size and no Steward query reads them.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     # The server configures KServe's logging; Steward's lines go out the same way.
     server = kserve.ModelServer(enable_grpc=args.enable_grpc)
     steward = logging.getLogger("steward")

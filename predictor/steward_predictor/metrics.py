@@ -7,6 +7,7 @@ bundle's training bins, so cardinality is bounded by features x bins and drift c
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -15,13 +16,33 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from steward_contracts.metrics import (
+    COUNTED,
+    PREDICTOR_DRIFT_THRESHOLD,
+    PREDICTOR_FEATURE_MISSING,
+    PREDICTOR_FEATURE_PROBLEMS,
+    PREDICTOR_FEATURE_TRAINING_SHARE,
+    PREDICTOR_FEATURE_VALUES,
+    PREDICTOR_HOLDOUT,
+    PREDICTOR_MODEL_INFO,
+    PREDICTOR_PREDICTION_TRAINING_SHARE,
+    PREDICTOR_PREDICTIONS,
+    PREDICTOR_READY,
+    PREDICTOR_REQUEST_DURATION,
+    PREDICTOR_REQUESTS,
+    PREDICTOR_ROWS,
+    PREDICTOR_SCORES,
+    QUALITY_METRICS,
+    REJECTED,
+    VERSION_LABELS,
+    Family,
+)
 from steward_predictor.baselines import Histogram as Bins
 from steward_predictor.bundles import Bundle
 from steward_predictor.schemas import Checked, Violation
 
-_BASE = ("model", "version", "variant")
 # The held-out results a release's validation gate can compare (spec.rollout.validation.metric).
-HOLDOUT_METRICS = ("accuracy", "rocAuc", "logLoss", "mae", "rmse", "r2")
+HOLDOUT_METRICS = QUALITY_METRICS
 # From a fast in-memory pipeline (~1 ms) to a slow batch request; Prometheus sums them for any quantile.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_FEATURE = "__unknown__"
@@ -39,6 +60,8 @@ class _Binned:
     histogram: Bins
     counts: np.ndarray
     missing: int = 0
+    created: float = field(default_factory=time.time)
+    """When counting began, from 0: published as `<name>_created` where the family's contract says so."""
     pending: list[np.ndarray] = field(default_factory=list)
     pending_rows: int = 0
 
@@ -74,42 +97,43 @@ class _BinnedFamilies(Collector):
         with self.lock:
             for binned in (*self.features, *self.predictions, *self.scores):
                 binned.flush()
-            values = CounterMetricFamily(
-                "steward_predictor_feature_values",
+            values = _counter(
+                PREDICTOR_FEATURE_VALUES,
                 "Feature values seen, by the bundle's training bin (decile index, or category).",
-                labels=[*_BASE, "feature", "bin"],
             )
-            missing = CounterMetricFamily(
-                "steward_predictor_feature_missing", "Feature values that were missing.", labels=[*_BASE, "feature"]
-            )
+            missing = _counter(PREDICTOR_FEATURE_MISSING, "Feature values that were missing.")
             for binned in self.features:
                 for label, count in zip(binned.histogram.labels, binned.counts.tolist(), strict=True):
-                    values.add_metric([*binned.base, binned.name, label], count)
-                missing.add_metric([*binned.base, binned.name], binned.missing)
-            predictions = CounterMetricFamily(
-                "steward_predictor_predictions",
+                    values.add_metric(
+                        [*binned.base, binned.name, label], count, created=_created(PREDICTOR_FEATURE_VALUES, binned)
+                    )
+                missing.add_metric(
+                    [*binned.base, binned.name], binned.missing, created=_created(PREDICTOR_FEATURE_MISSING, binned)
+                )
+            predictions = _counter(
+                PREDICTOR_PREDICTIONS,
                 "Predictions, by class (classifiers) or by the bundle's training bin of predicted values.",
-                labels=[*_BASE, "bin"],
             )
-            scores = CounterMetricFamily(
-                "steward_predictor_scores",
-                "Binary classifiers: the positive class's probability, by the bundle's training bin.",
-                labels=[*_BASE, "bin"],
+            scores = _counter(
+                PREDICTOR_SCORES, "Binary classifiers: the positive class's probability, by the bundle's training bin."
             )
-            for family, binned_list in ((predictions, self.predictions), (scores, self.scores)):
+            for family, contract, binned_list in (
+                (predictions, PREDICTOR_PREDICTIONS, self.predictions),
+                (scores, PREDICTOR_SCORES, self.scores),
+            ):
                 for binned in binned_list:
                     for label, count in zip(binned.histogram.labels, binned.counts.tolist(), strict=True):
-                        family.add_metric([*binned.base, label], count)
+                        family.add_metric([*binned.base, label], count, created=_created(contract, binned))
             # What drift is measured against: each bin's share of the training data (of its present values).
             trained = GaugeMetricFamily(
-                "steward_predictor_feature_training_share",
+                PREDICTOR_FEATURE_TRAINING_SHARE.name,
                 "Share of the training data's present values in each of the feature's bins.",
-                labels=[*_BASE, "feature", "bin"],
+                labels=list(PREDICTOR_FEATURE_TRAINING_SHARE.labels),
             )
             trained_predictions = GaugeMetricFamily(
-                "steward_predictor_prediction_training_share",
+                PREDICTOR_PREDICTION_TRAINING_SHARE.name,
                 "Share of the training data's predictions in each bin.",
-                labels=[*_BASE, "bin"],
+                labels=list(PREDICTOR_PREDICTION_TRAINING_SHARE.labels),
             )
             for binned in self.features:
                 for label, share in zip(binned.histogram.labels, binned.histogram.fractions, strict=True):
@@ -120,52 +144,64 @@ class _BinnedFamilies(Collector):
         yield from (values, missing, predictions, scores, trained, trained_predictions)
 
 
+def _counter(contract: Family, documentation: str) -> CounterMetricFamily:
+    return CounterMetricFamily(contract.name, documentation, labels=list(contract.labels))
+
+
+def _created(contract: Family, binned: _Binned) -> float | None:
+    """When `binned` began counting, for a family whose contract publishes `<name>_created`; else None."""
+    return binned.created if contract.created else None
+
+
 class Families:
     """The metric families, registered once per process."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.requests = Counter(
-            "steward_predictor_requests",
+            PREDICTOR_REQUESTS.name,
             "Prediction requests answered, by protocol and HTTP status code.",
-            [*_BASE, "protocol", "code"],
+            PREDICTOR_REQUESTS.labels,
             registry=registry,
         )
         self.latency = Histogram(
-            "steward_predictor_request_duration_seconds",
+            PREDICTOR_REQUEST_DURATION.name,
             "Time to validate and score one request.",
-            _BASE,
+            PREDICTOR_REQUEST_DURATION.labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.rows = Counter("steward_predictor_rows", "Rows scored.", _BASE, registry=registry)
+        self.rows = Counter(PREDICTOR_ROWS.name, "Rows scored.", PREDICTOR_ROWS.labels, registry=registry)
         self.problems = Counter(
-            "steward_predictor_feature_problems",
+            PREDICTOR_FEATURE_PROBLEMS.name,
             "Schema problems: missingField, unknownField, wrongType, missingValue, outOfRange, unseenCategory; "
             "action says whether the row was rejected or accepted and counted.",
-            [*_BASE, "feature", "problem", "action"],
+            PREDICTOR_FEATURE_PROBLEMS.labels,
             registry=registry,
         )
         self.info = Gauge(
-            "steward_predictor_model_info",
+            PREDICTOR_MODEL_INFO.name,
             "The bundle being served (always 1).",
-            [*_BASE, "digest", "feature_set_version"],
+            PREDICTOR_MODEL_INFO.labels,
             registry=registry,
         )
         self.ready = Gauge(
-            "steward_predictor_ready", "1 when the model passed its checks and serves.", _BASE, registry=registry
+            PREDICTOR_READY.name,
+            "1 when the model passed its checks and serves.",
+            PREDICTOR_READY.labels,
+            registry=registry,
         )
         self.holdout = Gauge(
-            "steward_predictor_holdout",
+            PREDICTOR_HOLDOUT.name,
             "The bundle's held-out results (accuracy, rocAuc, logLoss, mae, rmse, r2); data names the rows they "
             "were computed on (a prefix of their fingerprint), so two versions on the same data compare exactly.",
-            [*_BASE, "metric", "data"],
+            PREDICTOR_HOLDOUT.labels,
             registry=registry,
         )
         self.drift_threshold = Gauge(
-            "steward_predictor_drift_threshold",
+            PREDICTOR_DRIFT_THRESHOLD.name,
             "spec.monitoring.drift for this version (warn, alert, breaches, windows), which the monitor judges its "
             "drift by.",
-            [*_BASE, "threshold"],
+            PREDICTOR_DRIFT_THRESHOLD.labels,
             registry=registry,
         )
         self.binned = _BinnedFamilies()
@@ -177,7 +213,7 @@ class ModelMetrics:
 
     def __init__(self, families: Families, name: str, version: str, variant: str) -> None:
         self.families = families
-        self.base = {"model": name, "version": version, "variant": variant}
+        self.base = dict(zip(VERSION_LABELS, (name, version, variant), strict=True))
         self._key = (name, version, variant)
         self.latency = families.latency.labels(**self.base)
         self.rows = families.rows.labels(**self.base)
@@ -236,9 +272,9 @@ class ModelMetrics:
             for name, binned in self._features:
                 binned.add(columns[name])
         if checked.counted:
-            self._problems(checked.counted, "counted")
+            self._problems(checked.counted, COUNTED)
         if checked.rejected:
-            self._problems((problem for problems in checked.rejected.values() for problem in problems), "rejected")
+            self._problems((problem for problems in checked.rejected.values() for problem in problems), REJECTED)
 
     def observe_outputs(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
         """Count predictions: for classifiers by class (from the probabilities, without turning labels into

@@ -1,13 +1,15 @@
-"""The predictor's settings, read once from the environment the operator sets; command-line flags override."""
+"""The predictor's settings, read once from the environment the operator sets (steward_contracts.environment names
+what it sets); command-line flags override."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
+from steward_contracts import environment, metrics
 from steward_predictor.defaults import DEFAULT_URI
 
-VARIANTS = ("incumbent", "challenger", "shadow")
+VARIANTS = metrics.VARIANTS
 # An online request of 10,000 rows of a few dozen features is a few MiB of JSON, parsed and scored in well under a
 # second; more than that is a batch job.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -21,7 +23,7 @@ def allow_pickle() -> bool:
 
 def trusted_types() -> tuple[str, ...]:
     """STEWARD_TRUSTED_TYPES: extra types a skops pipeline may contain, comma-separated."""
-    return tuple(name.strip() for name in os.environ.get("STEWARD_TRUSTED_TYPES", "").split(",") if name.strip())
+    return tuple(name.strip() for name in os.environ.get(environment.TRUSTED_TYPES, "").split(",") if name.strip())
 
 
 def whole_number(variable: str, default: int) -> int:
@@ -37,9 +39,9 @@ def whole_number(variable: str, default: int) -> int:
 def drift_thresholds_set() -> dict[str, float]:
     """STEWARD_DRIFT_WARN, _ALERT, _BREACHES, _WINDOWS: those that are set and are numbers."""
     found = {}
-    for name in ("warn", "alert", "breaches", "windows"):
+    for name in metrics.DRIFT_THRESHOLDS:
         try:
-            found[name] = float(os.environ[f"STEWARD_DRIFT_{name.upper()}"])
+            found[name] = float(os.environ[environment.drift_threshold(name)])
         except (KeyError, ValueError):
             continue
     return found
@@ -49,22 +51,22 @@ def drift_thresholds_set() -> dict[str, float]:
 class Settings:
     bundle_uri: str = field(default_factory=lambda: os.environ.get("STEWARD_BUNDLE_URI", DEFAULT_URI))
     """Where the bundle is: KServe's storage initializer puts it at /mnt/models."""
-    bundle_digest: str | None = field(default_factory=lambda: os.environ.get("STEWARD_BUNDLE_DIGEST") or None)
+    bundle_digest: str | None = field(default_factory=lambda: os.environ.get(environment.BUNDLE_DIGEST) or None)
     """spec.model.digest: the server stays not-ready unless the bundle's manifest has this digest."""
-    model_version: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MODEL_VERSION") or None)
+    model_version: str | None = field(default_factory=lambda: os.environ.get(environment.MODEL_VERSION) or None)
     """spec.model.version: the server stays not-ready unless the bundle holds this version."""
-    variant: str = field(default_factory=lambda: os.environ.get("STEWARD_VARIANT", "incumbent"))
+    variant: str = field(default_factory=lambda: os.environ.get(environment.VARIANT, "incumbent"))
     """incumbent, challenger or shadow: the role of this server in a release; a label on every metric."""
     allow_pickle: bool = field(default_factory=allow_pickle)
     """Load a pickled pipeline. Pickle can run any code: only for bundles from a source you trust."""
     trusted_types: tuple[str, ...] = field(default_factory=trusted_types)
     """Extra types a skops pipeline may contain (a team's own transformers), comma-separated."""
-    monitor_url: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MONITOR_URL") or None)
+    monitor_url: str | None = field(default_factory=lambda: os.environ.get(environment.MONITOR_URL) or None)
     """The monitor every prediction is reported to (its base URL); unset: none are."""
-    monitor_token: str | None = field(default_factory=lambda: os.environ.get("STEWARD_MONITOR_TOKEN") or None)
+    monitor_token: str | None = field(default_factory=lambda: os.environ.get(environment.MONITOR_TOKEN) or None)
     """The bearer token the monitor takes this model's predictions with (scoped to its namespace and model; the
     operator passes it from a Secret). Unset: the monitor refuses the reports."""
-    namespace: str = field(default_factory=lambda: os.environ.get("STEWARD_NAMESPACE", ""))
+    namespace: str = field(default_factory=lambda: os.environ.get(environment.NAMESPACE, ""))
     """The namespace of the ModelDeployment, which the monitor files predictions under."""
     drift_thresholds: dict[str, float] = field(default_factory=drift_thresholds_set)
     """spec.monitoring.drift as the operator passes it on (warn, alert, breaches, windows), published for the

@@ -14,6 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from steward_contracts.metrics import (
+    PREDICTOR_PREDICTIONS,
+    PREDICTOR_READY,
+    PREDICTOR_REQUEST_DURATION,
+    PREDICTOR_REQUESTS,
+)
 from steward_harness.predictors import Predictor
 from steward_harness.prometheus import Prometheus as PrometheusServer
 from steward_harness.servers import free_ports
@@ -42,7 +48,8 @@ def prometheus(request: pytest.FixtureRequest) -> Iterator[PrometheusServer]:
 
 class Pod(Collector):
     """One predictor pod's /metrics as far as releases read it, with values the test sets: the predictor's
-    series and labels, request counters created on first use, and prediction counters without *_created."""
+    series and labels, request counters created on first use, and prediction counters without *_created (as an
+    exporter that does not say when a series began: the provider then counts from the series' first scrape)."""
 
     def __init__(self, version: str = "v2", model: str = "churn", *, listening: bool = True) -> None:
         self.base = {"model": model, "version": version, "variant": "challenger"}
@@ -62,17 +69,15 @@ class Pod(Collector):
     def start(self) -> None:
         """Start as a fresh process does: every counter from zero."""
         registry = CollectorRegistry()
-        self.requests = Counter(
-            "steward_predictor_requests", "Requests.", [*self.base, "protocol", "code"], registry=registry
-        )
+        self.requests = Counter(PREDICTOR_REQUESTS.name, "Requests.", PREDICTOR_REQUESTS.labels, registry=registry)
         self.latency = Histogram(
-            "steward_predictor_request_duration_seconds",
+            PREDICTOR_REQUEST_DURATION.name,
             "Latency.",
-            [*self.base],
+            PREDICTOR_REQUEST_DURATION.labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         ).labels(**self.base)
-        Gauge("steward_predictor_ready", "Ready.", [*self.base], registry=registry).labels(**self.base).set(1)
+        Gauge(PREDICTOR_READY.name, "Ready.", PREDICTOR_READY.labels, registry=registry).labels(**self.base).set(1)
         self.predictions = {"x": 0, "y": 0}
         registry.register(self)
         self._registry = registry
@@ -103,7 +108,9 @@ class Pod(Collector):
                 self.predictions[bin] += 1
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily("steward_predictor_predictions", "Predictions.", labels=[*self.base, "bin"])
+        family = CounterMetricFamily(
+            PREDICTOR_PREDICTIONS.name, "Predictions.", labels=list(PREDICTOR_PREDICTIONS.labels)
+        )
         for label, value in self.predictions.items():
             family.add_metric([*self.base.values(), label], value)
         yield family
@@ -276,6 +283,31 @@ def test_a_real_predictor_counts_good_and_refused_requests(
     assert counts.predictions == {label: served.count(label) for label in model.bundle.baselines.predictions.labels}
     assert sum(counts.predictions.values()) == len(rows)
     assert counts.targets == 1
+
+
+def test_what_a_real_predictor_answered_before_its_first_scrape_is_counted(
+    prometheus: PrometheusServer, trained: dict[str, Trained]
+) -> None:
+    """A new pod takes traffic before Prometheus first scrapes it: its counters' `*_created` series say they began
+    at 0 inside the window, so all of it counts. Without them it would be lost to the evidence."""
+    model = trained["breast-cancer"]
+    start = time.time()
+    time.sleep(SETTLE)
+    with Predictor(str(model.path), name="churn") as predictor:
+        assert predictor.ready()[0], predictor.tail()
+        rows = records(model.x_test)
+        status, _, body = predictor.post("/v1/models/churn:predict", {"instances": rows})
+        assert status == 200, body
+        address = predictor.url.removeprefix("http://")
+        prometheus.add_target(address)
+        prometheus.start()
+        prometheus.wait_scraped(address)
+        end = time.time()
+
+    counts = _window(metric_provider("prometheus", prometheus.url), start, end, version=model.bundle.version)
+    assert (counts.requests, counts.errors, counts.timed) == (1, 0, 1)
+    assert sum(counts.predictions.values()) == sum(counts.scores.values()) == len(rows)
+    assert (counts.targets, counts.resets) == (1, 0)
 
 
 def test_an_outage_is_no_data_and_the_same_data_is_back_after_a_restart(

@@ -125,8 +125,8 @@ class MetricProvider(Protocol):
         ...
 
     async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
-        """The features (and `__prediction__`) whose drift the monitor finds sustained for this version. Raises
-        MetricsUnavailableError."""
+        """The features (and the predictions, as steward_contracts.metrics.PREDICTION_FEATURE) whose drift the
+        monitor finds sustained for this version. Raises MetricsUnavailableError."""
         ...
 
     async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:

@@ -42,6 +42,18 @@ from typing import Any
 
 import aiohttp
 
+from steward_contracts.metrics import (
+    MONITOR_DRIFT_ALERTING,
+    MONITOR_LABELLED_PREDICTIONS,
+    MONITOR_QUALITY,
+    PREDICTOR_HOLDOUT,
+    PREDICTOR_MODEL_INFO,
+    PREDICTOR_PREDICTIONS,
+    PREDICTOR_READY,
+    PREDICTOR_REQUEST_DURATION,
+    PREDICTOR_REQUESTS,
+    PREDICTOR_SCORES,
+)
 from steward_operator.evidence.base import (
     ArmCounts,
     Gateway,
@@ -50,16 +62,26 @@ from steward_operator.evidence.base import (
     Quality,
 )
 
-REQUESTS = "steward_predictor_requests"
-LATENCY = "steward_predictor_request_duration_seconds"
-PREDICTIONS = "steward_predictor_predictions"
-SCORES = "steward_predictor_scores"
-READY = "steward_predictor_ready"
-# Every series a window needs, read in one query so that all of them describe the same moment.
-NAMES = (
-    "steward_predictor_(requests_(total|created)|request_duration_seconds_(bucket|created)"
-    "|predictions_(total|created)|scores_(total|created)|ready)"
+REQUESTS = PREDICTOR_REQUESTS.name
+LATENCY = PREDICTOR_REQUEST_DURATION.name
+PREDICTIONS = PREDICTOR_PREDICTIONS.name
+SCORES = PREDICTOR_SCORES.name
+READY = PREDICTOR_READY.name
+# Every series a window needs, read in one query so that all of them describe the same moment: the counters, when
+# each of their series was created (restarts and new pods), and the ready gauge (a pod's scrapes).
+WINDOW_SERIES = (
+    PREDICTOR_REQUESTS.sample("total"),
+    PREDICTOR_REQUESTS.sample("created"),
+    PREDICTOR_REQUEST_DURATION.sample("bucket"),
+    PREDICTOR_REQUEST_DURATION.sample("created"),
+    PREDICTOR_PREDICTIONS.sample("total"),
+    PREDICTOR_PREDICTIONS.sample("created"),
+    PREDICTOR_SCORES.sample("total"),
+    PREDICTOR_SCORES.sample("created"),
+    READY,
 )
+_PREFIX = "steward_predictor_"
+NAMES = _PREFIX + "(" + "|".join(name.removeprefix(_PREFIX) for name in WINDOW_SERIES) + ")"
 DEFAULT_TIMEOUT = 5.0
 # Prometheus' own default lookback: a baseline sample is looked for this far before a window's start.
 DEFAULT_LOOKBACK = timedelta(minutes=5)
@@ -153,7 +175,7 @@ class Prometheus:
     async def held_out(
         self, model: str, version: str, at: datetime, *, namespace: str | None = None
     ) -> HeldOutResults | None:
-        data = await self._query(f"steward_predictor_holdout{_matchers(model, version, namespace)}", at.timestamp())
+        data = await self._query(f"{PREDICTOR_HOLDOUT.name}{_matchers(model, version, namespace)}", at.timestamp())
         try:
             samples = [(item["metric"], float(item["value"][1])) for item in data["result"]]
         except (KeyError, IndexError, TypeError, ValueError) as error:
@@ -163,7 +185,7 @@ class Prometheus:
         # Every pod of a version serves the same bundle, so any pod's figures are the version's.
         fingerprint = samples[0][0].get("data", "")
         metrics = {labels["metric"]: value for labels, value in samples if labels.get("data", "") == fingerprint}
-        info = await self._query(f"steward_predictor_model_info{_matchers(model, version, namespace)}", at.timestamp())
+        info = await self._query(f"{PREDICTOR_MODEL_INFO.name}{_matchers(model, version, namespace)}", at.timestamp())
         try:
             digests = frozenset(item["metric"]["digest"] for item in info["result"] if item["metric"].get("digest"))
         except (KeyError, TypeError) as error:
@@ -171,14 +193,14 @@ class Prometheus:
         return HeldOutResults(metrics=metrics, data=fingerprint, digests=digests)
 
     async def drifting(self, model: str, version: str, *, namespace: str | None = None) -> tuple[str, ...]:
-        found = await self._instant(f"steward_monitor_drift_alerting{_matchers(model, version, namespace)} == 1")
+        found = await self._instant(f"{MONITOR_DRIFT_ALERTING.name}{_matchers(model, version, namespace)} == 1")
         return tuple(sorted({labels.get("feature", "") for labels, _ in found}))
 
     async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:
         matchers = _matchers(model, version, namespace)
-        live = await self._instant(f"max by (metric) (steward_monitor_quality{matchers})")
-        held_out = await self._instant(f"max by (metric) (steward_predictor_holdout{matchers})")
-        labelled = await self._instant(f"max(steward_monitor_labelled_predictions{matchers})")
+        live = await self._instant(f"max by (metric) ({MONITOR_QUALITY.name}{matchers})")
+        held_out = await self._instant(f"max by (metric) ({PREDICTOR_HOLDOUT.name}{matchers})")
+        labelled = await self._instant(f"max({MONITOR_LABELLED_PREDICTIONS.name}{matchers})")
         return Quality(
             live={labels["metric"]: value for labels, value in live if "metric" in labels},
             held_out={labels["metric"]: value for labels, value in held_out if "metric" in labels},

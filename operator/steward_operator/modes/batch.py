@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from steward_contracts import environment as env
 from steward_operator import settings, specs
 from steward_operator.children import Owner, child_name, owned
 from steward_operator.modes.base import Live, Plan, Release
@@ -67,8 +68,8 @@ def cron_job(
         "command": ["steward-predict"],
         "args": arguments,
         "env": [
-            {"name": "STEWARD_MODEL_VERSION", "value": live.version},
-            {"name": "STEWARD_VARIANT", "value": variant},
+            {"name": env.MODEL_VERSION, "value": live.version},
+            {"name": env.VARIANT, "value": variant},
         ],
     }
     if secrets:

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 from typing import Any
 
+from steward_contracts import environment as env
+from steward_contracts.metrics import DRIFT_THRESHOLDS
 from steward_operator import settings, specs
 from steward_operator.children import Owner, child_name, owned, predictor_service
 from steward_operator.evidence.base import Gateway
@@ -101,29 +103,25 @@ def inference_service(
     environment = [
         # KServe's storage initializer fetches STORAGE_URI into /mnt/models before the predictor starts.
         {"name": "STORAGE_URI", "value": live.bundle},
-        {"name": "STEWARD_MODEL_VERSION", "value": live.version},
+        {"name": env.MODEL_VERSION, "value": live.version},
     ]
     if live.digest:
-        environment.append({"name": "STEWARD_BUNDLE_DIGEST", "value": live.digest})
+        environment.append({"name": env.BUNDLE_DIGEST, "value": live.digest})
     if spec.model.trusted_types:
-        environment.append({"name": "STEWARD_TRUSTED_TYPES", "value": ",".join(spec.model.trusted_types)})
+        environment.append({"name": env.TRUSTED_TYPES, "value": ",".join(spec.model.trusted_types)})
     drift = spec.monitoring.drift
     if drift.enabled:
         # The monitor judges this version's drift by the thresholds its predictors publish.
-        for name, value in (
-            ("WARN", drift.warn),
-            ("ALERT", drift.alert),
-            ("BREACHES", drift.persistence.breaches),
-            ("WINDOWS", drift.persistence.windows),
-        ):
-            environment.append({"name": f"STEWARD_DRIFT_{name}", "value": f"{value:g}"})
+        values = (drift.warn, drift.alert, drift.persistence.breaches, drift.persistence.windows)
+        for name, value in zip(DRIFT_THRESHOLDS, values, strict=True):
+            environment.append({"name": env.drift_threshold(name), "value": f"{value:g}"})
     if settings.MONITOR_URL:
         # Every prediction goes to the monitor, filed under this deployment's namespace and name.
-        environment.append({"name": "STEWARD_MONITOR_URL", "value": settings.MONITOR_URL})
-        environment.append({"name": "STEWARD_NAMESPACE", "value": owner.namespace})
+        environment.append({"name": env.MONITOR_URL, "value": settings.MONITOR_URL})
+        environment.append({"name": env.NAMESPACE, "value": owner.namespace})
         if settings.MONITOR_INGEST_KEY:
             token = monitor_token(settings.MONITOR_INGEST_KEY, owner.namespace, owner.name)
-            environment.append({"name": "STEWARD_MONITOR_TOKEN", "value": token})
+            environment.append({"name": env.MONITOR_TOKEN, "value": token})
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {
         "name": "kserve-container",
