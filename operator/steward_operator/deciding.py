@@ -30,15 +30,13 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import pairwise
 from typing import Literal
 
 from steward_operator import specs
 from steward_operator.evidence.base import ArmCounts
+from steward_operator.guardrails import GUARDRAILS, answered, unusable_readings
 from steward_operator.sequential import (
     Comparison,
-    compare_distributions,
-    compare_rates,
     non_inferiority,
     split_alpha,
 )
@@ -64,8 +62,6 @@ _LARGEST_ALPHA = 0.499
 _GATE = "errorRateNonInferiority"
 _WAIT = "an outage neither promotes nor rolls back, so the release waits until they can be read again"
 _UNUSABLE = "a reading that cannot be used is no reading: the release waits until the counts can be used again"
-# Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
-_LARGEST_COUNT = 2**53
 
 
 # --- what goes in -------------------------------------------------------------------------------------------
@@ -218,7 +214,7 @@ def decide(
         return _full_step(policy, stage.name)
     if window is None:
         return Verdict("pause", f"metrics are unavailable: the live counts of {stage.name} could not be read; {_WAIT}")
-    unusable = _unusable_readings(policy.rollout, window)
+    unusable = unusable_readings(policy.rollout, window.incumbent, window.challenger)
     if unusable:
         return Verdict("pause", f"unusable reading: {'; '.join(unusable)}; {_UNUSABLE}")
     return _watch(policy, stage, timing, window)
@@ -333,10 +329,6 @@ class _Check:
     """Why the comparison has no data, in words; None when it has."""
 
 
-# What each guardrail compares, so what it waits for without data.
-_NEEDS = {"errorRate": "requests", "slowRequests": "latency", "predictionShift": "predictions"}
-
-
 def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> Verdict:
     rollout = policy.rollout
     checks = _guardrails(rollout, window)
@@ -356,7 +348,7 @@ def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> 
     challenger = window.challenger.requests
     met = f"{stage.name} has its minimum evidence ({challenger:,} challenger requests in {_span(elapsed)})"
     waiting = [
-        f"guardrail {check.guardrail.name} waits for {_NEEDS[check.guardrail.name]}: {check.waiting}"
+        f"guardrail {check.guardrail.name} waits for {GUARDRAILS[check.guardrail.name].needs}: {check.waiting}"
         for check in checks
         if check.waiting is not None
     ]
@@ -402,91 +394,13 @@ def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
     if not rollout.guardrails:
         return []
     alphas = split_alpha(_alpha(rollout), [guardrail.name for guardrail in rollout.guardrails])
-    incumbent, challenger = window.incumbent, window.challenger
     checks = []
     for guardrail in rollout.guardrails:
-        alpha, tolerance = alphas[guardrail.name], guardrail.tolerance
-        if guardrail.name == "errorRate":
-            comparison = compare_rates(
-                guardrail.name, *answered(incumbent), *answered(challenger), tolerance=tolerance, alpha=alpha
-            )
-            silent = _silent(window, lambda counts: answered(counts)[1])
-            waiting = None if silent is None else f"{silent} answered none"
-        elif guardrail.name == "slowRequests":
-            comparison, waiting = _slow_requests(incumbent, challenger, tolerance, alpha)
-        else:
-            comparison, waiting = _prediction_shift(incumbent, challenger, tolerance, alpha)
+        alpha = alphas[guardrail.name]
+        compare = GUARDRAILS[guardrail.name].compare
+        comparison, waiting = compare(window.incumbent, window.challenger, guardrail.tolerance, alpha)
         checks.append(_Check(guardrail, alpha, comparison, waiting if comparison.verdict == "noData" else None))
     return checks
-
-
-def _slow_requests(
-    incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float
-) -> tuple[Comparison, str | None]:
-    """The slowRequests comparison, and why it has no data (None when it has)."""
-    # `slow` is counted among the timed requests, so those are its denominator.
-    if incumbent.slow_after is not None and challenger.slow_after is not None:
-        slow_i, slow_c = incumbent.slow, challenger.slow
-    else:
-        threshold = slow_threshold(incumbent)
-        missing = _no_threshold(incumbent, challenger, threshold)
-        if threshold is None or missing is not None:
-            # No latency threshold can be applied: zero slow requests would be false reassurance.
-            comparison = Comparison("slowRequests", None, None, None, None, incumbent.timed, challenger.timed, "noData")
-            return comparison, missing
-        slow_i = incumbent.timed - incumbent.latency[threshold]
-        slow_c = challenger.timed - challenger.latency[threshold]
-    comparison = compare_rates(
-        "slowRequests", slow_i, incumbent.timed, slow_c, challenger.timed, tolerance=tolerance, alpha=alpha
-    )
-    untimed = [arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.timed]
-    return comparison, f"the {' and the '.join(untimed)} timed no requests" if untimed else None
-
-
-def _no_threshold(incumbent: ArmCounts, challenger: ArmCounts, threshold: float | None) -> str | None:
-    """Why the incumbent's p95 cannot be applied to both versions' latency histograms; None when it can."""
-    unhistogrammed = [
-        arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.latency
-    ]
-    if len(unhistogrammed) == 2:
-        return "neither version's requests carry a latency histogram"
-    if unhistogrammed:
-        return f"the {unhistogrammed[0]}'s requests carry no latency histogram"
-    if not incumbent.timed:
-        return "the incumbent timed no requests"
-    if threshold is None:
-        return "the incumbent's p95 latency lies above its largest finite latency bucket, so no threshold applies"
-    if threshold not in challenger.latency:
-        return f"the challenger's histogram has no latency bucket at the incumbent's p95 ({threshold:g} s)"
-    return None
-
-
-def slow_threshold(incumbent: ArmCounts, quantile: float = 0.95) -> float | None:
-    """The incumbent's p95 latency as a bucket boundary: the smallest boundary at or under which at least 95 % of
-    its timed requests finished. None without timed requests, or when that is only the +Inf bucket."""
-    if not incumbent.timed:
-        return None
-    needed = quantile * incumbent.timed
-    found = min((bound for bound, count in incumbent.latency.items() if count >= needed), default=None)
-    return found if found is not None and math.isfinite(found) else None
-
-
-def _prediction_shift(
-    incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float
-) -> tuple[Comparison, str | None]:
-    """The predictionShift comparison, and why it has no data (None when it has)."""
-    bins = sorted({*incumbent.predictions, *challenger.predictions})
-    counts_i = [incumbent.predictions.get(name, 0) for name in bins]
-    counts_c = [challenger.predictions.get(name, 0) for name in bins]
-    # The test needs two bins; an empty one changes no distance and keeps a one-class answer comparable.
-    while len(counts_i) < 2:
-        counts_i.append(0)
-        counts_c.append(0)
-    comparison = compare_distributions("predictionShift", counts_i, counts_c, tolerance=tolerance, alpha=alpha)
-    unpredicted = [arm for arm, counts in (("challenger", counts_c), ("incumbent", counts_i)) if not sum(counts)]
-    if len(unpredicted) == 2:
-        return comparison, "neither version reported any"
-    return comparison, f"the {unpredicted[0]} reported none" if unpredicted else None
 
 
 def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[specs.Evidence, ...]) -> Verdict:
@@ -537,139 +451,6 @@ def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
             what += f" (the gateway answered {gateway:,} of its requests with a 5xx, its predictors {own:,})"
     also = "".join(f"; {check.guardrail.name} failed too" for check in failed[1:])
     return f"guardrail {guardrail.name} failed in {stage.name}: {what}{also}; roll back"
-
-
-# --- readings the engine cannot use -------------------------------------------------------------------------
-
-
-def _unusable_readings(rollout: specs.Rollout, window: Window) -> list[str]:
-    """What keeps the readings this stage decides on from being used, each naming the reading; empty when every
-    one can be. Only what the rollout's guardrails and the stage's own rules read is looked at."""
-    guardrails = {guardrail.name for guardrail in rollout.guardrails}
-    fields = {"requests"} | {_NEEDS[name] for name in guardrails if name != "errorRate"}
-    found = []
-    for arm, counts in (("incumbent", window.incumbent), ("challenger", window.challenger)):
-        found += [f"the {arm}'s {name}: {what}" for name, what in counts.unusable.items() if name in fields]
-        found += _unusable_requests(arm, counts)
-        if "slowRequests" in guardrails:
-            found += _unusable_latency(arm, counts)
-        if "predictionShift" in guardrails:
-            found += [
-                f"the {arm}'s predictions in bin {name!r} ({_amount(value)}) are {flaw}"
-                for name, value in counts.predictions.items()
-                if (flaw := _flaw(value)) is not None
-            ]
-    thresholds = (window.incumbent.slow_after, window.challenger.slow_after)
-    if "slowRequests" in guardrails and None not in thresholds and thresholds[0] != thresholds[1]:
-        found.append(
-            f"the versions counted slow requests above different thresholds ({thresholds[0]:g} s and"
-            f" {thresholds[1]:g} s)"
-        )
-    return found
-
-
-def _unusable_requests(arm: str, counts: ArmCounts) -> list[str]:
-    found = _unusable_count(arm, "", counts.requests, counts.errors)
-    if counts.gateway_requests is not None or counts.gateway_errors is not None:
-        found += _unusable_count(arm, "gateway's ", counts.gateway_requests or 0, counts.gateway_errors or 0)
-    return found
-
-
-def _unusable_count(arm: str, whose: str, requests: int, errors: int) -> list[str]:
-    found = [
-        f"the {arm}'s {whose}{name} ({_amount(value)}) are {flaw}"
-        for name, value in (("requests", requests), ("errors", errors))
-        if (flaw := _flaw(value)) is not None
-    ]
-    if not found and errors > requests:
-        found.append(f"the {arm}'s {whose}errors ({errors:,}) outnumber its requests ({requests:,})")
-    return found
-
-
-def answered(counts: ArmCounts) -> tuple[int, int]:
-    """(errors, requests) of one version as clients were answered: each the larger of what its predictors counted
-    and what the gateway in front of it counted, where one did."""
-    return max(counts.errors, counts.gateway_errors or 0), max(counts.requests, counts.gateway_requests or 0)
-
-
-def _unusable_latency(arm: str, counts: ArmCounts) -> list[str]:
-    found = [
-        f"the {arm}'s {name} ({_amount(value)}) are {flaw}"
-        for name, value in (("timed requests", counts.timed), ("slow requests", counts.slow))
-        if (flaw := _flaw(value)) is not None and (name == "timed requests" or counts.slow_after is not None)
-    ]
-    if counts.slow_after is not None:
-        if isinstance(counts.slow_after, bool) or not (
-            isinstance(counts.slow_after, int | float) and counts.slow_after >= 0
-        ):
-            found.append(f"the {arm}'s slow-request threshold ({counts.slow_after!r}) is not a latency")
-        elif not found and counts.slow > counts.timed:
-            found.append(f"the {arm}'s slow requests ({counts.slow:,}) outnumber its timed requests ({counts.timed:,})")
-    if not counts.latency:
-        return found
-    if any(
-        isinstance(bound, bool) or not isinstance(bound, int | float) or math.isnan(bound) for bound in counts.latency
-    ):
-        return [*found, f"the {arm}'s latency has a bucket boundary that is not a number"]
-    buckets = sorted(counts.latency.items())
-    flawed = [
-        f"the {arm}'s latency bucket le={_le(bound)} ({_amount(value)}) is {flaw}"
-        for bound, value in buckets
-        if (flaw := _flaw(value)) is not None
-    ]
-    if flawed:
-        return [*found, *flawed]
-    # Cumulative buckets: each holds the requests of every bucket below it, and +Inf holds every timed request.
-    found += [
-        f"the {arm}'s latency bucket le={_le(bound)} ({value:,}) is above the bucket le={_le(above)} ({more:,})"
-        for (bound, value), (above, more) in pairwise(buckets)
-        if value > more
-    ]
-    if math.inf not in counts.latency:
-        found.append(f"the {arm}'s latency has no +Inf bucket")
-    elif counts.latency[math.inf] != counts.timed and _flaw(counts.timed) is None:
-        found.append(
-            f"the {arm}'s +Inf latency bucket ({counts.latency[math.inf]:,}) disagrees with its timed requests"
-            f" ({counts.timed:,})"
-        )
-    return found
-
-
-def _flaw(value: object) -> str | None:
-    """What keeps `value` from being a count: None for a whole, finite, non-negative number a float holds exactly."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (isinstance(value, float) and math.isnan(value))
-    ):
-        return "not a number"
-    if value < 0:
-        return "negative"
-    if isinstance(value, float) and math.isinf(value):
-        return "not finite"
-    if value != int(value):
-        return "not a whole number"
-    if value > _LARGEST_COUNT:
-        return "too many to count exactly"
-    return None
-
-
-def _amount(value: object) -> str:
-    """A reading as a person reads it: whole counts with thousands separators, anything else as it is."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if abs(value) <= _LARGEST_COUNT:
-        return f"{value:,}"
-    try:
-        return f"{value:.3g}"
-    except OverflowError:  # An int beyond any float.
-        return f"{'-' if value < 0 else ''}more than 1e308"
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == math.inf else f"{bound:g}"
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------

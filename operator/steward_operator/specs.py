@@ -524,8 +524,6 @@ class Monitoring(Model):
     """Data and prediction drift."""
     outcome: Outcome | None = None
     """Outcome quality on late labels. Unset: no outcome monitoring."""
-    stale_after: Duration = "1h"
-    """No traffic for this long raises a stale-input alert."""
 
 
 # --- spec.retraining ----------------------------------------------------------------------------------------

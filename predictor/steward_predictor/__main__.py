@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steward_predictor.metrics import Families
 from steward_predictor.model import EXCHANGE, Exchange, StewardModel
-from steward_predictor.reporting import Reporter
+from steward_predictor.prediction_log import Reporter
 from steward_predictor.settings import VARIANTS, Settings
 
 logger = logging.getLogger("steward.predictor")

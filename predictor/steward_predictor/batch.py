@@ -29,7 +29,7 @@ class RejectedError(Exception):
 
 
 @dataclass(frozen=True)
-class Settings:
+class Run:
     """What one batch run reads, writes and tolerates."""
 
     input: locations.Location
@@ -96,7 +96,7 @@ class Summary:
         )
 
 
-def prepare(transaction: datasets.Transaction, settings: Settings) -> list[str]:
+def prepare(transaction: datasets.Transaction, settings: Run) -> list[str]:
     """Checks that need no bundle, before anything is loaded or written; returns the input's columns."""
     named = {"--input": settings.input, "--output": settings.output, "--rejects": settings.rejects}
     for first, second in (("--output", "--input"), ("--rejects", "--input"), ("--rejects", "--output")):
@@ -119,7 +119,7 @@ def prepare(transaction: datasets.Transaction, settings: Settings) -> list[str]:
 
 def score_batch(
     transaction: datasets.Transaction,
-    settings: Settings,
+    settings: Run,
     scorer: Scorer,
     columns: Sequence[str],
     progress: TextIO | None = None,

@@ -23,7 +23,7 @@ from steward_predictor import scoring
 from steward_predictor.bundles import Bundle
 from steward_predictor.metrics import Families, ModelMetrics
 from steward_predictor.observers import Metered, PredictionLog
-from steward_predictor.reporting import Reporter
+from steward_predictor.prediction_log import Reporter
 from steward_predictor.schemas import Checked
 from steward_predictor.settings import Settings
 from steward_predictor.validating import Validator

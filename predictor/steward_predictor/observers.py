@@ -4,7 +4,7 @@ them, and the monitor's prediction log."""
 from __future__ import annotations
 
 from steward_predictor.metrics import ModelMetrics
-from steward_predictor.reporting import Reporter
+from steward_predictor.prediction_log import Reporter
 from steward_predictor.scoring import Observation
 
 

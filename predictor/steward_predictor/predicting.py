@@ -65,7 +65,7 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _settings(args: argparse.Namespace) -> batch.Settings:
+def _settings(args: argparse.Namespace) -> batch.Run:
     source = locations.locate(args.input, args.input_format, args.input_table, role="input")
     output = locations.locate(args.output, args.output_format, args.output_table, role="output")
     if args.rejects is None and args.rejects_format is None and args.rejects_table is None:
@@ -75,7 +75,7 @@ def _settings(args: argparse.Namespace) -> batch.Settings:
         if uri is None:
             raise UsageError("--rejects-table and --rejects-format go with --rejects URI")
         rejects = locations.locate(uri, args.rejects_format, args.rejects_table, role="rejects")
-    return batch.Settings(
+    return batch.Run(
         input=source,
         output=output,
         rejects=rejects,

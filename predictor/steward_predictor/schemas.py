@@ -48,7 +48,7 @@ class Feature(_Model):
     None as a value of its own, so serving must hand the pipeline the same spelling training did."""
 
 
-class Policy(_Model):
+class ProblemHandling(_Model):
     """What to do with each kind of problem: reject the request (400, or the reject file in batch), or
     accept the row and count the problem in the metrics."""
 
@@ -75,7 +75,7 @@ class FeatureSchema(_Model):
     """The inputs a model expects, in the order its pipeline was trained on."""
 
     features: list[Feature]
-    policy: Policy = Policy()
+    policy: ProblemHandling = ProblemHandling()
 
     @property
     def names(self) -> list[str]:
@@ -93,7 +93,9 @@ class FeatureSchema(_Model):
         unknown = set(overrides) - {"policy", "features"}
         if unknown:
             raise ValueError(f"schema overrides may set 'policy' and 'features', not {sorted(unknown)}")
-        policy = Policy.model_validate({**self.policy.model_dump(by_alias=True), **overrides.get("policy", {})})
+        policy = ProblemHandling.model_validate(
+            {**self.policy.model_dump(by_alias=True), **overrides.get("policy", {})}
+        )
         changes = dict(overrides.get("features", {}))
         missing = set(changes) - set(self.names)
         if missing:

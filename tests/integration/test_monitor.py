@@ -30,7 +30,7 @@ from steward_harness.monitors import Monitor
 from steward_harness.predictors import Predictor
 from steward_harness.servers import http_get
 from steward_monitor.stores import METADATA, OUTCOMES, PREDICTIONS
-from steward_predictor.reporting import Reporter
+from steward_predictor.prediction_log import Reporter
 from tests.support import models
 from tests.support.waiting import wait_until
 

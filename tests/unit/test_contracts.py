@@ -47,7 +47,7 @@ from steward_operator.modes import Live, Release
 from steward_operator.planners import plan
 from steward_predictor import schemas
 from steward_predictor.metrics import HOLDOUT_METRICS, Families, ModelMetrics
-from steward_predictor.reporting import Reporter
+from steward_predictor.prediction_log import Reporter
 from steward_predictor.settings import Settings
 from tests.conftest import CHART, REPOSITORY
 from tests.support import models

@@ -27,9 +27,9 @@ from steward_operator.deciding import (
     Window,
     as_evidence,
     decide,
-    slow_threshold,
 )
 from steward_operator.evidence.base import ArmCounts
+from steward_operator.guardrails import slow_threshold
 from steward_operator.modes.batch import Batch
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
 from steward_predictor.metrics import LATENCY_BUCKETS

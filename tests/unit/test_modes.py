@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from itertools import pairwise
+from typing import get_args
 
 import pytest
 import yaml
 
 from steward_operator import deciding, modes, releasing, specs
+from steward_operator.guardrails import GUARDRAILS
 from steward_operator.stages import LiveStage, live
 from tests.conftest import REPOSITORY
 
@@ -83,3 +85,8 @@ def test_readiness_is_the_owning_modes_reading() -> None:
     assert not modes.ready(isvc, frozenset())  # Ready, but for an older generation.
     assert modes.ready(isvc, frozenset(), current=False)
     assert not modes.ready(route, frozenset())
+
+
+def test_every_guardrail_the_spec_names_is_registered_once() -> None:
+    """A guardrail is registered in guardrails.GUARDRAILS; the spec's enum must name exactly those."""
+    assert set(get_args(specs.Guardrail.model_fields["name"].annotation)) == set(GUARDRAILS)
