@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from steward_operator import deciding, modes, planners, releasing, retraining, specs, telemetry
+from steward_operator import deciding, modes, planners, releases, releasing, retraining, specs, telemetry
 from steward_operator.children import Owner
 from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.kubernetes import (
@@ -39,7 +39,7 @@ async def reconcile(
     name: str,
     evidence_source: MetricProvider | None = None,
     command: dict[str, Any] | None = None,
-) -> releasing.Step | None:
+) -> releases.Step | None:
     """Bring one ModelDeployment's children and status to where its spec and status say they should be; with an
     `evidence_source`, releases move on the decision engine's verdicts as well as on commands. A `command` (a
     ModelCommand for it) is carried out in the same step and answered in its own status. A concurrent write to
@@ -69,7 +69,7 @@ async def reconcile(
 
 async def _reconcile_once(
     cluster: Cluster, body: dict[str, Any], evidence_source: MetricProvider | None, command: dict[str, Any] | None
-) -> releasing.Step:
+) -> releases.Step:
     deployment = specs.ModelDeployment.model_validate(body)
     metadata = body["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
@@ -83,7 +83,7 @@ async def _reconcile_once(
     if evidence_source is not None:
         evidence = await gather(evidence_source, deployment, namespace, now)
         digests = await reported_digests(evidence_source, deployment, namespace, now)
-    observed = releasing.Observed(
+    observed = releases.Observed(
         metadata.get("generation", 0),
         now,
         ready_versions(children, endpoints),
@@ -104,7 +104,7 @@ async def _reconcile_once(
             # What was just applied may be ready at once (a CronJob is); take the step that allows now.
             observed = replace(observed, ready=ready)
             again = releasing.advance(deployment.spec, step.status, observed)
-            step = releasing.Step(again.status, (*step.decisions, *again.decisions))
+            step = releases.Step(again.status, (*step.decisions, *again.decisions))
             plan = _plan(deployment, namespace, name, uid, step)
             await _apply(cluster, plan.serving, uid, claimed)
         await _apply(cluster, plan.routes, uid, claimed)
@@ -158,7 +158,7 @@ async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[st
         await cluster.merge(command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}})
 
 
-def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releasing.Step) -> modes.Plan:
+def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releases.Step) -> modes.Plan:
     if step.status.incumbent is None:
         return modes.Plan()
     return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))
@@ -166,7 +166,7 @@ def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str
 
 async def gather(
     source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
-) -> releasing.Evidence | None:
+) -> releases.Evidence | None:
     """The evidence the decision engine needs for the current stage of a release, read from `source`: both
     versions' held-out results while Validating, and what each served since the stage began in Shadowing and
     Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a live stage of a
@@ -174,9 +174,9 @@ async def gather(
     evidence with neither part: the release pauses until it can."""
     spec, status = deployment.spec, deployment.status
     incumbent, challenger = status.incumbent, status.challenger
-    if incumbent is None or challenger is None or status.paused or status.phase not in releasing.RELEASE_PHASES:
+    if incumbent is None or challenger is None or status.paused or status.phase not in releases.RELEASE_PHASES:
         return None
-    if status.weights != releasing.target_weights(spec, status):
+    if status.weights != releases.target_weights(spec, status):
         return None
     stage = Stage(status.phase or "Validating", status.canary_step)
     serving = modes.mode(spec.serving.mode)
@@ -191,7 +191,7 @@ async def gather(
                 source.held_out(name, challenger.version, now, namespace=namespace),
             )
             holdouts = deciding.Holdouts(_held_out(held_i), _held_out(held_c))
-            return releasing.Evidence(challenger.version, stage, since, holdouts=holdouts)
+            return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
         counts_i, counts_c = await asyncio.gather(
             *(
                 source.window(
@@ -205,9 +205,9 @@ async def gather(
                 for version in (incumbent.version, challenger.version)
             )
         )
-        return releasing.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
+        return releases.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
     except MetricsUnavailableError:
-        return releasing.Evidence(challenger.version, stage, since)
+        return releases.Evidence(challenger.version, stage, since)
 
 
 async def reported_digests(
@@ -239,10 +239,10 @@ async def _retrain(
     cluster: Cluster,
     evidence_source: MetricProvider | None,
     deployment: specs.ModelDeployment,
-    step: releasing.Step,
+    step: releases.Step,
     *,
     now: datetime,
-) -> releasing.Step:
+) -> releases.Step:
     """The retraining step on the status the release step produced: start the team's Job when a trigger fires."""
     metadata, spec = deployment.metadata, deployment.spec
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
@@ -251,7 +251,7 @@ async def _retrain(
     retrained = retraining.step(owner, spec, step.status, signals, now)
     if retrained.job is not None:
         await cluster.apply(retrained.job)
-    return releasing.Step(retrained.status, (*step.decisions, *retrained.decisions))
+    return releases.Step(retrained.status, (*step.decisions, *retrained.decisions))
 
 
 async def retraining_signals(
@@ -314,7 +314,7 @@ async def _mirroring_refused(
     attached to no Gateway carries no live traffic to take down."""
     spec, status = deployment.spec, deployment.status
     gateway = parent(spec.rollout.traffic.gateway, namespace)
-    releasing_now = status.challenger is not None or not releasing.same_model(status.incumbent, spec.model)
+    releasing_now = status.challenger is not None or not releases.same_model(status.incumbent, spec.model)
     if spec.rollout.traffic.provider != gateway_api.GatewayApi.name or gateway is None or not releasing_now:
         return None
     where = f"{gateway[0]}/{gateway[1]}"
@@ -332,7 +332,7 @@ async def _mirroring_refused(
         seen = gateway_api.GatewayClass(where, unreadable=unreadable)
     else:
         seen = gateway_api.GatewayClass.read(where, found, gateway_class)
-    return gateway_api.mirror_refusal(seen, releasing.shadow_percent(spec))
+    return gateway_api.mirror_refusal(seen, releases.shadow_percent(spec))
 
 
 async def _observe(cluster: Cluster, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from steward_operator import deciding, planners, recording, specs
 from steward_operator.children import Owner, owned
 from steward_operator.evidence.base import Quality
-from steward_operator.releasing import Decision
+from steward_operator.releases import Decision
 
 Reason = Literal["maxAge", "drift", "qualityDrop", "manual"]
 DEFAULT_MIN_LABELS = 200

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from steward_operator import releasing, settings, specs
+from steward_operator import releases, releasing, settings, specs
 from steward_operator.children import Owner
 from steward_operator.modes import Live, Plan, Release
 from steward_operator.modes.batch import Batch, cron_job, shadow_location
@@ -362,7 +362,7 @@ def _advance(
     if action is not None:
         wanted = specs.Operation.model_validate({"action": action, "requestedAt": T0})
         status = status.model_copy(update={"operation": wanted})
-    return releasing.advance(spec, status, releasing.Observed(2, T0, frozenset({"v12", "v13"}))).status
+    return releasing.advance(spec, status, releases.Observed(2, T0, frozenset({"v12", "v13"}))).status
 
 
 def test_a_batch_release_plans_the_challenger_from_validation_to_promotion() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from steward_operator import specs
 from steward_operator.children import Owner
-from steward_operator.releasing import ALL_TO_INCUMBENT, Decision, Observed
+from steward_operator.releases import ALL_TO_INCUMBENT, Decision, Observed
 from steward_operator.traffic import Backend, Split, provider
 from steward_operator.traffic.base import MirrorRefusal
 from steward_operator.traffic.gateway_api import GatewayClass, mirror_refusal

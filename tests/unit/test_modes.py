@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 import yaml
 
-from steward_operator import deciding, modes, releasing, specs
+from steward_operator import deciding, modes, releases, specs
 from steward_operator.guardrails import GUARDRAILS
 from steward_operator.stages import LiveStage, live
 from tests.conftest import REPOSITORY
@@ -44,7 +44,7 @@ def test_the_release_path_and_the_engine_read_one_layout(example: str) -> None:
     follows is the next judged stop on the same path."""
     spec = _spec(example)
     policy = modes.policy(spec)
-    path = releasing.stages(spec)
+    path = releases.stages(spec)
     judged: list[LiveStage] = [
         live(policy.rollout, policy.layout, stage.phase, stage.step)
         for stage in path
@@ -59,7 +59,7 @@ def test_the_release_path_and_the_engine_read_one_layout(example: str) -> None:
 
 def test_batch_has_no_canary_and_always_shadows() -> None:
     spec = _spec("batch.yaml")
-    phases = [stage.phase for stage in releasing.stages(spec)]
+    phases = [stage.phase for stage in releases.stages(spec)]
     assert "Canary" not in phases
     assert "Shadowing" in phases
     with pytest.raises(ValueError, match="batch serving has no canary"):

@@ -17,19 +17,18 @@ from hypothesis import strategies as st
 from steward_operator import deciding, retraining, specs
 from steward_operator.children import Owner
 from steward_operator.evidence.base import ArmCounts
-from steward_operator.releasing import (
+from steward_operator.releases import (
     ALL_TO_INCUMBENT,
     RELEASE_PHASES,
     Decision,
     Evidence,
     Observed,
     Step,
-    advance,
     same_model,
     stages,
-    stall,
     target_weights,
 )
+from steward_operator.releasing import advance, stall
 from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
 
