@@ -37,8 +37,8 @@ from steward_contracts.metrics import (
     Family,
 )
 from steward_monitor.drifting import FeatureDrift
+from steward_monitor.exporting import Metrics
 from steward_monitor.quality import Quality, Scored, assess
-from steward_monitor.serving import Metrics
 from steward_monitor.watching import VersionDrift
 from steward_operator import settings as operator_settings
 from steward_operator import specs, telemetry

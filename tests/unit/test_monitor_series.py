@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import prometheus_client
 
 from steward_monitor.drifting import FeatureDrift
+from steward_monitor.exporting import Metrics
 from steward_monitor.quality import Quality
-from steward_monitor.serving import Metrics
 from steward_monitor.watching import VersionDrift
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
