@@ -44,7 +44,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_operator/specs.py
+crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_operator/specs/
 	$(BIN)/python -m steward_operator.crds crds
 	cp crds/steward.dev_*.yaml charts/steward/crds/
 
