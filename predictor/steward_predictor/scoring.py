@@ -127,7 +127,7 @@ def load(
         if unfit:
             raise BundleError(f"the golden examples cannot be replayed: {'; '.join(unfit)}")
         scorer = Scorer(bundle)
-        skew = replay(scorer)
+        skew = _replayed(scorer)
     except Exception as error:  # whatever is wrong with the bundle, it is refused in the same words
         raise refusal(error, uri) from error
     if skew:
@@ -143,10 +143,12 @@ def load(
 def replay(scorer: Scorer) -> list[str]:
     """Score the bundle's golden examples exactly as serving scores a request, and say what no longer reproduces;
     empty when training and serving agree."""
+    return parity.defects(scorer.bundle) or _replayed(scorer)
+
+
+def _replayed(scorer: Scorer) -> list[str]:
+    """The replay itself, of golden examples already known to be replayable (parity.defects found nothing)."""
     bundle = scorer.bundle
-    unfit = parity.defects(bundle)
-    if unfit:
-        return unfit
     checked = scorer.validator.check_records(bundle.golden.inputs)
     if checked.rejected:
         return [
