@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steward_operator import specs
+from steward_operator.kinds import Kind
 
 # KServe derives more names from an InferenceService's ("<name>-predictor-..."); leave them room.
 MAX_CHILD_NAME = 52
@@ -24,11 +25,11 @@ class Owner:
     traffic: specs.Traffic
 
 
-def owned(owner: Owner, api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A child named after its owner, labelled as Steward's, and garbage-collected with the owner."""
+def owned(owner: Owner, kind: Kind, spec: dict[str, Any]) -> dict[str, Any]:
+    """A child of `kind` named after its owner, labelled as Steward's, and garbage-collected with the owner."""
     return {
-        "apiVersion": api_version,
-        "kind": kind,
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
         "metadata": {
             "name": owner.name,
             "namespace": owner.namespace,

@@ -13,11 +13,10 @@ import prometheus_client
 
 from steward_operator import modes, reconciling, specs, telemetry
 from steward_operator.evidence import MetricProvider, metric_provider
-from steward_operator.kubernetes import MODEL_COMMAND, MODEL_DEPLOYMENT, ApiError, Cluster
+from steward_operator.kinds import MODEL_COMMAND, MODEL_DEPLOYMENT
+from steward_operator.kubernetes import ApiError, Cluster
 from steward_operator.settings import METRICS_PORT, PROMETHEUS_URL, RESYNC_SECONDS
 
-MODEL_DEPLOYMENTS = (specs.GROUP, specs.VERSION, specs.PLURAL)
-MODEL_COMMANDS = (specs.GROUP, specs.VERSION, specs.COMMAND_PLURAL)
 STATE_PREFIX = specs.GROUP
 
 _cluster: Cluster | None = None
@@ -60,9 +59,9 @@ async def stop(**_: Any) -> None:
         await _cluster.close()
 
 
-@kopf.on.resume(*MODEL_DEPLOYMENTS)
-@kopf.on.create(*MODEL_DEPLOYMENTS)
-@kopf.on.update(*MODEL_DEPLOYMENTS)
+@kopf.on.resume(*MODEL_DEPLOYMENT.resource)
+@kopf.on.create(*MODEL_DEPLOYMENT.resource)
+@kopf.on.update(*MODEL_DEPLOYMENT.resource)
 async def model_deployment(namespace: str | None, name: str | None, retry: int, **_: Any) -> None:
     try:
         await _reconcile(namespace, name)
@@ -71,7 +70,7 @@ async def model_deployment(namespace: str | None, name: str | None, retry: int, 
         raise kopf.TemporaryError(f"will retry: {error}", delay=min(60, 2**retry)) from error
 
 
-@kopf.on.event(*MODEL_COMMANDS, when=lambda status, **_: not (status or {}).get("handledAt"))
+@kopf.on.event(*MODEL_COMMAND.resource, when=lambda status, **_: not (status or {}).get("handledAt"))
 async def command(namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
     """A ModelCommand from kubectl steward that is not answered yet (new, or left when the operator stopped): it
     is carried out by its ModelDeployment's next reconcile, and answered in its own status."""
@@ -86,11 +85,11 @@ async def child(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
         await _reconcile(namespace, owners[0]["name"])
 
 
-for _kind in sorted({kind for serving in modes.all_modes() for kind in serving.watched}):
-    kopf.on.event(*_kind, labels={"steward.dev/model": kopf.PRESENT}, id=f"child-{_kind[2]}")(child)
+for _kind in dict.fromkeys(kind for serving in modes.all_modes() for kind in serving.children):
+    kopf.on.event(*_kind.resource, labels={"steward.dev/model": kopf.PRESENT}, id=f"child-{_kind.plural}")(child)
 
 
-@kopf.on.delete(*MODEL_DEPLOYMENTS, optional=True)
+@kopf.on.delete(*MODEL_DEPLOYMENT.resource, optional=True)
 async def deleted(namespace: str | None, name: str | None, **_: Any) -> None:
     """Children go with their owner through garbage collection; only the metrics are Steward's to drop.
     optional=True: no finalizer for this."""

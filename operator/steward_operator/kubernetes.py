@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +13,7 @@ import aiohttp
 import kopf
 
 from steward_operator import specs
+from steward_operator.kinds import Kind
 
 FIELD_MANAGER = "steward-operator"
 COMPONENT = "steward-operator"
@@ -35,49 +35,6 @@ class NotFoundError(ApiError):
 
 class ConflictError(ApiError):
     """Someone else wrote the object since it was read."""
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Where a kind of object lives in the API."""
-
-    api_version: str
-    kind: str
-    plural: str
-
-    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-        """The object's URL path; with no namespace, the kind's across all namespaces."""
-        root = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
-        path = f"{root}/namespaces/{namespace}/{self.plural}" if namespace else f"{root}/{self.plural}"
-        return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
-
-
-MODEL_DEPLOYMENT = Kind(f"{specs.GROUP}/{specs.VERSION}", specs.KIND, specs.PLURAL)
-MODEL_COMMAND = Kind(f"{specs.GROUP}/{specs.VERSION}", specs.COMMAND_KIND, specs.COMMAND_PLURAL)
-INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices")
-CHILD_KINDS = (
-    INFERENCE_SERVICE,
-    Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
-    Kind("networking.istio.io/v1", "VirtualService", "virtualservices"),
-    Kind("traefik.io/v1alpha1", "TraefikService", "traefikservices"),
-    Kind("traefik.io/v1alpha1", "IngressRoute", "ingressroutes"),
-    Kind("batch/v1", "CronJob", "cronjobs"),
-)
-GATEWAY = Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways")
-GATEWAY_CLASS = Kind("gateway.networking.k8s.io/v1", "GatewayClass", "gatewayclasses")
-"""Read only: what implements the Gateway an HTTPRoute attaches to."""
-ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
-"""Read only: whether a predictor Service has a ready pod behind it (KServe's Standard mode does not say)."""
-JOB = Kind("batch/v1", "Job", "jobs")
-"""Retraining Jobs: owned like children, but never pruned; each is a record of a run."""
-_KINDS = {(kind.api_version, kind.kind): kind for kind in (MODEL_DEPLOYMENT, MODEL_COMMAND, *CHILD_KINDS, JOB)}
-
-
-def kind_of(body: dict[str, Any]) -> Kind:
-    try:
-        return _KINDS[body["apiVersion"], body["kind"]]
-    except KeyError:
-        raise ValueError(f"Steward does not manage {body.get('kind')} ({body.get('apiVersion')})") from None
 
 
 class Cluster:
@@ -116,33 +73,35 @@ class Cluster:
         items: list[dict[str, Any]] = found.get("items", [])
         return items
 
-    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply as Steward's field manager: creates or updates the fields Steward owns, and
         writes nothing when they already hold."""
         metadata = body["metadata"]
-        path = kind_of(body).path(metadata["namespace"], metadata["name"])
+        path = kind.path(metadata["namespace"], metadata["name"])
         query = urlencode({"fieldManager": FIELD_MANAGER, "force": "true"})
         return await self._request("PATCH", f"{path}?{query}", body, "application/apply-patch+yaml")
 
-    async def replace_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    async def replace_status(self, kind: Kind, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Write a whole status, as of the resourceVersion read: a concurrent write (a command from
         kubectl steward, say) raises ConflictError instead of being lost."""
         metadata = body["metadata"]
-        path = kind_of(body).path(metadata["namespace"], metadata["name"], "status")
+        path = kind.path(metadata["namespace"], metadata["name"], "status")
         return await self._request("PUT", path, {**body, "status": status})
 
-    async def merge(self, body: dict[str, Any], patch: dict[str, Any], subresource: str | None = None) -> None:
+    async def merge(
+        self, kind: Kind, body: dict[str, Any], patch: dict[str, Any], subresource: str | None = None
+    ) -> None:
         """A JSON merge patch of the object (or its `subresource`): the fields `patch` names; the rest stay."""
         metadata = body["metadata"]
-        path = kind_of(body).path(metadata["namespace"], metadata["name"], subresource)
+        path = kind.path(metadata["namespace"], metadata["name"], subresource)
         await self._request("PATCH", path, patch, "application/merge-patch+json")
 
-    async def delete(self, body: dict[str, Any]) -> None:
+    async def delete(self, kind: Kind, body: dict[str, Any]) -> None:
         metadata = body["metadata"]
         options = {"propagationPolicy": "Background", "preconditions": {"uid": metadata["uid"]}}
         # Gone already, or replaced by a newer object of the same name: nothing of ours to delete.
         with contextlib.suppress(NotFoundError, ConflictError):
-            await self._request("DELETE", kind_of(body).path(metadata["namespace"], metadata["name"]), options)
+            await self._request("DELETE", kind.path(metadata["namespace"], metadata["name"]), options)
 
     async def record(self, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         """A Kubernetes Event about `body`, shown by `kubectl describe` and `kubectl get events`."""

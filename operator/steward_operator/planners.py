@@ -8,6 +8,7 @@ from typing import Any
 from steward_contracts import environment as env
 from steward_operator import modes, specs
 from steward_operator.children import Owner, owned
+from steward_operator.kinds import CRON_JOB
 from steward_operator.modes import Live, Plan, Release
 
 
@@ -76,7 +77,7 @@ def retraining_cron_job(owner: Owner, retraining: specs.Retraining, version: str
         "concurrencyPolicy": "Forbid",
         "jobTemplate": {"metadata": metadata, "spec": job},
     }
-    cron = owned(owner, "batch/v1", "CronJob", body)
+    cron = owned(owner, CRON_JOB, body)
     cron["metadata"]["name"] = f"{owner.name[:50]}-retrain"
     cron["metadata"]["labels"]["steward.dev/retraining"] = "schedule"
     return cron

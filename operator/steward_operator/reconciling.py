@@ -6,31 +6,41 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from steward_operator import deciding, modes, planners, releases, releasing, retraining, specs, telemetry
+from steward_operator import deciding, modes, planners, releases, releasing, retraining, specs, telemetry, traffic
 from steward_operator.children import Owner
 from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError
-from steward_operator.kubernetes import (
-    CHILD_KINDS,
+from steward_operator.kinds import (
+    CRON_JOB,
     ENDPOINT_SLICE,
     GATEWAY,
     GATEWAY_CLASS,
     JOB,
+    MODEL_COMMAND,
     MODEL_DEPLOYMENT,
-    ApiError,
-    Cluster,
-    ConflictError,
-    NotFoundError,
-    kind_of,
+    Kind,
 )
+from steward_operator.kubernetes import ApiError, Cluster, ConflictError, NotFoundError
 from steward_operator.stages import Stage
 from steward_operator.traffic import gateway_api
 from steward_operator.traffic.base import MirrorRefusal, parent
 
 CONFLICT_RETRIES = 5
+CHILD_KINDS = tuple(
+    dict.fromkeys(
+        [*(kind for serving in modes.all_modes() for kind in serving.children), *traffic.route_kinds(), CRON_JOB]
+    )
+)
+"""Every kind of child a ModelDeployment can own: what its serving modes and traffic providers make, and the
+retraining schedule's CronJob. Retraining Jobs are owned too, but never pruned: each is a record of a run."""
+_BY_NAME = {(kind.api_version, kind.kind): kind for kind in CHILD_KINDS}
+
+
+def kind_of(child: dict[str, Any]) -> Kind:
+    """The kind of a child Steward makes."""
+    return _BY_NAME[child["apiVersion"], child["kind"]]
 
 
 async def reconcile(
@@ -98,15 +108,9 @@ async def _reconcile_once(
     claimed = {(child["kind"], child["metadata"]["name"]) for child in children}
     try:
         plan = _plan(deployment, namespace, name, uid, step)
-        applied = await _apply(cluster, plan.serving, uid, claimed)
-        ready = observed.ready | ready_versions(applied, endpoints)
-        if ready != observed.ready:
-            # What was just applied may be ready at once (a CronJob is); take the step that allows now.
-            observed = replace(observed, ready=ready)
-            again = releasing.advance(deployment.spec, step.status, observed)
-            step = releases.Step(again.status, (*step.decisions, *again.decisions))
-            plan = _plan(deployment, namespace, name, uid, step)
-            await _apply(cluster, plan.serving, uid, claimed)
+        # What serves first, then the routes to it. A child ready as soon as it exists (a CronJob) moves the
+        # release on the next reconcile, which its watch event starts.
+        await _apply(cluster, plan.serving, uid, claimed)
         await _apply(cluster, plan.routes, uid, claimed)
     except _RefusedError as refused:
         step = releasing.stall(
@@ -117,7 +121,7 @@ async def _reconcile_once(
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
-        await cluster.replace_status(body, status)
+        await cluster.replace_status(MODEL_DEPLOYMENT, body, status)
     operation = step.status.operation
     if command is not None and operation and operation.handled_at and operation.command == command["metadata"]["name"]:
         await _answer(cluster, command, body, operation.result or "done")
@@ -151,11 +155,13 @@ async def _answer(cluster: Cluster, command: dict[str, Any], deployment: dict[st
     refused = result.startswith("refused")
     handled = datetime.now(UTC).isoformat(timespec="seconds")
     answer = {"outcome": "Refused" if refused else "Done", "handledAt": handled, "result": result[:1024]}
-    await cluster.merge(command, {"status": answer}, "status")
+    await cluster.merge(MODEL_COMMAND, command, {"status": answer}, "status")
     if deployment is not None:
         metadata = deployment["metadata"]
         owner = {"apiVersion": deployment["apiVersion"], "kind": deployment["kind"], "name": metadata["name"]}
-        await cluster.merge(command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}})
+        await cluster.merge(
+            MODEL_COMMAND, command, {"metadata": {"ownerReferences": [{**owner, "uid": metadata["uid"]}]}}
+        )
 
 
 def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str, step: releases.Step) -> modes.Plan:
@@ -250,7 +256,7 @@ async def _retrain(
     owner = Owner(name=name, namespace=namespace, uid=uid, traffic=spec.rollout.traffic)
     retrained = retraining.step(owner, spec, step.status, signals, now)
     if retrained.job is not None:
-        await cluster.apply(retrained.job)
+        await cluster.apply(JOB, retrained.job)
     return releases.Step(retrained.status, (*step.decisions, *retrained.decisions))
 
 
@@ -400,7 +406,7 @@ async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: modes.P
         return  # Nothing planned means nothing could be planned (a stall): keep what serves.
     for child in children:
         if (child["kind"], child["metadata"]["name"]) not in planned:
-            await cluster.delete(child)
+            await cluster.delete(kind_of(child), child)
 
 
 class _RefusedError(Exception):
@@ -424,25 +430,21 @@ class _RefusedError(Exception):
         return cls("ChildRefused", f"the API server refused {kind} {child['metadata']['name']}: {error.message}")
 
 
-async def _apply(
-    cluster: Cluster, children: list[dict[str, Any]], uid: str, claimed: set[tuple[str, str]]
-) -> list[dict[str, Any]]:
+async def _apply(cluster: Cluster, children: list[dict[str, Any]], uid: str, claimed: set[tuple[str, str]]) -> None:
     """Apply `children`, each only if it is this ModelDeployment's (`uid`) or does not exist yet: an object of the
     same name that someone else controls is never adopted nor overwritten. `claimed` holds the (kind, name) of
     children known to be ours, and grows with what is applied."""
-    applied = []
     for child in children:
         key = (child["kind"], child["metadata"]["name"])
         if key not in claimed:
             await _claim(cluster, child, uid)
         try:
-            applied.append({"apiVersion": child["apiVersion"], "kind": child["kind"], **await cluster.apply(child)})
+            await cluster.apply(kind_of(child), child)
         except ApiError as error:
             if isinstance(error, ConflictError) or error.status >= 500 or error.status in (401, 403, 429):
                 raise
             raise _RefusedError.refused(child, error) from error
         claimed.add(key)
-    return applied
 
 
 async def _claim(cluster: Cluster, child: dict[str, Any], uid: str) -> None:

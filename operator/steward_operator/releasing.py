@@ -51,14 +51,8 @@ def advance(spec: specs.ModelDeploymentSpec, status: specs.ModelDeploymentStatus
     if modes.mode(spec.serving.mode) is None:
         steps = (carry_out_operation, _conditions)  # Commands are answered, and the Stalled condition says why.
     draft = Draft(spec, status, observed)
-    # One step can enable another (a switch back to a version already ready completes at once): go round
-    # until nothing moves, so a second call with the same world is a no-op.
-    for _ in range(4):
-        before = draft.status
-        for step in steps:
-            draft = _restamped(draft, step(draft))
-        if draft.status == before:
-            break
+    for step in steps:
+        draft = _restamped(draft, step(draft))
     return Step(draft.status.model_copy(update={"observed_generation": observed.generation}), draft.decisions)
 
 
@@ -126,7 +120,7 @@ def _release(draft: Draft) -> Draft:
     model = spec.model
     known_good = _known_good(spec, status, now)
     if known_good is not None:
-        return draft.with_status(
+        switching = draft.with_status(
             Decision("RollingBack", f"{model.version} is known-good: it takes over at once, without a release"),
             phase="RolledBack",
             challenger=served(known_good, now),
@@ -134,6 +128,7 @@ def _release(draft: Draft) -> Draft:
             weights=ALL_TO_INCUMBENT,
             rolled_back=None,
         )
+        return _finish_switch(switching)  # At once when it is ready still.
     if status.paused:
         return draft
     first = stages(spec)[0]
@@ -275,9 +270,10 @@ def _finish_switch(draft: Draft) -> Draft:
         return draft
     if status.challenger.version not in draft.observed.ready:
         return draft
-    # What was left behind is not released again by itself: the aborted challenger, or else the old incumbent.
-    left = status.rolled_back or status.incumbent
     switched = take_over(draft, "rolledBack")
+    # What was left behind is not released again by itself (the aborted challenger, or else the old incumbent),
+    # unless spec.model names the version switched to.
+    left = None if same_model(switched.status.incumbent, draft.spec.model) else status.rolled_back or status.incumbent
     return switched.with_status(
         Decision("RolledBack", f"{status.challenger.version} serves all traffic again"), rolled_back=left
     )

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from steward_operator import deciding, planners, recording, specs
 from steward_operator.children import Owner, owned
 from steward_operator.evidence.base import Quality
+from steward_operator.kinds import JOB
 from steward_operator.releases import Decision
 
 Reason = Literal["maxAge", "drift", "qualityDrop", "manual"]
@@ -103,7 +104,7 @@ def retraining_job(
 ) -> dict[str, Any]:
     """The team's Job template, owned by the ModelDeployment, named for the moment it starts."""
     metadata, job_spec = planners.retraining_job(owner, retraining, version, trigger.reason, trigger.message)
-    job = owned(owner, "batch/v1", "Job", job_spec)
+    job = owned(owner, JOB, job_spec)
     suffix = now.strftime("%Y%m%d-%H%M%S")
     job["metadata"]["name"] = f"{owner.name[: 63 - len(suffix) - 9]}-retrain-{suffix}"
     job["metadata"]["labels"].update(metadata["labels"])

@@ -23,6 +23,7 @@ from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
+from steward_operator.reconciling import CHILD_KINDS
 from tests.conftest import CHART, REPOSITORY, Helm
 from tests.support.waiting import wait_until
 
@@ -368,16 +369,10 @@ _ALLOWED = [
     *((verb, "modeldeployments.steward.dev", "status") for verb in ("get", "patch", "update")),
     *((verb, "modelcommands.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
     ("patch", "modelcommands.steward.dev", "status"),
+    # Every kind of child a serving mode or a traffic provider declares it makes.
     *(
-        (verb, resource, "")
-        for resource in (
-            "inferenceservices.serving.kserve.io",
-            "httproutes.gateway.networking.k8s.io",
-            "virtualservices.networking.istio.io",
-            "traefikservices.traefik.io",
-            "ingressroutes.traefik.io",
-            "cronjobs.batch",
-        )
+        (verb, f"{kind.plural}.{kind.resource[0]}", "")
+        for kind in CHILD_KINDS
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     ),
     # Whether the gateway implements mirroring, read before a shadow is written.

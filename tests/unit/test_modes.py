@@ -10,8 +10,9 @@ from typing import get_args
 import pytest
 import yaml
 
-from steward_operator import deciding, modes, releases, specs
+from steward_operator import deciding, modes, planners, releases, specs, traffic
 from steward_operator.guardrails import GUARDRAILS
+from steward_operator.reconciling import CHILD_KINDS, kind_of
 from steward_operator.stages import LiveStage, live
 from tests.conftest import REPOSITORY
 
@@ -71,6 +72,42 @@ def test_batch_has_no_canary_and_always_shadows() -> None:
             window=None,
             holdouts=None,
         )
+
+
+TRAFFIC = [
+    {"provider": "gateway-api", "gateway": "ml/public"},
+    {"provider": "istio"},
+    {"provider": "kserve"},
+    {"provider": "traefik", "gateway": "ml/public"},
+    {"provider": "traefik", "hostnames": ["churn.example.com"]},
+]
+
+
+@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml"])
+@pytest.mark.parametrize("routing", TRAFFIC, ids=lambda routing: "-".join(sorted(routing)) + "-" + routing["provider"])
+def test_every_planned_child_is_of_a_kind_its_maker_declares(example: str, routing: dict[str, object]) -> None:
+    """What a mode or a provider declares is what is watched, observed, pruned and granted in the chart's RBAC: a
+    child of an undeclared kind would be applied once and never seen again."""
+    spec = _spec(example)
+    rollout = spec.rollout.model_copy(update={"traffic": specs.Traffic.model_validate(routing)})
+    spec = spec.model_copy(update={"rollout": rollout})
+    serving = modes.mode(spec.serving.mode)
+    assert serving is not None
+    provider = traffic.provider(spec.rollout.traffic.provider)
+    declared = {*serving.children, *provider.kinds}
+    incumbent, challenger = modes.Live("v1", "s3://m/v1/"), modes.Live("v2", "s3://m/v2/")
+    shadow = 100 if provider.supports_shadow else 0
+    for release in (
+        modes.Release(incumbent),
+        modes.Release(incumbent, challenger, shadow_percent=shadow),
+        modes.Release(incumbent, challenger, challenger_weight=25),
+    ):
+        plan = planners.plan("churn", "ml", "uid-1", spec, release)
+        assert plan.serving
+        for child in [*plan.inference_services, *plan.routes]:
+            assert kind_of(child) in declared
+        for child in plan.cron_jobs:
+            assert kind_of(child) in CHILD_KINDS
 
 
 def test_readiness_is_the_owning_modes_reading() -> None:

@@ -1477,6 +1477,8 @@ def _reading(world: World, kind: str) -> Evidence | None:
     status = world.status
     if status.challenger is None or status.phase not in RELEASE_PHASES:
         return None
+    if status.weights != target_weights(world.spec, status):
+        return None  # As reconciling.gather: nothing is read for a stage whose split has not taken effect.
     stage = Stage(status.phase or "Validating", status.canary_step)
     if kind == "outage":
         return Evidence(status.challenger.version, stage, status.stage_started)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from steward_operator.kubernetes import ENDPOINT_SLICE, Kind
+from steward_operator.kinds import ENDPOINT_SLICE, Kind
 from steward_operator.reconciling import SERVICE_NAME, ready_versions, serving_endpoints
 
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from steward_operator import specs
 from steward_operator.children import Owner
 from steward_operator.evidence.base import Gateway
+from steward_operator.kinds import Kind
 from steward_operator.stages import Layout
 
 
@@ -52,8 +53,9 @@ class ServingMode(Protocol):
     scraped: bool
     """Whether its predictors' metrics are scraped while they serve: then live stages are judged on them and
     versions are pinned to the bundle digest they report; otherwise a person promotes past Validating."""
-    watched: tuple[tuple[str, str, str], ...]
-    """(group, version, plural) of the children whose changes can move a release (one became ready, say)."""
+    children: tuple[Kind, ...]
+    """The kinds of child it makes, each watched: a change to one (it became ready, say) can move a release. The
+    chart's ClusterRole must let the operator manage each."""
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
         """The children that serve `release`'s live versions, owned by `owner`."""

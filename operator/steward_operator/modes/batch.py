@@ -9,6 +9,7 @@ from typing import Any
 from steward_contracts import environment as env
 from steward_operator import settings, specs
 from steward_operator.children import Owner, child_name, owned
+from steward_operator.kinds import CRON_JOB, Kind
 from steward_operator.modes.base import Live, Plan, Release
 from steward_operator.stages import Layout
 
@@ -17,7 +18,7 @@ class Batch:
     name: str = "batch"
     layout: Layout = Layout("batch", canary=False, always_shadows=True)
     scraped: bool = False
-    watched: tuple[tuple[str, str, str], ...] = ()
+    children: tuple[Kind, ...] = (CRON_JOB,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
         """One CronJob per live version: the incumbent writes the output; the challenger scores the same input on
@@ -29,7 +30,7 @@ class Batch:
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
         """A CronJob serves its version as soon as it exists."""
-        return True if child["kind"] == "CronJob" else None
+        return True if child["kind"] == CRON_JOB.kind else None
 
     def answering_service(self, child: dict[str, Any]) -> str | None:
         return None
@@ -96,7 +97,7 @@ def cron_job(
     }
     if batch.time_zone:
         job_spec["timeZone"] = batch.time_zone
-    job = owned(owner, "batch/v1", "CronJob", job_spec)
+    job = owned(owner, CRON_JOB, job_spec)
     job["metadata"]["name"] = child_name(owner.name, live.version)
     job["metadata"]["labels"].update({"app.kubernetes.io/name": "steward-batch", **labels})
     return job

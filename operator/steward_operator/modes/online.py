@@ -12,11 +12,12 @@ from steward_contracts.metrics import DRIFT_THRESHOLDS
 from steward_operator import settings, specs
 from steward_operator.children import Owner, child_name, owned, predictor_service
 from steward_operator.evidence.base import Gateway
+from steward_operator.kinds import Kind
 from steward_operator.modes.base import Live, Plan, Release
 from steward_operator.stages import ONLINE, Layout
 from steward_operator.traffic import Backend, Split, provider
 
-KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices")
 # How long a stopping predictor keeps answering: gateways and kube-proxy send it requests until they learn its
 # endpoint is gone, a second or two after it starts terminating; stopping at once answers those with 502s.
 DRAIN_SECONDS = 10
@@ -29,7 +30,7 @@ class Online:
     name: str = "online"
     layout: Layout = ONLINE
     scraped: bool = True
-    watched: tuple[tuple[str, str, str], ...] = (("serving.kserve.io", "v1beta1", "inferenceservices"),)
+    children: tuple[Kind, ...] = (INFERENCE_SERVICE,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
         """One InferenceService per live version, and the routes that split traffic between them; with KServe's own
@@ -53,7 +54,7 @@ class Online:
         """An InferenceService is ready when its Ready condition holds for its current generation (with `current`
         False: for any generation, as while a change rolls out) and, in Standard mode, its predictor Service
         answers."""
-        if child["kind"] != "InferenceService":
+        if child["kind"] != INFERENCE_SERVICE.kind:
             return None
         status = child.get("status") or {}
         latest = status.get("observedGeneration") in (None, child["metadata"].get("generation"))
@@ -65,7 +66,7 @@ class Online:
     def answering_service(self, child: dict[str, Any]) -> str | None:
         """The predictor Service of an InferenceService in Standard mode."""
         if (
-            child["kind"] != "InferenceService"
+            child["kind"] != INFERENCE_SERVICE.kind
             or (child.get("status") or {}).get("deploymentMode") not in _DEPLOYMENT_MODES
         ):
             return None
@@ -141,7 +142,7 @@ def inference_service(
         "containers": [container],
         **(patch or {}),
     }
-    service = owned(owner, KSERVE_API_VERSION, "InferenceService", {"predictor": predictor})
+    service = owned(owner, INFERENCE_SERVICE, {"predictor": predictor})
     metadata = service["metadata"]
     metadata["name"] = child_name(owner.name, live.version)
     metadata["labels"].update(

@@ -3,6 +3,7 @@ objects for one traffic layer. One module per provider; `provider(name)` picks o
 
 from __future__ import annotations
 
+from steward_operator.kinds import Kind
 from steward_operator.traffic.base import Backend, Split, TrafficProvider, UnknownProviderError
 from steward_operator.traffic.gateway_api import GatewayApi
 from steward_operator.traffic.istio import Istio
@@ -16,7 +17,7 @@ _PROVIDERS: dict[str, type[TrafficProvider]] = {
     "traefik": Traefik,
 }
 
-__all__ = ["Backend", "Split", "TrafficProvider", "UnknownProviderError", "provider"]
+__all__ = ["Backend", "Split", "TrafficProvider", "UnknownProviderError", "provider", "route_kinds"]
 
 
 def provider(name: str) -> TrafficProvider:
@@ -26,3 +27,8 @@ def provider(name: str) -> TrafficProvider:
     except KeyError:
         known = ", ".join(_PROVIDERS)
         raise UnknownProviderError(f"unknown traffic provider {name!r}: expected one of {known}") from None
+
+
+def route_kinds() -> tuple[Kind, ...]:
+    """Every kind of route object some provider makes."""
+    return tuple(dict.fromkeys(kind for found in _PROVIDERS.values() for kind in found.kinds))

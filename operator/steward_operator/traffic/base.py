@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from steward_operator.children import Owner
+from steward_operator.kinds import Kind
 
 
 class UnknownProviderError(ValueError):
@@ -58,6 +59,8 @@ class MirrorRefusal:
 class TrafficProvider(Protocol):
     name: str
     """The value of spec.rollout.traffic.provider that selects this provider."""
+    kinds: tuple[Kind, ...]
+    """The kinds of route object it makes (the chart's ClusterRole must let the operator manage each)."""
     supports_shadow: bool
     """Whether this provider can mirror requests to the challenger."""
     one_inference_service: bool

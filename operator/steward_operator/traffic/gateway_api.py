@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from steward_operator.children import Owner, owned
+from steward_operator.kinds import Kind
 from steward_operator.traffic.base import Backend, MirrorRefusal, Split, parent
 
 # Gateway API's feature names (its pkg/features), as a GatewayClass's status.supportedFeatures lists them.
+HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 MIRROR = "HTTPRouteRequestMirror"
 PERCENTAGE_MIRROR = "HTTPRouteRequestPercentageMirror"
 
 
 class GatewayApi:
     name = "gateway-api"
+    kinds: tuple[Kind, ...] = (HTTP_ROUTE,)
     supports_shadow = True
     one_inference_service = False
 
@@ -36,7 +39,7 @@ class GatewayApi:
             spec["parentRefs"] = [{"name": gateway[1], "namespace": gateway[0]}]
         if owner.traffic.hostnames:
             spec["hostnames"] = list(owner.traffic.hostnames)
-        return [owned(owner, "gateway.networking.k8s.io/v1", "HTTPRoute", spec)]
+        return [owned(owner, HTTP_ROUTE, spec)]
 
     def predictor_patch(self, split: Split) -> dict[str, Any]:
         return {}

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from steward_operator.children import Owner, owned
+from steward_operator.kinds import Kind
 from steward_operator.traffic.base import Backend, Split, parent
+
+VIRTUAL_SERVICE = Kind("networking.istio.io/v1", "VirtualService", "virtualservices")
 
 
 class Istio:
     name = "istio"
+    kinds: tuple[Kind, ...] = (VIRTUAL_SERVICE,)
     supports_shadow = True
     one_inference_service = False
 
@@ -26,7 +30,7 @@ class Istio:
         gateway = parent(owner.traffic.gateway, owner.namespace)
         if gateway:
             spec["gateways"] = [f"{gateway[0]}/{gateway[1]}"]
-        return [owned(owner, "networking.istio.io/v1", "VirtualService", spec)]
+        return [owned(owner, VIRTUAL_SERVICE, spec)]
 
     def predictor_patch(self, split: Split) -> dict[str, Any]:
         return {}

@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from steward_operator.children import Owner
+from steward_operator.kinds import Kind
 from steward_operator.traffic.base import ShadowNotSupportedError, Split
 
 
 class KServe:
     name = "kserve"
+    kinds: tuple[Kind, ...] = ()
     supports_shadow = False
     one_inference_service = True
 

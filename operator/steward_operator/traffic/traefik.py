@@ -8,25 +8,29 @@ from typing import Any
 
 from steward_operator import specs
 from steward_operator.children import Owner, owned
+from steward_operator.kinds import Kind
 from steward_operator.traffic.base import Backend, Split, parent
+from steward_operator.traffic.gateway_api import HTTP_ROUTE
 
-API_VERSION = "traefik.io/v1alpha1"
+TRAEFIK_SERVICE = Kind("traefik.io/v1alpha1", "TraefikService", "traefikservices")
+INGRESS_ROUTE = Kind("traefik.io/v1alpha1", "IngressRoute", "ingressroutes")
 
 
 class Traefik:
     name = "traefik"
+    kinds: tuple[Kind, ...] = (TRAEFIK_SERVICE, INGRESS_ROUTE, HTTP_ROUTE)
     supports_shadow = True
     one_inference_service = False
 
     def routes(self, owner: Owner, split: Split) -> list[dict[str, Any]]:
         # The entry route names the mirroring service from the first apply on, whatever the stage: a stage
         # changes what the two TraefikServices hold, never what the route points at.
-        weighted = owned(owner, API_VERSION, "TraefikService", {"weighted": {"services": _shares(split)}})
+        weighted = owned(owner, TRAEFIK_SERVICE, {"weighted": {"services": _shares(split)}})
         weighted["metadata"]["name"] = f"{owner.name}--split"
         mirroring: dict[str, Any] = {"kind": "TraefikService", "name": weighted["metadata"]["name"]}
         if split.challenger is not None and split.shadow_percent:
             mirroring["mirrors"] = [{**_service(split.challenger), "percent": split.shadow_percent}]
-        entry = owned(owner, API_VERSION, "TraefikService", {"mirroring": mirroring})
+        entry = owned(owner, TRAEFIK_SERVICE, {"mirroring": mirroring})
         return [weighted, entry, _route(owner)]
 
     def predictor_patch(self, split: Split) -> dict[str, Any]:
@@ -58,12 +62,12 @@ def _route(owner: Owner) -> dict[str, Any]:
         }
         if hostnames:
             spec["hostnames"] = hostnames
-        return owned(owner, "gateway.networking.k8s.io/v1", "HTTPRoute", spec)
+        return owned(owner, HTTP_ROUTE, spec)
     if not hostnames:
         # The CRD refuses this: an IngressRoute without a host would take every request of its entrypoints.
         raise ValueError("the traefik provider needs spec.rollout.traffic.gateway or spec.rollout.traffic.hostnames")
     rule = {"kind": "Rule", "match": " || ".join(map(_host_matcher, hostnames)), "services": [target]}
-    return owned(owner, API_VERSION, "IngressRoute", {"routes": [rule]})
+    return owned(owner, INGRESS_ROUTE, {"routes": [rule]})
 
 
 def _host_matcher(hostname: str) -> str:
