@@ -3,60 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-from steward_harness import binaries, servers, upstream
+from steward_harness import binaries, upstream
+from steward_harness.base_image import BASE_IMAGE, ensure_base
 from steward_harness.binaries import BuildError
+from steward_harness.engine import INPUTS_LABEL, Engine, inputs_digest, installed
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PAUSE_SOURCE = Path(__file__).resolve().parent / "pause"
 
 # Every image this module builds is named under this registry, which no one serves: nothing is ever pulled.
 REGISTRY = "steward.local"
-BASE_IMAGE = "steward-base:bookworm"
-SUITE = "bookworm"
-# bookworm's python3 is 3.11, the Python the wheels are built for; python3-venv brings the pip a venv starts with;
-# libgomp1 is the OpenMP runtime of scikit-learn and numpy.
-BASE_PACKAGES = ("python3", "python3-venv", "libgomp1")
-# Emptied after debootstrap: apt's downloads and indexes, and documentation (copyright notices stay).
-BASE_TRIMMED = (
-    "var/cache/apt",
-    "var/lib/apt/lists",
-    "usr/share/doc",
-    "usr/share/man",
-    "usr/share/info",
-    "usr/share/locale",
-)
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-APT_SOURCES = Path("/etc/apt")
 # A node needs a pod sandbox image; the tag is the upstream pause release whose behaviour this one copies.
 PAUSE_IMAGE = f"{REGISTRY}/pause:3.10"
-# Each image carries the digest of everything it was built from: a build is skipped exactly when that is unchanged.
-INPUTS_LABEL = "dev.steward.inputs"
 WHEEL_MANIFEST = "SHA256SUMS"
 # The Python of bookworm's python3; pip on this machine picks wheels for the Python it runs on.
 TARGET_PYTHON = (3, 11)
-# The oom_score_adj a dockerd of its own sets for itself and its containerd. Its default, -500, is a lowering that
-# needs CAP_SYS_RESOURCE, which root may lack (as in a container); 0 asks for nothing. Containers keep Docker's
-# default 0, which their shim (containerd's score + 1) may set without that capability.
-OOM_SCORE_ADJUST = "0"
-START_TIMEOUT = 60.0
 PROBE_USER = 10001
 PAUSE_USER = 65535
 # Run as each image's entry point under a read-only root: the uid it runs as, whether a world-writable directory
@@ -100,175 +76,6 @@ class Probe:
     seconds: float
 
 
-class Engine(servers.Server):
-    """A Docker engine: one that already answers (DOCKER_HOST, else the default socket), or a dockerd of its own
-    with its data root in the cache, which adds no interfaces, routes or firewall rules and is stopped with its
-    containerd when done."""
-
-    def __init__(self, cache: Path = binaries.CACHE_DIR) -> None:
-        self.data_root = cache / "docker"
-        self.state = cache / "dockerd"
-        self.host = ""
-        self._client = ""
-        self._processes: list[subprocess.Popen[bytes]] = []
-        self._lock: IO[str] | None = None
-
-    def start(self) -> float:
-        started = time.monotonic()
-        self._client = _tool("docker", "a Docker client")
-        configured = os.environ.get("DOCKER_HOST")
-        if configured:
-            # A host the user named is the one they mean: never quietly replaced by another engine.
-            if not self._answers(configured):
-                raise BuildError(f"DOCKER_HOST={configured} does not answer `docker version`")
-            self.host = configured
-        elif Path("/var/run/docker.sock").exists() and self._answers("unix:///var/run/docker.sock"):
-            self.host = "unix:///var/run/docker.sock"
-        else:
-            self._start_own()
-        binaries.say(f"Docker engine at {self.host} ({time.monotonic() - started:.1f} s)")
-        return time.monotonic() - started
-
-    def stop(self, keep: bool = False) -> None:
-        for process in reversed(self._processes):
-            servers.halt(process)
-        self._processes.clear()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def docker(self, *args: str, stdin: IO[bytes] | None = None, timeout: float = 1800) -> str:
-        """Run the Docker client against this engine; BuildError with its output if it fails."""
-        result = self.attempt(*args, stdin=stdin, timeout=timeout)
-        if result.returncode != 0:
-            output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-40:])
-            raise BuildError(f"docker {args[0]} failed (exit {result.returncode}):\n{output}")
-        return result.stdout
-
-    def inspect(self, reference: str) -> dict[str, Any] | None:
-        """`docker image inspect` of `reference`, or None when the engine has no such image."""
-        result = self.attempt("image", "inspect", reference, timeout=60)
-        if result.returncode != 0:
-            return None
-        found: list[dict[str, Any]] = json.loads(result.stdout)
-        return found[0]
-
-    def inputs(self, reference: str) -> str | None:
-        """The inputs digest `reference` was built from, or None when there is no such image."""
-        image = self.inspect(reference)
-        return None if image is None else ((image.get("Config") or {}).get("Labels") or {}).get(INPUTS_LABEL)
-
-    def _start_own(self) -> None:
-        dockerd = _tool("dockerd", "the Docker daemon (Debian: apt-get install docker.io)")
-        containerd = _tool("containerd", "containerd (Debian: apt-get install containerd)")
-        self.state.mkdir(parents=True, exist_ok=True)
-        # One dockerd per data root: a second build waits for the first rather than fighting over it.
-        self._lock = (self.state / "lock").open("w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            binaries.say(f"waiting for another build using the Docker engine in {self.state}")
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
-        host = f"unix://{self.state / 'docker.sock'}"
-        if self._answers(host):
-            raise BuildError(
-                f"a dockerd from an earlier run still answers at {host}: stop it (its pid is in "
-                f"{self.state / 'dockerd.pid'}) and run again"
-            )
-        log = self.state / "engine.log"
-        log.write_text("")
-        binaries.say(f"starting dockerd (data root {self.data_root}; log {log})")
-        # A containerd of its own: dockerd would otherwise adopt any containerd on the default socket, such as a
-        # node's, and stop working when that one stops.
-        config = self.state / "containerd.toml"
-        config.write_text(containerd_config(self.data_root / "containerd", self.state))
-        self._processes.append(servers.launch([containerd, "--config", str(config)], log, dict(os.environ)))
-        self._await(lambda: _listens(self.state / "containerd.sock"), "containerd", log)
-        # A configuration file of its own, so a daemon.json in /etc/docker cannot change what this dockerd does; the
-        # trust key dockerd 20.10 keeps (no flag sets its path) would otherwise be written to /etc/docker/key.json.
-        (self.state / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.state / "key.json")}))
-        self._processes.append(
-            servers.launch(dockerd_command(dockerd, self.data_root, self.state), log, dict(os.environ))
-        )
-        self._await(lambda: self._answers(host), "dockerd", log)
-        self.host = host
-
-    def _await(self, ready: Callable[[], bool], what: str, log: Path) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not ready():
-            if self._processes[-1].poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                raise BuildError(f"{what} did not start (its log, {log}, ends):\n{tail}")
-            time.sleep(0.2)
-
-    def _answers(self, host: str) -> bool:
-        return self.attempt("version", "--format", "{{.Server.Version}}", host=host, timeout=20).returncode == 0
-
-    def attempt(
-        self, *args: str, host: str = "", stdin: IO[bytes] | None = None, timeout: float = 600
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the Docker client against this engine (or `host`) and return what happened, failed or not."""
-        # The classic builder: it needs no buildx plugin, and it resolves FROM against the engine's own images.
-        env = {**os.environ, "DOCKER_HOST": host or self.host, "DOCKER_BUILDKIT": "0"}
-        try:
-            return subprocess.run(
-                [self._client, *args],
-                env=env,
-                stdin=stdin,
-                capture_output=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise BuildError(f"docker {args[0]} did not finish within {timeout:.0f} s") from error
-
-
-def containerd_config(root: Path, state: Path) -> str:
-    """containerd's configuration: everything under `root` and `state`, and only what dockerd needs of it."""
-    return (
-        "version = 2\n"
-        f'root = "{root}"\n'
-        f'state = "{state / "containerd"}"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        "[grpc]\n"
-        f'  address = "{state / "containerd.sock"}"\n'
-        # Its default is /opt/containerd, outside the cache.
-        '[plugins."io.containerd.internal.v1.opt"]\n'
-        f'  path = "{state / "opt"}"\n'
-    )
-
-
-def dockerd_command(dockerd: str, data_root: Path, state: Path) -> list[str]:
-    """dockerd on its own socket and containerd, with no bridge, no forwarding and no iptables rules: builds and
-    checks run with --network=none, so the host's interfaces, routes and firewall stay as they are."""
-    return [
-        dockerd,
-        f"--host=unix://{state / 'docker.sock'}",
-        f"--containerd={state / 'containerd.sock'}",
-        f"--data-root={data_root}",
-        f"--exec-root={state / 'exec'}",
-        f"--pidfile={state / 'dockerd.pid'}",
-        f"--config-file={state / 'daemon.json'}",
-        "--bridge=none",
-        "--iptables=false",
-        "--ip6tables=false",
-        "--ip-forward=false",
-        "--ip-masq=false",
-        f"--oom-score-adjust={OOM_SCORE_ADJUST}",
-    ]
-
-
-def inputs_digest(inputs: Iterable[tuple[str, bytes]]) -> str:
-    """One sha256 over named inputs, each framed by its name and length so no two different sets hash alike."""
-    digest = hashlib.sha256()
-    for name, content in inputs:
-        digest.update(f"{name}\0{len(content)}\0".encode())
-        digest.update(content)
-    return digest.hexdigest()
-
-
 def image_reference(name: str, version: str, digest: str) -> str:
     """steward.local/<name>:<version>-<12 hex digits of its inputs digest>: the version says which release, the
     digest makes a changed image a new tag, so a node that already holds the old one never keeps running it."""
@@ -304,136 +111,6 @@ def probe_command(reference: str, entrypoint: Sequence[str], writable: Sequence[
         *entrypoint,
         "--help",
     ]
-
-
-def debian_mirror(sources: Iterable[str], suite: str = SUITE) -> str:
-    """The first Debian mirror the host's apt sources use for `suite` itself (not -updates or -security); Debian's
-    own when none does. A source signed by a keyring other than Debian's is a third party's, whatever its suite."""
-    for text in sources:
-        for uri, suites, components, signed_by in _apt_entries(text):
-            if suite in suites and "main" in components and (not signed_by or "debian-archive-keyring" in signed_by):
-                return uri.rstrip("/")
-    return DEBIAN_MIRROR
-
-
-def host_apt_sources(directory: Path = APT_SOURCES) -> list[str]:
-    """The text of sources.list and of each sources.list.d file (*.list, and deb822 *.sources), in apt's order."""
-    files = [directory / "sources.list"]
-    files += sorted(path for path in (directory / "sources.list.d").glob("*") if path.suffix in {".list", ".sources"})
-    return [path.read_text(errors="replace") for path in files if path.is_file()]
-
-
-def _apt_entries(text: str) -> Iterator[tuple[str, list[str], list[str], str]]:
-    """(URI, suites, components, signed-by) of each binary-package source in a one-line or a deb822 sources file."""
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    for line in lines:
-        one_line = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)", line)
-        if one_line:
-            options = dict(re.findall(r"([\w-]+)=(\S+)", one_line[1] or ""))
-            yield one_line[2], [one_line[3]], one_line[4].split(), options.get("signed-by", "")
-    for paragraph in re.split(r"\n\s*\n", "\n".join(lines)):
-        fields = {key.lower(): value.strip() for key, value in re.findall(r"^([\w-]+):(.*)$", paragraph, re.MULTILINE)}
-        if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
-            for uri in fields.get("uris", "").split():
-                yield (
-                    uri,
-                    fields.get("suites", "").split(),
-                    fields.get("components", "").split(),
-                    fields.get("signed-by", ""),
-                )
-
-
-def base_digest() -> str:
-    """What the base is built from: a new suite, package or trimming rule rebuilds it."""
-    recipe = {"suite": SUITE, "variant": "minbase", "packages": BASE_PACKAGES, "trimmed": BASE_TRIMMED}
-    return inputs_digest([("recipe", json.dumps(recipe).encode())])
-
-
-def ensure_base(engine: Engine) -> str:
-    """The image id of steward-base:bookworm, debootstrapped and imported first unless the engine has it already,
-    built from the same recipe."""
-    digest = base_digest()
-    if engine.inputs(BASE_IMAGE) != digest:
-        build_base(engine, digest)
-    else:
-        binaries.say(f"{BASE_IMAGE}: up to date")
-    image = engine.inspect(BASE_IMAGE)
-    assert image is not None, "docker import succeeded without leaving the image"  # noqa: S101 -- a broken engine
-    return str(image["Id"])
-
-
-def build_base(engine: Engine, digest: str) -> None:
-    """debootstrap a minimal bookworm with BASE_PACKAGES from the host's Debian mirror and `docker import` it."""
-    if os.geteuid() != 0:
-        raise BuildError("debootstrap needs root to build the base image; run as root")
-    debootstrap = _tool("debootstrap", "debootstrap (Debian: apt-get install debootstrap)")
-    mirror = debian_mirror(host_apt_sources())
-    binaries.say(f"debootstrapping {SUITE} with {', '.join(BASE_PACKAGES)} from {mirror} (once; a minute or two)")
-    started = time.monotonic()
-    (binaries.CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="base-", dir=binaries.CACHE_DIR / "build"))
-    root = work / "rootfs"
-    try:
-        with (work / "debootstrap.log").open("w") as log:
-            command = [
-                debootstrap,
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(root),
-                mirror,
-            ]
-            exit_code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-        if exit_code != 0:
-            tail = "\n".join((work / "debootstrap.log").read_text(errors="replace").splitlines()[-20:])
-            raise BuildError(f"debootstrap failed (exit {exit_code}):\n{tail}")
-        _trim(root)
-        changes = [
-            f"LABEL {INPUTS_LABEL}={digest}",
-            # An imported image has no environment; these are what Debian's own images set.
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            'CMD ["/bin/bash"]',
-        ]
-        # The device nodes debootstrap made stay out: the engine gives every container its own /dev.
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root), "-c", "."], stdout=subprocess.PIPE
-        )
-        assert tar.stdout is not None  # noqa: S101 -- stdout=PIPE
-        try:
-            engine.docker("import", *(f"--change={change}" for change in changes), "-", BASE_IMAGE, stdin=tar.stdout)
-        finally:
-            tar.stdout.close()
-            tar.wait()
-    finally:
-        _remove_rootfs(work, root)
-    size = (engine.inspect(BASE_IMAGE) or {}).get("Size", 0)
-    binaries.say(f"{BASE_IMAGE}: built in {time.monotonic() - started:.0f} s ({size / 1e6:.0f} MB)")
-
-
-def _trim(root: Path) -> None:
-    for trimmed in BASE_TRIMMED:
-        for path in sorted((root / trimmed).rglob("*")):
-            if (path.is_symlink() or path.is_file()) and path.name != "copyright":
-                path.unlink()
-
-
-def _remove_rootfs(work: Path, root: Path) -> None:
-    """Remove a debootstrap work directory, after unmounting what a failed run may have left mounted in it (its
-    /proc, /sys): a recursive delete must never reach the host's through them."""
-    for mountpoint in sorted(_mounts_below(root), key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", mountpoint], capture_output=True, check=False)
-    left = _mounts_below(root)
-    if left:
-        raise BuildError(f"could not unmount {', '.join(left)}; {work} is left for you to clean up")
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _mounts_below(root: Path) -> list[str]:
-    mounts = Path("/proc/self/mounts").read_text().splitlines()
-    # Spaces and the like are octal escapes in /proc/self/mounts.
-    points = [re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), line.split()[1]) for line in mounts]
-    return [point for point in points if point.startswith(f"{root}/")]
 
 
 def project_version(root: Path = REPOSITORY) -> str:
@@ -530,7 +207,7 @@ def build_pause(engine: Engine) -> Built:
     digest = inputs_digest((path.name, path.read_bytes()) for path in sources)
 
     def fill(context: Path) -> None:
-        go = _tool("go", "the Go toolchain")
+        go = installed("go", "the Go toolchain")
         env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOWORK": "off"}
         command = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(context / "pause"), "."]
         result = subprocess.run(command, cwd=PAUSE_SOURCE, env=env, capture_output=True, text=True, check=False)
@@ -741,22 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _tool(name: str, what: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise BuildError(f"{name} is not on PATH; it is {what}")
-    return found
-
-
-def _listens(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as client:
-        try:
-            client.connect(str(path))
-        except OSError:
-            return False
-        return True
 
 
 def _sha256(path: Path) -> str:

@@ -26,6 +26,7 @@ import yaml
 
 from steward_harness import addons, binaries, certificates
 from steward_harness.controlplane import ControlPlane
+from steward_harness.node_configs import cni_config, containerd_config, kubelet_config
 from steward_harness.servers import Server, free_ports, halt
 
 NAME = "steward-node"
@@ -36,7 +37,6 @@ NODE_IP = str(RANGE.network_address + 1)
 POD_CIDR = str(ipaddress.ip_network(f"{RANGE.network_address + 64 * 256}/24"))
 SERVICE_CIDR = str(ipaddress.ip_network(f"{RANGE.network_address + 128 * 256}/24"))
 BRIDGE = "steward0"
-CNI_PLUGINS = Path(os.environ.get("STEWARD_CNI_PLUGINS", "/usr/lib/cni"))
 READY_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 60.0
 
@@ -205,27 +205,7 @@ class Node(Server):
             raise NodeError("the node could not undo everything it changed:\n" + "\n".join(problems))
 
     def _cni(self) -> None:
-        gateway = str(ipaddress.ip_network(POD_CIDR).network_address + 1)
-        config = {
-            "cniVersion": "0.4.0",
-            "name": "steward",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": gateway}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": str(self.directory / "cni" / "ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
+        config = cni_config(BRIDGE, POD_CIDR, self.directory / "cni" / "ipam")
         (self.directory / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (self.directory / "cni" / "net.d" / "10-steward.conflist").write_text(json.dumps(config, indent=2))
 
@@ -277,7 +257,8 @@ class Node(Server):
         kubeconfig.write_text(self.plane.kubeconfig_for(*client))
         resolv = home / "resolv.conf"
         # For pods that ask for the node's own resolver (dnsPolicy Default): the cluster's, which forwards nowhere.
-        resolv.write_text(f"nameserver {addons.dns_address(SERVICE_CIDR)}\n")
+        dns = addons.dns_address(SERVICE_CIDR)
+        resolv.write_text(f"nameserver {dns}\n")
         config = home / "config.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -289,6 +270,8 @@ class Node(Server):
                     resolv=resolv,
                     port=free_ports(1)[0],
                     healthz=free_ports(1)[0],
+                    address=NODE_IP,
+                    cluster_dns=dns,
                 ),
                 sort_keys=False,
             )
@@ -365,81 +348,6 @@ def host_state() -> dict[str, object]:
         "forwarding": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
         "mounts": sorted(line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()),
         "network namespaces": lines("ip", "netns", "list"),
-    }
-
-
-def containerd_config(root: Path, state: Path, socket: Path, cni_config: Path, sandbox_image: str) -> str:
-    """containerd's configuration for a node: its own root, state and socket, the CRI plugin with the local
-    sandbox image and the node's CNI configuration."""
-    return f"""version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = "{socket}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
-  # Root here lacks CAP_SYS_RESOURCE: lowering a process's OOM score would fail every sandbox.
-  restrict_oom_score_adj = true
-  # Pod network namespaces stay below the node's directory rather than in /var/run/netns.
-  netns_mounts_under_state_dir = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_PLUGINS}"
-    conf_dir = "{cni_config}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{state}/opt"
-"""
-
-
-def kubelet_config(  # noqa: PLR0917 -- one value per file and port the kubelet needs
-    runtime: Path, pod_logs: Path, ca: Path, serving: tuple[Path, Path], resolv: Path, port: int, healthz: int
-) -> dict[str, object]:
-    """The KubeletConfiguration of a node on this kind of host (cgroup v1, root without CAP_SYS_RESOURCE, a disk
-    shared with everything else)."""
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": NODE_IP,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz,
-        "containerRuntimeEndpoint": f"unix://{runtime}",
-        "cgroupDriver": "cgroupfs",
-        # Kubernetes 1.35 refuses cgroup v1 unless told; this host has nothing else.
-        "failCgroupV1": False,
-        "failSwapOn": False,
-        "podLogsDir": str(pod_logs),
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": True},
-            "x509": {"clientCAFile": str(ca)},
-        },
-        "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(serving[0]),
-        "tlsPrivateKeyFile": str(serving[1]),
-        "clusterDNS": [addons.dns_address(SERVICE_CIDR)],
-        "clusterDomain": "cluster.local",
-        "resolvConf": str(resolv),
-        # The disk is shared with the whole machine: never evict or collect images because of it.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "serializeImagePulls": False,
-        "maxPods": 60,
-        "registerNode": True,
     }
 
 

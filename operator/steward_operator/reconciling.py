@@ -26,6 +26,7 @@ from steward_operator.kubernetes import ApiError, Cluster, ConflictError, NotFou
 from steward_operator.stages import Stage
 from steward_operator.traffic import gateway_api
 from steward_operator.traffic.base import MirrorRefusal, parent
+from steward_operator.validation import HeldOut, Holdouts
 
 CONFLICT_RETRIES = 5
 CHILD_KINDS = tuple(
@@ -196,7 +197,7 @@ async def gather(
                 source.held_out(name, incumbent.version, now, namespace=namespace),
                 source.held_out(name, challenger.version, now, namespace=namespace),
             )
-            holdouts = deciding.Holdouts(_held_out(held_i), _held_out(held_c))
+            holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
             return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
         counts_i, counts_c = await asyncio.gather(
             *(
@@ -237,8 +238,8 @@ async def reported_digests(
     return found
 
 
-def _held_out(found: HeldOutResults | None) -> deciding.HeldOut | None:
-    return None if found is None else deciding.HeldOut(found.metrics, found.data)
+def _held_out(found: HeldOutResults | None) -> HeldOut | None:
+    return None if found is None else HeldOut(found.metrics, found.data)
 
 
 async def _retrain(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from steward_operator import deciding, modes, specs
+from steward_operator import deciding, modes, specs, validation
 from steward_operator.stages import Stage, path
 from steward_operator.traffic.base import MirrorRefusal
 
@@ -56,7 +56,7 @@ class Evidence:
     stage's."""
     window: deciding.Window | None = None
     """Live counts since the stage began (Shadowing, Canary)."""
-    holdouts: deciding.Holdouts | None = None
+    holdouts: validation.Holdouts | None = None
     """Both versions' held-out results (Validating)."""
 
 

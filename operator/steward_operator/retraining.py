@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from steward_operator import deciding, planners, recording, specs
+from steward_operator import planners, recording, specs, validation
 from steward_operator.children import Owner, owned
 from steward_operator.evidence.base import Quality
 from steward_operator.kinds import JOB
@@ -133,14 +133,16 @@ def quality_drop(spec: specs.ModelDeploymentSpec, quality: Quality) -> tuple[str
     needed = outcome.min_labels if outcome is not None else DEFAULT_MIN_LABELS
     if quality.labelled < needed:
         return None
-    preferred = [outcome.metric] if outcome is not None else [*deciding.CLASSIFIER_METRICS, *deciding.REGRESSOR_METRICS]
+    preferred = (
+        [outcome.metric] if outcome is not None else [*validation.CLASSIFIER_METRICS, *validation.REGRESSOR_METRICS]
+    )
     metric = next((name for name in preferred if name in quality.live and name in quality.held_out), None)
     if metric is None:
         return None
     live, held_out = quality.live[metric], quality.held_out[metric]
     if not (math.isfinite(live) and math.isfinite(held_out)) or held_out == 0:
         return None
-    worse = held_out - live if metric in deciding.HIGHER_IS_BETTER else live - held_out
+    worse = held_out - live if metric in validation.HIGHER_IS_BETTER else live - held_out
     return metric, worse / abs(held_out)
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from steward_harness import images, upstream
+from steward_harness.base_image import BASE_IMAGE, base_digest
 from steward_harness.binaries import BuildError
+from steward_harness.engine import Engine
 
 # A cold build debootstraps the base, builds every wheel and installs them into three images: minutes, not seconds.
 pytestmark = pytest.mark.timeout(1800)
@@ -37,10 +39,10 @@ def network_before() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def engine(network_before: set[str]) -> Iterator[images.Engine]:
+def engine(network_before: set[str]) -> Iterator[Engine]:
     """The Docker engine at DOCKER_HOST or the default socket, else a dockerd started on the cache's data root.
     One that cannot be had fails every test here with the reason: these tests are never skipped."""
-    docker = images.Engine()
+    docker = Engine()
     try:
         docker.start()
     except BuildError as error:
@@ -64,14 +66,14 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(engine: images.Engine, sources: Path) -> dict[str, images.Built]:
+def built(engine: Engine, sources: Path) -> dict[str, images.Built]:
     """Every image, built now or reused from the cache, by name."""
     return {image.name: image for image in images.build_images(engine, sources)}
 
 
 @pytest.mark.parametrize("part", images.PARTS, ids=lambda part: part.name)
 def test_each_part_runs_as_uid_10001_on_a_read_only_root_and_answers_help(
-    engine: images.Engine, built: dict[str, images.Built], part: images.Part
+    engine: Engine, built: dict[str, images.Built], part: images.Part
 ) -> None:
     seen = images.probe(engine, built[part.name].reference, part.writable)
     assert seen.uid == 10001
@@ -80,9 +82,7 @@ def test_each_part_runs_as_uid_10001_on_a_read_only_root_and_answers_help(
     assert "usage:" in seen.output
 
 
-def test_pause_runs_as_65535_and_exits_0_at_once_on_sigterm(
-    engine: images.Engine, built: dict[str, images.Built]
-) -> None:
+def test_pause_runs_as_65535_and_exits_0_at_once_on_sigterm(engine: Engine, built: dict[str, images.Built]) -> None:
     assert built["pause"].reference == images.PAUSE_IMAGE
     seen = images.probe_pause(engine)
     assert seen.uid == 65535
@@ -92,16 +92,16 @@ def test_pause_runs_as_65535_and_exits_0_at_once_on_sigterm(
     assert seen.seconds < 5
 
 
-def test_the_base_is_bookworm_with_python_3_11_and_carries_its_recipe(engine: images.Engine) -> None:
-    assert engine.inputs(images.BASE_IMAGE) == images.base_digest()
-    version = engine.docker("run", "--rm", "--network=none", images.BASE_IMAGE, "python3", "--version")
+def test_the_base_is_bookworm_with_python_3_11_and_carries_its_recipe(engine: Engine) -> None:
+    assert engine.inputs(BASE_IMAGE) == base_digest()
+    version = engine.docker("run", "--rm", "--network=none", BASE_IMAGE, "python3", "--version")
     assert version.startswith("Python 3.11.")
-    release = engine.docker("run", "--rm", "--network=none", images.BASE_IMAGE, "cat", "/etc/debian_version")
+    release = engine.docker("run", "--rm", "--network=none", BASE_IMAGE, "cat", "/etc/debian_version")
     assert release.startswith("12.")
 
 
 def test_each_tag_is_the_version_and_the_digest_the_image_was_built_from(
-    engine: images.Engine, sources: Path, built: dict[str, images.Built]
+    engine: Engine, sources: Path, built: dict[str, images.Built]
 ) -> None:
     for part in images.PARTS:
         reference = built[part.name].reference
@@ -115,25 +115,25 @@ def test_the_references_last_built_are_recorded_for_whoever_runs_them(built: dic
 
 
 def test_images_whose_inputs_are_unchanged_are_not_rebuilt(
-    engine: images.Engine, sources: Path, built: dict[str, images.Built]
+    engine: Engine, sources: Path, built: dict[str, images.Built]
 ) -> None:
     again = images.build_images(engine, sources)
     assert [image.reference for image in again] == [image.reference for image in built.values()]
     assert all(image.reused for image in again)
 
 
-def test_no_bridge_interface_or_firewall_chain_is_added(engine: images.Engine, network_before: set[str]) -> None:
+def test_no_bridge_interface_or_firewall_chain_is_added(engine: Engine, network_before: set[str]) -> None:
     assert _docker_network_objects() == network_before
 
 
 def test_a_docker_host_that_does_not_answer_fails_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")
     with pytest.raises(BuildError, match=f"DOCKER_HOST=unix://{tmp_path}/nothing.sock does not answer"):
-        images.Engine().start()
+        Engine().start()
 
 
 def test_exported_tarballs_hold_every_image_a_node_runs_and_are_written_once(
-    engine: images.Engine, sources: Path, built: dict[str, images.Built], tmp_path: Path
+    engine: Engine, sources: Path, built: dict[str, images.Built], tmp_path: Path
 ) -> None:
     """What a node imports into its containerd (which the end-to-end tests then run): Steward's images, the pause
     image and one per upstream tool, each tarball tagged with its reference."""

@@ -13,7 +13,7 @@ import pytest
 
 from steward_harness.predictors import Predictor
 from steward_harness.prometheus import Prometheus as PrometheusServer
-from steward_operator import deciding, specs
+from steward_operator import deciding, specs, validation
 from steward_operator.evidence import HeldOutResults, metric_provider
 from tests.support import models
 
@@ -65,7 +65,7 @@ def test_a_challenger_is_judged_on_its_held_out_results(prometheus: PrometheusSe
             timing,
             phase="Validating",
             window=None,
-            holdouts=deciding.Holdouts(_held_out(results["v1"]), _held_out(results[challenger])),
+            holdouts=validation.Holdouts(_held_out(results["v1"]), _held_out(results[challenger])),
         )
 
     good, bad = judge("v2"), judge("v3")
@@ -76,6 +76,6 @@ def test_a_challenger_is_judged_on_its_held_out_results(prometheus: PrometheusSe
     assert (evidence.metric, evidence.verdict) == ("logLoss", "fail")
 
 
-def _held_out(found: HeldOutResults | None) -> deciding.HeldOut:
+def _held_out(found: HeldOutResults | None) -> validation.HeldOut:
     assert found is not None
-    return deciding.HeldOut(found.metrics, found.data)
+    return validation.HeldOut(found.metrics, found.data)

@@ -19,8 +19,6 @@ from steward_operator import modes, specs
 from steward_operator.deciding import (
     DEFAULT_MARGIN,
     Action,
-    HeldOut,
-    Holdouts,
     Policy,
     Timing,
     Verdict,
@@ -32,6 +30,7 @@ from steward_operator.evidence.base import ArmCounts
 from steward_operator.guardrails import slow_threshold
 from steward_operator.modes.batch import Batch
 from steward_operator.sequential import compare_distributions, compare_rates, non_inferiority
+from steward_operator.validation import HeldOut, Holdouts
 from steward_predictor.metrics import LATENCY_BUCKETS
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

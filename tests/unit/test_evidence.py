@@ -18,12 +18,11 @@ from steward_operator.evidence import (
     UnknownProviderError,
     metric_provider,
 )
-from steward_operator.evidence.prometheus import (
+from steward_operator.evidence.counting import (
     LATENCY,
     PREDICTIONS,
     READY,
     REQUESTS,
-    Prometheus,
     Sample,
     Series,
     count,
@@ -32,12 +31,11 @@ from steward_operator.evidence.prometheus import (
     parse_matrix,
     quote,
     restarts,
-    selector,
     slow_bound,
-    traefik,
     with_gateway,
     zero_point,
 )
+from steward_operator.evidence.prometheus import Prometheus, selector, traefik
 
 # --- one counter's increase -------------------------------------------------------------------------------------
 

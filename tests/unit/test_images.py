@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from steward_harness import binaries, images
+from steward_harness import base_image, binaries, engine, images
 from tests.conftest import REPOSITORY
 
 # Docker's grammar for a tag.
@@ -92,14 +92,14 @@ class TestDockerfiles:
 
 class TestInputs:
     def test_each_input_is_framed_so_no_two_different_sets_hash_alike(self) -> None:
-        assert images.inputs_digest([("a", b"bc")]) != images.inputs_digest([("ab", b"c")])
-        assert images.inputs_digest([("a", b""), ("b", b"")]) != images.inputs_digest([("b", b""), ("a", b"")])
-        assert images.inputs_digest([("a", b"x")]) == images.inputs_digest([("a", b"x")])
+        assert engine.inputs_digest([("a", b"bc")]) != engine.inputs_digest([("ab", b"c")])
+        assert engine.inputs_digest([("a", b""), ("b", b"")]) != engine.inputs_digest([("b", b""), ("a", b"")])
+        assert engine.inputs_digest([("a", b"x")]) == engine.inputs_digest([("a", b"x")])
 
     def test_the_base_is_rebuilt_when_its_package_list_changes(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        before = images.base_digest()
-        monkeypatch.setattr(images, "BASE_PACKAGES", (*images.BASE_PACKAGES, "curl"))
-        assert images.base_digest() != before
+        before = base_image.base_digest()
+        monkeypatch.setattr(base_image, "BASE_PACKAGES", (*base_image.BASE_PACKAGES, "curl"))
+        assert base_image.base_digest() != before
 
     @staticmethod
     def _source_tree(root: Path) -> None:
@@ -152,7 +152,7 @@ class TestInputs:
         assert images.ensure_wheels("operator", source) == cached
 
     def test_the_tag_is_the_version_and_the_inputs_digest(self) -> None:
-        digest = images.inputs_digest([("a", b"b")])
+        digest = engine.inputs_digest([("a", b"b")])
         reference = images.image_reference("predictor", "0.1.0.dev0", digest)
         assert reference == f"steward.local/predictor:0.1.0.dev0-{digest[:12]}"
         assert TAG.fullmatch(reference.split(":")[1])
@@ -177,11 +177,11 @@ class TestReferences:
 
 class TestCommands:
     def test_a_part_is_built_offline_on_the_debootstrapped_base(self, tmp_path: Path) -> None:
-        command = images.build_command(tmp_path, "steward.local/operator:1-abc", "abc", images.BASE_IMAGE)
+        command = images.build_command(tmp_path, "steward.local/operator:1-abc", "abc", base_image.BASE_IMAGE)
         assert command[0] == "build"
         assert "--network=none" in command
         assert "--build-arg=BASE=steward-base:bookworm" in command
-        assert f"--label={images.INPUTS_LABEL}=abc" in command
+        assert f"--label={engine.INPUTS_LABEL}=abc" in command
         assert "--tag=steward.local/operator:1-abc" in command
         assert command[-1] == str(tmp_path)
 
@@ -204,7 +204,7 @@ class TestCommands:
         assert command[-2:] == ["steward-monitor", "--help"]
 
     def test_dockerd_adds_no_bridge_route_or_firewall_rule_and_keeps_to_the_cache(self, tmp_path: Path) -> None:
-        command = images.dockerd_command("dockerd", tmp_path / "docker", tmp_path / "dockerd")
+        command = engine.dockerd_command("dockerd", tmp_path / "docker", tmp_path / "dockerd")
         for flag in ("--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false"):
             assert flag in command
         assert "--oom-score-adjust=0" in command
@@ -213,7 +213,7 @@ class TestCommands:
         assert all(Path(path).is_relative_to(tmp_path) for path in paths)
 
     def test_its_containerd_keeps_to_the_cache_and_runs_no_cri(self, tmp_path: Path) -> None:
-        config = tomllib.loads(images.containerd_config(tmp_path / "root", tmp_path / "state"))
+        config = tomllib.loads(engine.containerd_config(tmp_path / "root", tmp_path / "state"))
         assert config["disabled_plugins"] == ["io.containerd.grpc.v1.cri"]
         paths = [config["root"], config["state"], config["grpc"]["address"]]
         paths.append(config["plugins"]["io.containerd.internal.v1.opt"]["path"])
@@ -265,14 +265,14 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 class TestMirror:
     def test_the_hosts_deb822_source_for_the_suite_is_used(self) -> None:
-        assert images.debian_mirror([HOST_SOURCES]) == "http://deb.debian.org/debian"
+        assert base_image.debian_mirror([HOST_SOURCES]) == "http://deb.debian.org/debian"
 
     def test_a_one_line_source_with_options_is_read(self) -> None:
         sources = (
             "# deb http://old.example/debian bookworm main\n"
             "deb [arch=amd64] http://mirror.example/debian/ bookworm main contrib\n"
         )
-        assert images.debian_mirror([sources]) == "http://mirror.example/debian"
+        assert base_image.debian_mirror([sources]) == "http://mirror.example/debian"
 
     def test_security_updates_source_only_and_disabled_entries_are_passed_over(self) -> None:
         sources = [
@@ -281,18 +281,20 @@ class TestMirror:
             "Types: deb\nURIs: http://disabled.example/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n",
             "deb http://local.example/debian bookworm main\n",
         ]
-        assert images.debian_mirror(sources) == "http://local.example/debian"
+        assert base_image.debian_mirror(sources) == "http://local.example/debian"
 
     def test_a_third_partys_repository_for_the_same_suite_is_not_a_debian_mirror(self) -> None:
         third_party = (
             "deb [signed-by=/usr/share/keyrings/microsoft-prod.gpg] https://packages.microsoft.com/debian/12/prod "
             "bookworm main\n"
         )
-        assert images.debian_mirror([third_party, HOST_SOURCES]) == "http://deb.debian.org/debian"
+        assert base_image.debian_mirror([third_party, HOST_SOURCES]) == "http://deb.debian.org/debian"
 
     def test_debians_own_mirror_when_the_host_names_none(self) -> None:
-        assert images.debian_mirror(["deb http://archive.ubuntu.com/ubuntu jammy main\n"]) == images.DEBIAN_MIRROR
-        assert images.debian_mirror([]) == images.DEBIAN_MIRROR
+        assert (
+            base_image.debian_mirror(["deb http://archive.ubuntu.com/ubuntu jammy main\n"]) == base_image.DEBIAN_MIRROR
+        )
+        assert base_image.debian_mirror([]) == base_image.DEBIAN_MIRROR
 
     def test_only_files_apt_reads_are_read(self, tmp_path: Path) -> None:
         (tmp_path / "sources.list.d").mkdir()
@@ -300,7 +302,7 @@ class TestMirror:
         (tmp_path / "sources.list.d" / "b.sources").write_text(HOST_SOURCES)
         (tmp_path / "sources.list.d" / "c.list").write_text("deb http://c.example/debian bookworm main\n")
         (tmp_path / "sources.list.d" / "d.list.disabled").write_text("deb http://d.example/debian bookworm main\n")
-        assert images.host_apt_sources(tmp_path) == [
+        assert base_image.host_apt_sources(tmp_path) == [
             "deb http://a.example/debian bookworm main\n",
             HOST_SOURCES,
             "deb http://c.example/debian bookworm main\n",

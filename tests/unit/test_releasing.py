@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steward_operator import deciding, retraining, specs
+from steward_operator import deciding, retraining, specs, validation
 from steward_operator.children import Owner
 from steward_operator.evidence.base import ArmCounts
 from steward_operator.releases import (
@@ -1259,8 +1259,8 @@ def _live(world: World, incumbent: ArmCounts, challenger: ArmCounts) -> Evidence
 def _held_out(world: World, incumbent: float, challenger: float) -> Evidence:
     status = world.status
     assert status.challenger is not None
-    holdouts = deciding.Holdouts(
-        deciding.HeldOut({"rmse": incumbent}, "d1"), deciding.HeldOut({"rmse": challenger}, "d1")
+    holdouts = validation.Holdouts(
+        validation.HeldOut({"rmse": incumbent}, "d1"), validation.HeldOut({"rmse": challenger}, "d1")
     )
     return Evidence(status.challenger.version, Stage("Validating"), status.stage_started, holdouts=holdouts)
 
@@ -1484,7 +1484,7 @@ def _reading(world: World, kind: str) -> Evidence | None:
         return Evidence(status.challenger.version, stage, status.stage_started)
     if stage.phase == "Validating":
         score = 1.0 if kind == "alike" else 2.0
-        holdouts = deciding.Holdouts(deciding.HeldOut({"rmse": 1.0}, "d"), deciding.HeldOut({"rmse": score}, "d"))
+        holdouts = validation.Holdouts(validation.HeldOut({"rmse": 1.0}, "d"), validation.HeldOut({"rmse": score}, "d"))
         return Evidence(status.challenger.version, stage, status.stage_started, holdouts=holdouts)
     errors = 40 if kind == "alike" else 4_000
     return _live(world, _counts(40_000, 40), _counts(40_000, errors))
