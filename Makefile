@@ -7,7 +7,7 @@ DEMO_ARGS ?=
 INTEGRATION_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install host-packages binaries node-binaries images lint format crds test test-unit test-integration e2e bench cluster demo clean
+.PHONY: help install host-packages binaries node-binaries kafka images lint format crds test test-unit test-integration e2e bench cluster demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ node-binaries: install ## Build a node's kubelet, kube-proxy and kube-scheduler,
 	$(BIN)/steward-local build --node
 	$(BIN)/python -m steward_harness.upstream kserve-manager traefik coredns prometheus
 
+kafka: install host-packages ## Fetch the Apache Kafka broker's jars from Maven Central into ~/.cache/steward (once; needs Java 17 and Maven)
+	$(BIN)/python -m steward_harness.kafka fetch
+
 images: node-binaries host-packages ## Build the predictor, operator, monitor, pause and upstream tools' images offline on a debootstrapped Debian base; checks each, prints sizes
 	$(BIN)/python -m steward_harness.images
 
@@ -49,12 +52,12 @@ crds: install ## Regenerate crds/ (and the chart's copy) from operator/steward_o
 	cp crds/steward.dev_*.yaml charts/steward/crds/
 
 test: ## Everything: lint, unit, integration and end-to-end tests; prints where the time went
-	@MAKE="$(MAKE)" harness/timed-steps.sh install host-packages binaries node-binaries images lint test-unit test-integration e2e
+	@MAKE="$(MAKE)" harness/timed-steps.sh install host-packages binaries node-binaries kafka images lint test-unit test-integration e2e
 
 test-unit: install ## Unit tests: pure logic, no processes, seconds
 	$(BIN)/pytest -m 'not integration and not e2e' $(PYTEST_ARGS)
 
-test-integration: binaries ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) started by the tests; INTEGRATION_WORKERS=2 by default
+test-integration: binaries kafka ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) and a real Kafka broker started by the tests; INTEGRATION_WORKERS=2 by default
 	$(BIN)/pytest -m integration --numprocesses=$(INTEGRATION_WORKERS) --dist=loadfile --durations=10 $(PYTEST_ARGS)
 
 e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)

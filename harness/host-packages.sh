@@ -8,6 +8,11 @@ demo=(
     "promtool:prometheus"
     "/usr/lib/postgresql/*/bin/initdb:postgresql"
 )
+# Kafka's broker runs from its Maven Central jars on a JDK.
+stream=(
+    "java:openjdk-17-jre-headless"
+    "mvn:maven"
+)
 node=(
     "dockerd:docker.io"
     "containerd:containerd"
@@ -19,7 +24,7 @@ node=(
 )
 case "${1:-test}" in
     demo) wanted=("${demo[@]}") ;;
-    test) wanted=("${demo[@]}" "${node[@]}") ;;
+    test) wanted=("${demo[@]}" "${stream[@]}" "${node[@]}") ;;
     *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
 esac
 

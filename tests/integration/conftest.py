@@ -6,16 +6,23 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from steward_harness import upstream
 from steward_harness.controlplane import ControlPlane
 from steward_harness.dataplane import DataPlane
+from steward_harness.kafka import Kafka
 from steward_harness.kubectl import Kubectl
+from steward_harness.monitors import Monitor
 from steward_harness.operators import Operator
 from steward_harness.postgres import Postgres
+from steward_monitor.stores import METADATA
+from tests.support.deployments import Deployment
 
 _STARTUP_KEY = pytest.StashKey[float]()
 OPERATED = "op-"
@@ -36,6 +43,23 @@ def postgres(request: pytest.FixtureRequest) -> Iterator[str]:
     server.stop(keep=failed)
     if failed:
         print(f"\nPostgreSQL data and log kept in {server.directory}")
+
+
+@pytest.fixture(scope="session")
+def kafka(request: pytest.FixtureRequest) -> Iterator[Kafka]:
+    """A real Apache Kafka broker (one KRaft node from its Maven jars), started once for the session on free
+    loopback ports; its data and logs are kept when any test failed."""
+    broker = Kafka()
+    try:
+        broker.start()
+    except BaseException:
+        broker.stop(keep=True)
+        raise
+    yield broker
+    failed = request.session.testsfailed > 0
+    broker.stop(keep=failed)
+    if failed:
+        print(f"\nKafka data and logs kept in {broker.directory}")
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +134,35 @@ def operated_namespace(kubectl: Kubectl, operator: Operator) -> str:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if _STARTUP_KEY in config.stash:
         terminalreporter.write_line(f"PostgreSQL started in {config.stash[_STARTUP_KEY]:.1f} s")
+
+
+@pytest.fixture
+def deploy(cluster: Kubectl, control_plane: ControlPlane, operated_namespace: str) -> Any:
+    """Starts a ModelDeployment from a manifest in a namespace the operator serves, applied as Git applies it."""
+
+    def start(manifest: dict[str, Any]) -> Deployment:
+        deployment = Deployment(cluster, control_plane, operated_namespace, manifest)
+        deployment.apply()
+        return deployment
+
+    return start
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLAlchemy URL of an empty store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'monitor.db'}"
+    url: str = request.getfixturevalue("postgres")
+    engine = sa.create_engine(url)
+    METADATA.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def monitor(store: str) -> Iterator[Monitor]:
+    """A steward-monitor process over `store`, stopped when the test ends."""
+    process = Monitor(store).start()
+    yield process
+    process.stop()

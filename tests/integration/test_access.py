@@ -13,7 +13,7 @@ import pytest
 
 from steward_harness.kubectl import Kubectl
 from tests.conftest import CHART, Helm
-from tests.integration.test_operator import example
+from tests.support.deployments import example
 from tests.support.waiting import wait_until
 
 MODEL_DEPLOYMENTS = "modeldeployments.steward.dev"

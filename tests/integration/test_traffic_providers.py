@@ -19,7 +19,7 @@ from steward_harness.kubectl import Kubectl
 from steward_operator import specs
 from steward_operator.children import Owner
 from steward_operator.traffic import Backend, Split, provider
-from tests.integration.test_operator import Deployment, example, version
+from tests.support.deployments import Deployment, example, version
 from tests.support.waiting import wait_until
 
 TRAEFIK_SERVICES = "traefikservices.traefik.io"

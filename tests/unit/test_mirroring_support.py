@@ -15,7 +15,10 @@ from steward_operator.releases import ALL_TO_INCUMBENT, Decision, Observed
 from steward_operator.traffic import Backend, Split, provider
 from steward_operator.traffic.base import MirrorRefusal
 from steward_operator.traffic.gateway_api import GatewayClass, mirror_refusal
-from tests.unit.test_releasing import World, _holding, _reasons, _weights
+from tests.support.releases import World
+from tests.support.releases import holding as _holding
+from tests.support.releases import reasons as _reasons
+from tests.support.releases import weights_of as _weights
 
 GATEWAY = "ingress/public"
 # status.supportedFeatures as Traefik v3.6 publishes it for its GatewayClass: no mirroring among them.

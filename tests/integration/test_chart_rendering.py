@@ -1,37 +1,23 @@
-"""The Helm chart as the real helm sees it: it lints clean, its values are documented and checked, a real API
-server accepts what it renders, and the operator's ServiceAccount may do exactly what the operator needs."""
+"""What the Helm chart renders, as the real helm renders it: the operator's Deployment, Service and ServiceAccount, the
+`helm test` pod and its script, the monitor and its store, the install notes, and the alert rules, dashboard and Argo
+CD health check it ships."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from steward_harness import helm as helm_builds
-from steward_harness.controlplane import ControlPlane
-from steward_harness.dataplane import DataPlane
 from steward_harness.kubectl import Kubectl
-from steward_harness.operators import Operator
-from steward_operator.reconciling import CHILD_KINDS
 from tests.conftest import CHART, REPOSITORY, Helm
-from tests.support.waiting import wait_until
-
-
-def _rendered(helm: Helm, namespace: str) -> str:
-    result = helm("template", "steward", str(CHART), "--include-crds", "--namespace", namespace)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def _documents(helm: Helm, *args: str, component: str = "operator") -> dict[str, dict[str, Any]]:
@@ -52,149 +38,6 @@ def _documents(helm: Helm, *args: str, component: str = "operator") -> dict[str,
 def _environment(deployment: dict[str, Any]) -> dict[str, str]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return {variable["name"]: variable["value"] for variable in container["env"]}
-
-
-def test_helm_is_the_pinned_release(helm: Helm) -> None:
-    result = helm("version", "--template", "{{.Version}}")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == helm_builds.HELM_VERSION
-
-
-def test_lint_finds_nothing_to_warn_about(helm: Helm) -> None:
-    # --strict turns warnings into failures; informational notes (such as a missing icon) stay allowed.
-    result = helm("lint", "--strict", str(CHART))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 chart(s) failed" in result.stdout
-    assert "[WARNING]" not in result.stdout
-    assert "[ERROR]" not in result.stdout
-
-
-def test_every_crd_in_the_chart_is_rendered(helm: Helm, namespace: str) -> None:
-    documents = [document for document in yaml.safe_load_all(_rendered(helm, namespace)) if document]
-    rendered = {
-        document["metadata"]["name"] for document in documents if document["kind"] == "CustomResourceDefinition"
-    }
-    shipped = {yaml.safe_load(path.read_text())["metadata"]["name"] for path in (CHART / "crds").glob("*.yaml")}
-    assert shipped
-    assert rendered == shipped
-
-
-def test_the_api_server_accepts_what_the_chart_renders(helm: Helm, kubectl: Kubectl, namespace: str) -> None:
-    manifests = _rendered(helm, namespace)
-    result = kubectl.run("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifests)
-    applied = result.stdout.splitlines()
-    assert applied
-    assert all(line.endswith("(server dry run)") for line in applied), result.stdout
-    assert any(
-        line.startswith("customresourcedefinition.apiextensions.k8s.io/modeldeployments.steward.dev")
-        for line in applied
-    )
-
-
-def test_the_chart_demands_a_supported_kubernetes(helm: Helm, namespace: str) -> None:
-    result = helm("template", "steward", str(CHART), "--kube-version", "1.29.0", "--namespace", namespace)
-    assert result.returncode != 0
-    assert "incompatible with Kubernetes v1.29.0" in result.stderr
-
-
-# --- values: documented, and checked by the schema --------------------------------------------------------------------
-
-_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][\w.-]*):(?:\s|$)")
-
-
-def _documented_keys(values_yaml: str) -> dict[tuple[str, ...], bool]:
-    """Every key of values.yaml by its path, and whether a helm-docs comment (`# -- ...`) sits right above it."""
-    keys: dict[tuple[str, ...], bool] = {}
-    parents: list[tuple[int, str]] = []
-    comment: list[str] = []
-    for line in values_yaml.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            comment.append(stripped)
-            continue
-        match = _KEY.match(line)
-        if match is not None:
-            indent = len(match["indent"])
-            while parents and parents[-1][0] >= indent:
-                parents.pop()
-            path = (*(key for _, key in parents), match["key"])
-            keys[path] = bool(comment) and comment[0].startswith("# -- ")
-            parents.append((indent, match["key"]))
-        # A blank line (or anything else) ends a comment: helm-docs reads only the block right above a key.
-        comment = []
-    return keys
-
-
-def _leaves(values: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    if isinstance(values, dict) and values:
-        for key, value in values.items():
-            yield from _leaves(value, (*path, key))
-    else:
-        yield path
-
-
-def test_every_value_carries_a_helm_docs_comment() -> None:
-    text = (CHART / "values.yaml").read_text()
-    documented = _documented_keys(text)
-    leaves = list(_leaves(yaml.safe_load(text)))
-    assert leaves
-    for leaf in leaves:
-        assert leaf in documented, leaf
-        # A value is documented on its own line, or as a whole on the map that holds it (resources).
-        assert any(documented[leaf[:depth]] for depth in range(1, len(leaf) + 1)), ".".join(leaf)
-
-
-def test_the_schema_covers_every_value_and_nothing_else() -> None:
-    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
-    assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == set(values)
-
-
-def test_lint_accepts_values_other_than_the_defaults(helm: Helm) -> None:
-    result = helm(
-        "lint",
-        "--strict",
-        str(CHART),
-        "--set",
-        "watchNamespaces={team-a,team-b},resyncSeconds=30,metrics.port=9100,serviceAccount.create=false",
-        "--set",
-        "serviceAccount.name=steward,priorityClassName=system-cluster-critical,nodeSelector.pool=system",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "[ERROR]" not in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("values", "complaint"),
-    [
-        (("--set", "resyncSeconds=-1"), "at '/resyncSeconds': minimum"),
-        (("--set", "resyncSeconds=1.5"), "at '/resyncSeconds'"),
-        (("--set-string", "metrics.port=http"), "at '/metrics/port': got string, want integer"),
-        (("--set", "health.port=70000"), "at '/health/port': maximum"),
-        (("--set", "replicaCount=2"), "additional properties 'replicaCount' not allowed"),
-        (("--set", "image.pullPolicy=Sometimes"), "at '/image/pullPolicy'"),
-        (("--set", "watchNamespaces={Team_A}"), "at '/watchNamespaces/0'"),
-        (("--set", "resources.limits.memory=lots"), "at '/resources/limits/memory'"),
-        (("--set", "serviceAccount.create=maybe"), "at '/serviceAccount/create'"),
-        (("--set", "prometheus.url=prometheus:9090"), "at '/prometheus/url'"),
-        (("--set", "monitor.tokenSecret=Monitor_Token"), "at '/monitor/tokenSecret'"),
-        (("--set", "monitor.retentionDays=0"), "at '/monitor/retentionDays'"),
-    ],
-    ids=lambda value: value[-1] if isinstance(value, tuple) else None,
-)
-def test_the_schema_refuses_a_bad_value(helm: Helm, values: tuple[str, ...], complaint: str) -> None:
-    result = helm("template", "steward", str(CHART), *values)
-    assert result.returncode != 0
-    assert "values don't meet the specifications of the schema" in result.stderr
-    assert complaint in result.stderr
-
-
-def test_metrics_and_health_must_not_share_a_port(helm: Helm) -> None:
-    result = helm("template", "steward", str(CHART), "--set", "health.port=9090")
-    assert result.returncode != 0
-    assert "metrics.port and health.port must differ" in result.stderr
 
 
 # --- what the chart renders -------------------------------------------------------------------------------------------
@@ -359,165 +202,6 @@ def test_the_helm_test_script_passes_only_on_the_operators_metrics(helm: Helm, e
         server.server_close()
         thread.join()
     assert (result.returncode == 0) is passes, result.stdout + result.stderr
-
-
-# --- RBAC, as the API server enforces it ------------------------------------------------------------------------------
-
-# (verb, resource, subresource): everything the operator does, and nothing else it could.
-_ALLOWED = [
-    *((verb, "modeldeployments.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
-    *((verb, "modeldeployments.steward.dev", "status") for verb in ("get", "patch", "update")),
-    *((verb, "modelcommands.steward.dev", "") for verb in ("get", "list", "watch", "patch")),
-    ("patch", "modelcommands.steward.dev", "status"),
-    # Every kind of child a serving mode or a traffic provider declares it makes.
-    *(
-        (verb, f"{kind.plural}.{kind.resource[0]}", "")
-        for kind in CHILD_KINDS
-        for verb in ("get", "list", "watch", "create", "patch", "delete")
-    ),
-    # Whether the gateway implements mirroring, read before a shadow is written.
-    ("get", "gateways.gateway.networking.k8s.io", ""),
-    ("get", "gatewayclasses.gateway.networking.k8s.io", ""),
-    *((verb, "jobs.batch", "") for verb in ("get", "list", "create", "patch")),
-    *((verb, resource, "") for resource in ("events", "events.events.k8s.io") for verb in ("create", "patch")),
-]
-_DENIED = [
-    ("get", "secrets", ""),
-    ("list", "secrets", ""),
-    ("get", "configmaps", ""),
-    ("get", "pods", ""),
-    ("create", "deployments.apps", ""),
-    ("create", "modeldeployments.steward.dev", ""),
-    ("update", "modeldeployments.steward.dev", ""),
-    ("delete", "modeldeployments.steward.dev", ""),
-    ("create", "modelcommands.steward.dev", ""),
-    ("delete", "modelcommands.steward.dev", ""),
-    ("update", "inferenceservices.serving.kserve.io", ""),
-    ("delete", "jobs.batch", ""),
-    ("list", "events", ""),
-    ("get", "namespaces", ""),
-    ("create", "clusterroles.rbac.authorization.k8s.io", ""),
-    ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),
-    ("*", "*", ""),
-]
-
-
-def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl, namespace: str) -> None:
-    # The ClusterRole and its binding are named after the release and its namespace, so tests never collide.
-    result = helm("template", "steward", str(CHART), "--skip-crds", "--skip-tests", "--namespace", namespace)
-    assert result.returncode == 0, result.stderr
-    manifests = result.stdout
-    try:
-        cluster.run("apply", "-n", namespace, "-f", "-", stdin=manifests)
-        role = cluster.json("get", "clusterrole", f"steward-{namespace}")
-        rules = {
-            (group, resource): sorted(rule["verbs"])
-            for rule in role["rules"]
-            for group in rule["apiGroups"]
-            for resource in rule["resources"]
-        }
-        assert rules == {
-            ("steward.dev", "modeldeployments"): ["get", "list", "patch", "watch"],
-            ("steward.dev", "modeldeployments/status"): ["get", "patch", "update"],
-            ("steward.dev", "modelcommands"): ["get", "list", "patch", "watch"],
-            ("steward.dev", "modelcommands/status"): ["patch"],
-            ("serving.kserve.io", "inferenceservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("traefik.io", "traefikservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("traefik.io", "ingressroutes"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("gateway.networking.k8s.io", "gateways"): ["get"],
-            ("gateway.networking.k8s.io", "gatewayclasses"): ["get"],
-            ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("batch", "jobs"): ["create", "get", "list", "patch"],
-            ("discovery.k8s.io", "endpointslices"): ["list"],
-            ("", "events"): ["create", "patch"],
-            ("events.k8s.io", "events"): ["create", "patch"],
-        }
-
-        account = f"system:serviceaccount:{namespace}:steward"
-        wrong: list[str] = []
-        for expected, checks in ((True, _ALLOWED), (False, _DENIED)):
-            for verb, resource, subresource in checks:
-                # In the release's namespace, in another one, and across all of them (the operator's watch).
-                for scope in (("-n", namespace), ("-n", "default"), ("--all-namespaces",)):
-                    arguments = ["auth", "can-i", verb, resource, f"--as={account}", *scope]
-                    if subresource:
-                        arguments.append(f"--subresource={subresource}")
-                    answer = cluster.run(*arguments, check=False)
-                    allowed = answer.stdout.strip() == "yes"
-                    assert answer.stdout.strip() in {"yes", "no"}, answer.stdout + answer.stderr
-                    if allowed is not expected:
-                        wrong.append(f"{' '.join(arguments[2:])}: {answer.stdout.strip()}")
-        assert not wrong, "\n".join(wrong)
-    finally:
-        cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
-
-
-def test_the_operator_runs_on_the_charts_rbac_alone(
-    helm: Helm, cluster: Kubectl, control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> None:
-    """The real operator, logged in with a token of the chart's ServiceAccount, serves an online and a batch
-    model and carries out a command: the ClusterRole holds everything the operator does."""
-    result = helm(
-        "template",
-        "steward",
-        str(CHART),
-        "--skip-crds",
-        "--skip-tests",
-        "--namespace",
-        namespace,
-        "--set",
-        f"watchNamespaces={{{namespace}}}",
-    )
-    assert result.returncode == 0, result.stderr
-    manifests = result.stdout
-    plane = DataPlane(control_plane.server, control_plane.ssl_context(), prefix=namespace).start()
-    operator = None
-    try:
-        cluster.run("apply", "-n", namespace, "-f", "-", stdin=manifests)
-        token = cluster.run("create", "token", "steward", "-n", namespace, "--duration=1h").stdout.strip()
-        config = yaml.safe_load(control_plane.kubeconfig.read_text())
-        config["users"] = [{"name": "steward-admin", "user": {"token": token}}]
-        kubeconfig = tmp_path / "operator-kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump(config))
-        operator = Operator(kubeconfig, [namespace]).start()
-        for example in ("online.yaml", "batch.yaml"):
-            cluster.run("apply", "-n", namespace, "-f", str(REPOSITORY / "examples" / example))
-
-        def phase(name: str) -> str | None:
-            found: str | None = cluster.json("get", "md", name, "-n", namespace).get("status", {}).get("phase")
-            return found
-
-        wait_until(lambda: phase("churn") == phase("credit-limits") == "Stable")
-        cluster.run(
-            "patch",
-            "md",
-            "churn",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"model":{"version":"v2","bundle":"s3://models/churn/v2/"}}}',
-        )
-        wait_until(lambda: phase("churn") == "Validating")
-        command = {
-            "apiVersion": "steward.dev/v1alpha1",
-            "kind": "ModelCommand",
-            "metadata": {"name": "churn-promote", "namespace": namespace},
-            "spec": {"modelDeployment": "churn", "action": "promote", "requestedBy": "steward-admin"},
-        }
-        cluster.run("apply", "-f", "-", stdin=json.dumps(command))
-        wait_until(lambda: phase("churn") == "Canary")
-        answered = cluster.json("get", "modelcommand", "churn-promote", "-n", namespace)
-        assert answered["status"]["outcome"] == "Done"
-        assert answered["metadata"]["ownerReferences"][0]["name"] == "churn"
-        assert "Forbidden" not in operator.log.read_text()
-    finally:
-        if operator is not None:
-            operator.stop()
-        plane.stop()
-        cluster.run("delete", "--ignore-not-found", "--wait=false", "-n", namespace, "-f", "-", stdin=manifests)
 
 
 # --- the monitor ---------------------------------------------------------------------------------------------------
