@@ -63,13 +63,14 @@ test-integration: binaries kafka ## Integration tests against a real control pla
 e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
 	$(BIN)/pytest -m e2e --durations=10 $(PYTEST_ARGS)
 
-bench: install binaries ## Benchmarks: serving and batch scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion, command start-up
+bench: install binaries kafka ## Benchmarks: serving, batch and stream scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion, command start-up
 	$(BIN)/python bench/online.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/sequential.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/commands.py
+	$(BIN)/python bench/stream.py
 
 demo: binaries ## Play a release story on the local setup: v2 promoted on evidence, a bad v3 rolled back; writes build/demo/timeline.{md,png}
 	harness/host-packages.sh demo

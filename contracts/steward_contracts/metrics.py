@@ -135,6 +135,14 @@ PREDICTOR_PREDICTION_TRAINING_SHARE = Family(
 PREDICTOR_REPORTED_EVENTS = Family("steward_predictor_reported_events", "counter", ("result",))
 """Prediction events for the monitor: sent, refused by it, or dropped."""
 
+STREAM_LAG = Family("steward_stream_lag_records", "gauge", ("model", "topic", "partition"))
+"""A stream's records not yet scored and committed, per input partition: the end of the partition less the
+consumer group's position, as each worker that owns the partition sees it."""
+STREAM_TRANSACTIONS = Family("steward_stream_transactions", "counter", ("model", "result"))
+"""A stream worker's transactions (a batch's outputs, dead letters and offsets), by result: committed, aborted."""
+STREAM_HALTED = Family("steward_stream_halted", "gauge", ("model",))
+"""1 while a stream worker takes no records because its incumbent dead-letters more than the ceiling allows."""
+
 PREDICTOR_FAMILIES = (
     PREDICTOR_REQUESTS,
     PREDICTOR_REQUEST_DURATION,
@@ -152,6 +160,8 @@ PREDICTOR_FAMILIES = (
     PREDICTOR_PREDICTION_TRAINING_SHARE,
     PREDICTOR_REPORTED_EVENTS,
 )
+STREAM_FAMILIES = (STREAM_LAG, STREAM_TRANSACTIONS, STREAM_HALTED)
+"""A stream worker's own, beside the predictor's families it exports for each version it scores with."""
 
 # --- the monitor ----------------------------------------------------------------------------------------------------
 
@@ -222,5 +232,5 @@ OPERATOR_FAMILIES = (
     OPERATOR_TRAFFIC_RATIO,
 )
 
-FAMILIES = (*PREDICTOR_FAMILIES, *MONITOR_FAMILIES, *OPERATOR_FAMILIES)
+FAMILIES = (*PREDICTOR_FAMILIES, *STREAM_FAMILIES, *MONITOR_FAMILIES, *OPERATOR_FAMILIES)
 """Every metric family Steward exports."""

@@ -5,9 +5,11 @@ module that does the work is imported once the arguments are parsed."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from steward_predictor.defaults import (
     DEFAULT_CHUNK_ROWS,
@@ -68,6 +70,10 @@ examples:
 def predict(argv: Sequence[str] | None = None) -> int:
     """steward-predict."""
     args = predict_parser().parse_args(argv)
+    if args.command == "stream":
+        from steward_predictor import streaming  # noqa: PLC0415 -- loads the Kafka client and scikit-learn
+
+        return streaming.run(args)
     from steward_predictor import predicting  # noqa: PLC0415 -- loads pandas, pyarrow and scikit-learn
 
     return predicting.run(args)
@@ -155,7 +161,173 @@ def predict_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="prefix of the request ids <run id>-<row> (default: a new random hex id per run)",
     )
+    _stream_parser(commands)
     return root
+
+
+STREAM_DESCRIPTION = """\
+Score a Kafka topic into another, every record exactly once.
+
+Each record's value is a JSON object of features, validated against the bundle's feature schema
+exactly as online requests are. Its answer goes to the output topic under the same key, as JSON:
+{"requestId", "version", "prediction", "probabilities" (classifiers)}. A record that cannot be
+scored (not JSON, refused by the schema, or the model failed on it) goes to the dead-letter topic
+as it came, with the reason in the x-steward-error header.
+
+Answers, dead letters and the consumed offsets are written in one Kafka transaction, committed
+every --commit-interval-ms, and the input is read read_committed: after a crash, a restart or a
+rebalance, every input record appears in the output or the dead letters exactly once for
+read_committed readers. Workers of one
+ModelDeployment share the consumer group; each needs its own --transactional-id, the same every
+time it starts (its pod's ordinal), so a restarted worker fences its predecessor at once.
+
+During a release, --challenger-percent of the records (by a stable hash of the key) are answered
+by the challenger; with --shadow the challenger also scores every record for its metrics and the
+prediction log only, and never writes to the output topic. Metrics (the predictor's, per version,
+and the stream's lag per partition) are served on --port at /metrics; /ready answers 200 while
+records are taken."""
+
+
+STREAM_EXIT_CODES = """\
+exit codes:
+  0  stopped (SIGTERM or SIGINT): the batch under way was committed or aborted, the group left
+  1  Kafka failed for good: this worker was fenced by another with its transactional id, or the
+     client hit an error it cannot recover from; a restart takes its partitions over cleanly
+  2  usage error: a bad flag, an unreadable --client-config
+  4  bundle refused: digest mismatch, untrusted types, or golden examples that no longer reproduce"""
+
+
+def _stream_parser(commands: Any) -> None:
+    stream = commands.add_parser(
+        "stream",
+        help="score a Kafka topic into another, exactly once",
+        description=STREAM_DESCRIPTION,
+        epilog=STREAM_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    environ = os.environ.get
+    model = stream.add_argument_group("model")
+    model.add_argument(
+        "--model", default=environ("STEWARD_MODEL", "model"), help="the ModelDeployment's name (STEWARD_MODEL)"
+    )
+    model.add_argument(
+        "--bundle", default=DEFAULT_URI, metavar="URI", help="the incumbent's bundle (default: %(default)s)"
+    )
+    model.add_argument("--digest", metavar="SHA256", help="refuse the incumbent's bundle unless its digest is this")
+    model.add_argument(
+        "--version", metavar="VERSION", help="refuse the incumbent's bundle unless it holds this version"
+    )
+    model.add_argument("--challenger-bundle", metavar="URI", help="the challenger's bundle, during a release")
+    model.add_argument(
+        "--challenger-digest", metavar="SHA256", help="refuse the challenger's bundle unless its digest is this"
+    )
+    model.add_argument(
+        "--challenger-version", metavar="VERSION", help="refuse the challenger's bundle unless it holds this version"
+    )
+    model.add_argument(
+        "--challenger-percent",
+        type=int,
+        default=0,
+        metavar="P",
+        help="records the challenger answers, 0-100 (default: %(default)s)",
+    )
+    model.add_argument(
+        "--shadow", action="store_true", help="the challenger also scores every record, for evidence only"
+    )
+    model.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=allow_pickle(),
+        help="load pickled pipelines (STEWARD_ALLOW_PICKLE=true)",
+    )
+    model.add_argument(
+        "--trust-type",
+        action="append",
+        default=list(trusted_types()),
+        metavar="TYPE",
+        help="a type the pipelines may contain beyond scikit-learn's own; repeatable",
+    )
+    kafka = stream.add_argument_group("kafka")
+    kafka.add_argument("--brokers", required=True, metavar="HOST:PORT,...", help="bootstrap brokers")
+    kafka.add_argument("--input-topic", required=True, metavar="TOPIC")
+    kafka.add_argument("--output-topic", required=True, metavar="TOPIC")
+    kafka.add_argument("--dead-letter-topic", required=True, metavar="TOPIC")
+    kafka.add_argument("--group", required=True, metavar="ID", help="the consumer group every worker shares")
+    kafka.add_argument(
+        "--transactional-id", required=True, metavar="ID", help="this worker's own, stable across restarts"
+    )
+    kafka.add_argument(
+        "--client-config", type=Path, metavar="FILE", help="librdkafka settings (SASL, TLS), key=value per line"
+    )
+    run = stream.add_argument_group("run")
+    run.add_argument(
+        "--max-records",
+        type=_positive,
+        default=500,
+        metavar="N",
+        help="records per batch and transaction (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-wait-ms",
+        type=_positive,
+        default=25,
+        metavar="MS",
+        help="longest wait to fill a batch; at low rates, what a record waits to be scored (default: %(default)s)",
+    )
+    run.add_argument(
+        "--commit-interval-ms",
+        type=_positive,
+        default=100,
+        metavar="MS",
+        help="longest a transaction stays open: answers become visible to read_committed readers when it commits "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--transaction-records",
+        type=_positive,
+        default=5000,
+        metavar="N",
+        help="records after which a transaction commits sooner (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-record-bytes",
+        type=_positive,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="larger records are dead-lettered (default: %(default)s)",
+    )
+    run.add_argument(
+        "--dead-letter-ceiling",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="the largest share of a version's recent records that may be dead-lettered; a challenger over it loses "
+        "its share, an incumbent over it halts the worker (default: %(default)s)",
+    )
+    run.add_argument("--port", type=int, default=8080, help="/metrics, /ready and /healthz (default: %(default)s)")
+    run.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")  # noqa: S104
+    monitor = stream.add_argument_group("monitor")
+    monitor.add_argument(
+        "--monitor-url",
+        default=environ("STEWARD_MONITOR_URL"),
+        help="report every prediction here (STEWARD_MONITOR_URL)",
+    )
+    monitor.add_argument("--monitor-token", default=environ("STEWARD_MONITOR_TOKEN"), help=argparse.SUPPRESS)
+    monitor.add_argument(
+        "--namespace",
+        default=environ("STEWARD_NAMESPACE", ""),
+        help="the ModelDeployment's namespace (STEWARD_NAMESPACE)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def bundle_parser() -> argparse.ArgumentParser:

@@ -258,13 +258,14 @@ class ModelMetrics:
     def _binned(self, name: str, histogram: Bins) -> _Binned:
         return _Binned(self._key, name, histogram, np.zeros(len(histogram.labels), dtype=np.int64))
 
-    def request(self, protocol: str, code: int) -> None:
+    def request(self, protocol: str, code: int, count: int = 1) -> None:
+        """Count `count` requests (a stream's records) answered over `protocol` with HTTP status `code`."""
         counter = self._requests.get((protocol, code))
         if counter is None:
             counter = self._requests[(protocol, code)] = self.families.requests.labels(
                 **self.base, protocol=protocol, code=str(code)
             )
-        counter.inc()
+        counter.inc(count)
 
     def observe_inputs(self, checked: Checked) -> None:
         columns = checked.columns

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from steward_predictor import scoring
 from steward_predictor.bundles import Bundle
+from steward_predictor.defaults import MAX_REQUEST_ID, REQUEST_ID, REQUEST_ID_CHARACTERS
 from steward_predictor.metrics import Families, ModelMetrics
 from steward_predictor.observers import Metered, PredictionLog
 from steward_predictor.prediction_log import Reporter
@@ -44,13 +44,6 @@ _HOLDS = {bool: "a bool", int: "an integer", float: "a float", str: "text", list
 # Validation and scoring run on these threads, never on the event loop, so health probes and small requests are
 # answered while a large request is scored. Validation holds the GIL: more threads would not score faster.
 SCORING_THREADS = 4
-MAX_REQUEST_ID = 128
-"""The longest request id passed on. The monitor stores ids of up to 256 characters, and a request of several rows
-is reported as `<id>-<row>`: 128 leaves room for any row number."""
-REQUEST_ID_CHARACTERS = "A-Z a-z 0-9 - _ . : ; = + / @ ~"
-"""What request ids are made of: enough for uuids, W3C trace ids, Envoy's and KServe's ids, CloudEvent ids and
-base64, and nothing a log line, a header or the monitor would trip over."""
-_REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:;=+/@~-]{{1,{MAX_REQUEST_ID}}}")
 
 
 @dataclass
@@ -296,7 +289,7 @@ def request_id(headers: Mapping[str, str], payload: dict[str, Any] | InferReques
         sent.append(("the V2 id", payload.id))
     for source, value in sent:
         if value:
-            if _REQUEST_ID.fullmatch(str(value)):
+            if REQUEST_ID.fullmatch(str(value)):
                 return str(value), ""
             return uuid.uuid4().hex, (
                 f"{source} was not used: request ids are 1 to {MAX_REQUEST_ID} characters of "

@@ -23,8 +23,9 @@ class Metered:
 
 
 class PredictionLog:
-    """Reports every scored row to the monitor, under its request's id (`<request id>-<row>` for a request of
-    several rows), with the positive class's probability for binary classifiers."""
+    """Reports every scored row to the monitor, under its own id when it has one (a stream's record), else its
+    request's (`<request id>-<row>` for a request of several rows), with the positive class's probability for
+    binary classifiers."""
 
     def __init__(self, reporter: Reporter, variant: str) -> None:
         self.reporter = reporter
@@ -35,4 +36,7 @@ class PredictionLog:
         if predictions is None:
             return
         scores = probabilities[:, 1] if probabilities is not None and probabilities.shape[1] == 2 else None
-        self.reporter.report(observation.version, self.variant, observation.request_id, predictions, scores)
+        ids = None
+        if observation.row_ids is not None:
+            ids = [observation.row_ids[row] for row in observation.checked.accepted.tolist()]
+        self.reporter.report(observation.version, self.variant, observation.request_id, predictions, scores, ids=ids)

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -68,9 +69,17 @@ class Reporter:
         self._thread.start()
 
     def report(
-        self, version: str, variant: str, request_id: str, predictions: np.ndarray, scores: np.ndarray | None
+        self,
+        version: str,
+        variant: str,
+        request_id: str,
+        predictions: np.ndarray,
+        scores: np.ndarray | None,
+        *,
+        ids: Sequence[str] | None = None,
     ) -> None:
-        """Queue one event per row; a request of several rows gets ids `<request id>-<row>`, as batch scoring does."""
+        """Queue one event per row, under `ids` (one per prediction) when given; otherwise a request of several
+        rows gets ids `<request id>-<row>`, as batch scoring does."""
         several = len(predictions) > 1
         answers = predictions.tolist()
         probabilities = scores.tolist() if scores is not None else None
@@ -80,7 +89,7 @@ class Reporter:
                 "namespace": self.namespace,
                 "version": version,
                 "variant": variant,
-                "requestId": f"{request_id}-{row}" if several else request_id,
+                "requestId": ids[row] if ids is not None else f"{request_id}-{row}" if several else request_id,
                 "prediction": prediction,
                 **({"score": probabilities[row]} if probabilities is not None else {}),
             }

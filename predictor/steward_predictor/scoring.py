@@ -30,6 +30,9 @@ class Observation:
     """The model version that scored it."""
     request_id: str
     """The request's id, or the batch run's."""
+    row_ids: Sequence[str] | None
+    """One id per input row when each row is its own event (a stream's records); None when the rows share
+    `request_id`."""
     checked: Checked
     """The rows as validation left them: the accepted rows' typed columns, the rejected rows and every problem."""
     predictions: np.ndarray | None
@@ -75,12 +78,19 @@ class Scorer:
         """The class labels of a classifier, in the order of the probabilities' columns; None for a regressor."""
 
     def score(
-        self, checked: Checked, *, request_id: str, started: float | None = None, all_or_none: bool = False
+        self,
+        checked: Checked,
+        *,
+        request_id: str,
+        row_ids: Sequence[str] | None = None,
+        started: float | None = None,
+        all_or_none: bool = False,
     ) -> Scored:
         """Predict the accepted rows of `checked`, then tell every observer. With `all_or_none` (a request, answered
         for all its rows or refused), one rejected row refuses the batch and nothing is predicted; otherwise the
         rejected rows are set aside and the rest predicted (a chunk of a batch run). `started` is when the batch
-        arrived (time.perf_counter), by default now. Observers hear of a batch the pipeline failed on too."""
+        arrived (time.perf_counter), by default now. `row_ids`, one per input row, name rows that are events of
+        their own. Observers hear of a batch the pipeline failed on too."""
         started = time.perf_counter() if started is None else started
         refused = all_or_none and bool(checked.rejected)
         predicted = None
@@ -91,6 +101,7 @@ class Scorer:
             observation = Observation(
                 version=self.bundle.version,
                 request_id=request_id,
+                row_ids=row_ids,
                 checked=checked,
                 predictions=predicted[0] if predicted is not None else None,
                 probabilities=predicted[1] if predicted is not None else None,

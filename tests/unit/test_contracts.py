@@ -33,6 +33,7 @@ from steward_contracts.metrics import (
     PREDICTOR_SCORES,
     PROBLEMS,
     QUALITY_METRICS,
+    STREAM_FAMILIES,
     TARGET_LABELS,
     Family,
 )
@@ -49,6 +50,7 @@ from steward_predictor import schemas
 from steward_predictor.metrics import HOLDOUT_METRICS, Families, ModelMetrics
 from steward_predictor.prediction_log import Reporter
 from steward_predictor.settings import Settings
+from steward_predictor.streaming import StreamMetrics
 from tests.conftest import CHART, REPOSITORY
 from tests.support import models
 
@@ -75,6 +77,7 @@ def test_family_names_follow_prometheus_conventions_and_are_unique() -> None:
     assert len(SAMPLES) == sum(len(family.samples) for family in FAMILIES)
     for families, part in (
         (PREDICTOR_FAMILIES, "predictor"),
+        (STREAM_FAMILIES, "stream"),
         (MONITOR_FAMILIES, "monitor"),
         (OPERATOR_FAMILIES, "operator"),
     ):
@@ -144,6 +147,14 @@ def test_the_predictor_exports_what_the_contracts_name(trained: models.Trained) 
     reporter.events.labels("sent").inc(0)
     _as_contracted(_exported(registry, "steward_predictor_"), PREDICTOR_FAMILIES)
     assert HOLDOUT_METRICS == QUALITY_METRICS
+
+
+def test_a_stream_worker_exports_what_the_contracts_name() -> None:
+    registry = CollectorRegistry()
+    metrics = StreamMetrics("fraud", registry)
+    metrics.lag.labels("fraud", "payments", "0").set(3)
+    metrics.transaction("committed")
+    _as_contracted(_exported(registry, "steward_stream_"), STREAM_FAMILIES)
 
 
 def test_the_monitor_exports_what_the_contracts_name() -> None:

@@ -13,7 +13,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from steward_monitor import records as monitor_records
-from steward_predictor.model import MAX_REQUEST_ID, check_request, request_id
+from steward_predictor.defaults import MAX_REQUEST_ID
+from steward_predictor.model import check_request, request_id
 from steward_predictor.schemas import infer_schema
 from steward_predictor.settings import Settings
 from steward_predictor.validating import Validator
