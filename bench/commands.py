@@ -74,7 +74,7 @@ def time_to_first_score(runs: int) -> tuple[list[float], list[float]]:
         trained.x_train.head(SMALL_FILE_ROWS).to_csv(source, index=False)
         pickled.write_bytes(pickle.dumps(trained.pipeline))
         batch = [str(BIN / "steward-predict"), "batch", "--bundle", str(trained.path), "--input", str(source)]
-        batch += ["--output", str(directory / "scores.parquet")]
+        batch += ["--output", str(directory / "scores.parquet"), "--if-exists", "replace"]
         return first_line(batch, runs), first_line(
             [sys.executable, "-c", _BARE_SCORER, str(pickled), str(source)], runs
         )

@@ -43,12 +43,23 @@ class StreamWorker(Server):
     def returncode(self) -> int | None:
         return self._process.poll() if self._process is not None else None
 
-    def start(self) -> StreamWorker:
+    def launch(self) -> StreamWorker:
+        """Start the worker, and return at once: `ready()` tells when it takes records."""
+        self._launch()
+        return self
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         self.port = self.port or free_ports(1)[0]
         command = [str(STEWARD_PREDICT), "stream", *self.flags, f"--port={self.port}", "--host=127.0.0.1"]
         self._process = launch(command, self.log, {**os.environ, **self.env})
+        return self._process
+
+    def ready(self) -> bool:
+        return self._process is not None and http_get(f"{self.url}/ready", timeout=1)[0] == 200
+
+    def start(self) -> StreamWorker:
         await_health(
-            self._process,
+            self._launch(),
             f"{self.url}/ready",
             what="the stream worker",
             timeout=STARTUP_TIMEOUT,

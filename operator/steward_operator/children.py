@@ -11,6 +11,11 @@ from typing import Any
 from steward_operator import specs
 from steward_operator.kinds import Kind
 
+VERSION_LABEL = "steward.dev/version"
+"""On every child that serves: the version it serves (the incumbent, for a child that serves two)."""
+CHALLENGER_LABEL = "steward.dev/challenger"
+"""On a child that serves a challenger beside its incumbent (a stream's workers): the challenger's version."""
+
 # KServe derives more names from an InferenceService's ("<name>-predictor-..."); leave them room.
 MAX_CHILD_NAME = 52
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from steward_operator import deciding, modes, planners, releases, releasing, retraining, specs, telemetry, traffic
-from steward_operator.children import Owner
+from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner
 from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError
 from steward_operator.kinds import (
     CRON_JOB,
@@ -388,14 +388,16 @@ def _serving(endpoint: dict[str, Any]) -> bool:
 def ready_versions(
     children: list[dict[str, Any]], endpoints: frozenset[str], *, current: bool = True
 ) -> frozenset[str]:
-    """Versions whose serving child is ready, as its serving mode reads it (see modes.ready); with `current` False,
-    readiness for an older generation counts, as while a change rolls out."""
-    return frozenset(
-        version
-        for child in children
-        if (version := child["metadata"].get("labels", {}).get("steward.dev/version")) is not None
-        and modes.ready(child, endpoints, current=current)
-    )
+    """Versions whose serving child is ready, as its serving mode reads it (see modes.ready): the version it serves,
+    and the challenger a stream's workers serve beside it. With `current` False, readiness for an older generation
+    counts, as while a change rolls out."""
+    found: set[str] = set()
+    for child in children:
+        labels = child["metadata"].get("labels", {})
+        versions = {labels.get(VERSION_LABEL), labels.get(CHALLENGER_LABEL)} - {None}
+        if versions and modes.ready(child, endpoints, current=current):
+            found.update(version for version in versions if version)
+    return frozenset(found)
 
 
 async def _prune(cluster: Cluster, children: list[dict[str, Any]], plan: modes.Plan) -> None:

@@ -44,6 +44,8 @@ HALT_BACKOFF = (1.0, 30.0)
 """A halted worker tries its batch again after the first, doubling up to the second."""
 LAG_EVERY = 5.0
 """Seconds between readings of the input partitions' ends for the lag gauge."""
+SESSION_TIMEOUT_MS = 10_000
+"""How long a worker that stopped heartbeating keeps its partitions."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class Worker:
                 "enable.auto.offset.store": False,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
+                # A worker that dies without leaving the group (killed, its node lost) gives up its partitions
+                # after this, rather than the client's 45 s: records wait at most so long for a new owner.
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
             }
         )
         self.producer = Producer(

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class Record:
     def source(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
-    @property
+    @cached_property
     def request_id(self) -> str:
         """The record's key when it makes a usable request id, else where it sits: `<topic>-<partition>-<offset>`.
         Every version that scores the record reports it under this id, so the monitor pairs their answers."""
@@ -267,18 +268,10 @@ class Stream:
         for position, violations in checked.rejected.items():
             reason = "; ".join(str(violation).removeprefix(f"row {position}, ") for violation in violations)
             found.append((position, self._dead_letter(records[position], f"invalid: {reason}", version.name), True))
-        classes = version.scorer.classes
-        probabilities = scored.probabilities
-        for row, position in enumerate(checked.accepted.tolist()):
-            record = records[position]
-            answer: dict[str, Any] = {"requestId": record.request_id, "version": version.name}
-            answer["prediction"] = _plain(scored.predictions[row])
-            if probabilities is not None and classes is not None:
-                answer["probabilities"] = {
-                    str(label): float(p) for label, p in zip(classes, probabilities[row].tolist(), strict=True)
-                }
-            headers = [(VERSION_HEADER, version.name.encode()), (REQUEST_ID_HEADER, record.request_id.encode())]
-            found.append((position, Message(self.topics.output, record.key, _json(answer), headers), False))
+        answers = _answers(version, records, checked.accepted.tolist(), scored)
+        headers = [(VERSION_HEADER, version.name.encode())]
+        for position, answer in answers:
+            found.append((position, Message(self.topics.output, records[position].key, answer, headers), False))
         version.count(SCORED, len(checked.accepted))
         version.count(REJECTED, len(checked.rejected))
         found.sort(key=lambda item: item[0])
@@ -316,6 +309,26 @@ class Stream:
         return Message(self.topics.dead_letter, record.key, record.value, headers)
 
 
+def _answers(version: Version, records: list[Record], accepted: list[int], scored: Scored) -> list[tuple[int, bytes]]:
+    """(position, answer) for each accepted record: `{"requestId", "version", "prediction", "probabilities"}` as
+    JSON, the parts every answer of the batch shares encoded once."""
+    dumps = json.dumps
+    head = '"version":' + dumps(version.name) + ',"prediction":'
+    predictions = [dumps(_plain(value), allow_nan=False) for value in scored.predictions.tolist()]
+    classes, probabilities = version.scorer.classes, scored.probabilities
+    tails = ["}"] * len(predictions)
+    if probabilities is not None and classes is not None:
+        names = [dumps(str(label)) + ":" for label in classes]
+        tails = [
+            ',"probabilities":{' + ",".join(name + repr(p) for name, p in zip(names, row, strict=True)) + "}}"
+            for row in probabilities.tolist()
+        ]
+    return [
+        (position, ('{"requestId":' + dumps(records[position].request_id) + "," + head + prediction + tail).encode())
+        for position, prediction, tail in zip(accepted, predictions, tails, strict=True)
+    ]
+
+
 def _plain(value: Any) -> Any:
     """A prediction as JSON holds it: numpy scalars as Python numbers, NaN as null."""
     if isinstance(value, np.generic):
@@ -323,7 +336,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _json(answer: dict[str, Any]) -> bytes:
-    return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()

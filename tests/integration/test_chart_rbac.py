@@ -77,14 +77,13 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
             ("steward.dev", "modeldeployments/status"): ["get", "patch", "update"],
             ("steward.dev", "modelcommands"): ["get", "list", "patch", "watch"],
             ("steward.dev", "modelcommands/status"): ["patch"],
-            ("serving.kserve.io", "inferenceservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("gateway.networking.k8s.io", "httproutes"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("networking.istio.io", "virtualservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("traefik.io", "traefikservices"): ["create", "delete", "get", "list", "patch", "watch"],
-            ("traefik.io", "ingressroutes"): ["create", "delete", "get", "list", "patch", "watch"],
+            # Every kind of child a serving mode or a traffic provider declares it makes, and nothing more.
+            **{
+                (kind.resource[0], kind.plural): ["create", "delete", "get", "list", "patch", "watch"]
+                for kind in CHILD_KINDS
+            },
             ("gateway.networking.k8s.io", "gateways"): ["get"],
             ("gateway.networking.k8s.io", "gatewayclasses"): ["get"],
-            ("batch", "cronjobs"): ["create", "delete", "get", "list", "patch", "watch"],
             ("batch", "jobs"): ["create", "get", "list", "patch"],
             ("discovery.k8s.io", "endpointslices"): ["list"],
             ("", "events"): ["create", "patch"],

@@ -1,7 +1,7 @@
 """The real operator on a real API server, each ModelDeployment driven as its users drive it (Git for spec, kubectl
-steward for commands): an online model gets an InferenceService and a route, a batch model a CronJob, each owned by
-its ModelDeployment so garbage collection removes them with it; streaming is refused out loud, and a child another
-ModelDeployment holds is neither adopted nor overwritten."""
+steward for commands): an online model gets an InferenceService and a route, a batch model a CronJob, a streaming
+model a StatefulSet of stream workers, each owned by its ModelDeployment so garbage collection removes them with it;
+and a child another ModelDeployment holds is neither adopted nor overwritten."""
 
 from __future__ import annotations
 
@@ -56,16 +56,21 @@ def test_a_batch_model_gets_a_cron_job_running_the_batch_command(deploy: Any) ->
     credit.assert_git_sees_no_drift()
 
 
-def test_streaming_is_refused_out_loud_not_ignored(deploy: Any) -> None:
+def test_a_streaming_model_gets_a_stateful_set_of_stream_workers(deploy: Any) -> None:
     fraud = deploy(example("streaming.yaml"))
-
-    def stalled() -> dict[str, Any] | None:
-        conditions = {c["type"]: c for c in fraud.status().get("conditions", [])}
-        return conditions.get("Stalled") if conditions.get("Stalled", {}).get("status") == "True" else None
-
-    condition = wait_until(stalled)
-    assert condition["reason"] == "StreamingNotSupported"
-    assert fraud.children() == []
+    (workers,) = wait_until(lambda: fraud.of_kind("StatefulSet"))
+    assert workers["metadata"]["labels"]["steward.dev/version"] == "3.4.0"
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["steward-predict"]
+    assert container["args"][:4] == [
+        "stream",
+        "--model=payment-fraud",
+        "--bundle=s3://models/payment-fraud/3.4.0/",
+        "--version=3.4.0",
+    ]
+    assert "--transactional-id=payment-fraud-scorer-$(POD_NAME)" in container["args"]
+    assert fraud.status()["phase"] == "Pending"  # No worker runs here: nothing serves yet.
+    fraud.assert_git_sees_no_drift()
 
 
 def test_deleting_a_model_deployment_lets_garbage_collection_remove_its_children(deploy: Any) -> None:

@@ -16,17 +16,12 @@ import yaml
 
 from steward_harness.controlplane import ControlPlane
 from steward_harness.kubectl import Kubectl
+from steward_operator import reconciling
 from tests.conftest import REPOSITORY
 from tests.support.waiting import wait_until
 
-CHILD_KINDS = ",".join(
-    [
-        "inferenceservices.serving.kserve.io",
-        "httproutes.gateway.networking.k8s.io",
-        "virtualservices.networking.istio.io",
-        "cronjobs.batch",
-    ]
-)
+CHILD_KINDS = ",".join(f"{kind.plural}.{kind.resource[0]}" for kind in reconciling.CHILD_KINDS)
+"""Every kind of child a ModelDeployment can own, as kubectl names them."""
 KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
 
 

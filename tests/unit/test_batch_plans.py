@@ -13,7 +13,7 @@ import yaml
 
 from steward_operator import releases, releasing, settings, specs
 from steward_operator.children import Owner
-from steward_operator.modes import Live, Plan, Release
+from steward_operator.modes import Live, Release
 from steward_operator.modes.batch import Batch, cron_job, shadow_location
 from steward_operator.planners import plan, release_of
 from steward_predictor import locations
@@ -348,8 +348,8 @@ def test_plan_picks_the_children_of_the_serving_mode() -> None:
     assert [job["kind"] for job in batch.cron_jobs] == ["CronJob", "CronJob"]
     assert batch.serving == batch.cron_jobs
     streaming = plan("payment-fraud", "tns", "uid-8", _spec("streaming.yaml"), Release(V12))
-    assert streaming == Plan()
-    assert streaming.serving == []
+    assert (streaming.inference_services, streaming.routes, streaming.cron_jobs) == ([], [], [])
+    assert [workers["kind"] for workers in streaming.serving] == ["StatefulSet"]
     online = plan("churn", "ml", "uid-9", _spec("online.yaml"), Release(V12))
     assert [service["kind"] for service in online.inference_services] == ["InferenceService"]
     assert online.cron_jobs == []

@@ -24,14 +24,15 @@ def _spec(example: str) -> specs.ModelDeploymentSpec:
     return specs.ModelDeploymentSpec.model_validate(manifest["spec"])
 
 
-def test_a_mode_with_no_module_is_refused_by_name() -> None:
+def test_a_mode_with_no_module_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(modes._MODES, "streaming")  # As an operator built without the streaming module.
     assert modes.mode("streaming") is None
     assert modes.unsupported("streaming") == ("StreamingNotSupported", "streaming serving is not supported yet")
     with pytest.raises(ValueError, match="no serving mode 'streaming'"):
         modes.policy(_spec("streaming.yaml"))
 
 
-@pytest.mark.parametrize("name", ["online", "batch"])
+@pytest.mark.parametrize("name", ["online", "batch", "streaming"])
 def test_each_mode_is_registered_under_the_name_the_spec_uses(name: str) -> None:
     found = modes.mode(name)
     assert found is not None
@@ -39,7 +40,7 @@ def test_each_mode_is_registered_under_the_name_the_spec_uses(name: str) -> None
     assert found in modes.all_modes()
 
 
-@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml"])
+@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml", "streaming.yaml"])
 def test_the_release_path_and_the_engine_read_one_layout(example: str) -> None:
     """Every live stage the release machinery walks is one the decision engine can judge, and the stage it says
     follows is the next judged stop on the same path."""
@@ -83,7 +84,7 @@ TRAFFIC = [
 ]
 
 
-@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml"])
+@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml", "streaming.yaml"])
 @pytest.mark.parametrize("routing", TRAFFIC, ids=lambda routing: "-".join(sorted(routing)) + "-" + routing["provider"])
 def test_every_planned_child_is_of_a_kind_its_maker_declares(example: str, routing: dict[str, object]) -> None:
     """What a mode or a provider declares is what is watched, observed, pruned and granted in the chart's RBAC: a

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from steward_operator import specs
+from steward_operator import modes, specs
 from steward_operator.releases import ALL_TO_INCUMBENT, Decision, Step
 from steward_operator.releasing import advance, stall
 from tests.support.releases import (
@@ -217,10 +217,13 @@ def test_while_paused_a_new_spec_model_does_not_restart_a_release_in_progress() 
     assert step.decisions == ()
 
 
-# --- streaming -----------------------------------------------------------------------------------------------
+# --- a mode this operator has no module for -------------------------------------------------------------------
 
 
-def test_a_streaming_deployment_is_stalled_and_its_commands_are_refused() -> None:
+def test_a_deployment_of_a_mode_with_no_module_is_stalled_and_its_commands_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(modes._MODES, "streaming")  # As an operator built without the streaming module.
     wanted = specs.Operation(action="promote", requested_at=T0)
     world = World("streaming.yaml", ready={"v1"}, status=specs.ModelDeploymentStatus(operation=wanted), generation=2)
     step = world.reconcile()

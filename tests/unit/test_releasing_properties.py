@@ -147,7 +147,7 @@ def _check(world: World, before: specs.ModelDeploymentStatus, step: Step) -> Non
     assert specs.ModelDeploymentStatus.model_validate(written) == status
 
 
-@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml"])
+@pytest.mark.parametrize("example", ["online.yaml", "full.yaml", "batch.yaml", "streaming.yaml"])
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=st.lists(EVENTS, min_size=5, max_size=40))
 def test_any_sequence_of_events_keeps_the_invariants(example: str, events: list[Event]) -> None:

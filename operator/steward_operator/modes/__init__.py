@@ -1,6 +1,6 @@
 """Serving modes: how a ModelDeployment's live versions become children, which release stages they support and
-where their evidence comes from. One module per mode; `mode(name)` picks one, and a mode with no module here
-(streaming, in this version) is refused out loud."""
+where their evidence comes from. One module per mode; `mode(name)` picks one, and a mode with no module here is
+refused out loud."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from steward_operator.deciding import Policy
 from steward_operator.modes.base import Live, Plan, Release, ServingMode
 from steward_operator.modes.batch import Batch
 from steward_operator.modes.online import Online
+from steward_operator.modes.streaming import Streaming
 
-_MODES: dict[str, ServingMode] = {"online": Online(), "batch": Batch()}
+_MODES: dict[str, ServingMode] = {"online": Online(), "batch": Batch(), "streaming": Streaming()}
 
 __all__ = ["Live", "Plan", "Release", "ServingMode", "all_modes", "mode", "policy", "ready", "unsupported"]
 

@@ -38,10 +38,12 @@ class Plan:
     inference_services: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, Any]] = field(default_factory=list)
     cron_jobs: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    """A stream's StatefulSet."""
 
     @property
     def serving(self) -> list[dict[str, Any]]:
-        return [*self.inference_services, *self.cron_jobs]
+        return [*self.inference_services, *self.workers, *self.cron_jobs]
 
 
 class ServingMode(Protocol):

@@ -65,6 +65,7 @@ from steward_operator.specs.serving import (
     Owner,
     ResourceList,
     Resources,
+    SecretRef,
     Serving,
     StreamingServing,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "Retraining",
     "RetrainingRun",
     "Rollout",
+    "SecretRef",
     "ServedVersion",
     "Serving",
     "Shadow",

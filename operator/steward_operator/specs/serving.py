@@ -138,8 +138,15 @@ class BatchServing(Model):
     """Longest a single run may take before it is stopped and counted as failed."""
 
 
+class SecretRef(Model):
+    """A Secret in the ModelDeployment's namespace."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """The Secret's name."""
+
+
 class StreamingServing(Model):
-    """Settings for streaming: a consumer that scores events from one topic into another."""
+    """Settings for streaming: workers that score every record of one topic into another, exactly once."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -147,7 +154,13 @@ class StreamingServing(Model):
                 "self.inputTopic != self.outputTopic",
                 "outputTopic must differ from inputTopic",
                 ".outputTopic",
-            )
+            ),
+            cel(
+                "!has(self.deadLetterTopic) || self.deadLetterTopic != self.inputTopic"
+                " && self.deadLetterTopic != self.outputTopic",
+                "deadLetterTopic must differ from inputTopic and outputTopic",
+                ".deadLetterTopic",
+            ),
         )
     )
 
@@ -156,11 +169,29 @@ class StreamingServing(Model):
     )
     """Bootstrap brokers of the event bus, host:port each."""
     input_topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    """Topic to consume events from."""
+    """Topic to consume events from: each record's value a JSON object of features."""
     output_topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    """Topic to publish scored events to."""
+    """Topic to publish scored events to, under each input record's key."""
+    dead_letter_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """Topic for records that cannot be scored, as they came, with the reason in the x-steward-error header.
+    Unset, <outputTopic>.dead-letter."""
     consumer_group: str | None = Field(None, min_length=1, max_length=255)
     """Consumer group. Unset, steward-<namespace>-<name>."""
+    client_secret: SecretRef | None = None
+    """A Secret whose key client.properties holds the Kafka client's settings (SASL, TLS: key=value per line),
+    for brokers that need them."""
+    replicas: int = Field(1, ge=1, le=256)
+    """Workers. Each takes some of the input topic's partitions; workers beyond the partition count sit idle."""
+    max_records: int = Field(500, ge=1, le=100_000)
+    """Records consumed, validated and scored at a time."""
+    commit_interval: Duration = "100ms"
+    """Longest a transaction stays open: answers become visible to read_committed readers when it commits."""
+    dead_letter_ceiling: float = Field(0.5, gt=0, le=1)
+    """The largest share of a version's recent records that may be dead-lettered. A challenger over it loses its
+    share of the records; an incumbent over it stops the workers taking records, rather than dead-letter the
+    whole stream."""
+    resources: Resources | None = None
+    """CPU and memory for each worker. Unset, the cluster's defaults apply."""
 
 
 class Serving(Model):
