@@ -12,6 +12,7 @@ generation fences a worker that lost its partitions in a rebalance."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -157,9 +158,10 @@ class Worker:
                     if self.halted is not None:
                         self._resume()
                     backoff = HALT_BACKOFF[0]
+            self.commit()  # Stopped: what was scored is committed before the partitions move.
         finally:
+            # Whatever stopped it, the group learns at once (an open transaction is aborted by the broker).
             self.ready.clear()
-            self.commit()
             self.consumer.close()
             self.producer.flush(TIMEOUT)
 
@@ -267,7 +269,9 @@ class Worker:
         assigned = {(part.topic, part.partition) for part in self.consumer.assignment()}
         for (topic, partition), offset in first.items():
             if (topic, partition) in assigned:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+                # A partition on its way to another worker may refuse: that one reads from the committed offset.
+                with contextlib.suppress(KafkaException):
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
 
     def _read_lag(self) -> None:
         now = time.monotonic()

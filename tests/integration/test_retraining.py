@@ -201,35 +201,39 @@ def test_sustained_drift_starts_the_teams_job_and_a_steady_model_waits_for_a_req
     senders = [threading.Thread(target=send, args=(name, index), daemon=True) for index, name in enumerate(streams)]
     for thread in senders:
         thread.start()
+    # The streams flow until the report is made: the monitor's drift is that of its last window (4 s here), and
+    # without records in it the report has no drift to draw.
     try:
         (job,) = wait_until(lambda: _jobs(cluster, namespace, "drifted"), timeout=90, interval=1)
         assert _jobs(cluster, namespace, "steady") == []  # The same time, the same model, no drift: no Job.
+        metadata = job["metadata"]
+        assert metadata["labels"]["steward.dev/retraining"] == "drift"
+        assert metadata["labels"]["team"] == "ml"
+        assert "mean radius" in metadata["annotations"]["steward.dev/retrain-message"]
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        environment = {item["name"]: item["value"] for item in container["env"]}
+        assert (environment["STEWARD_RETRAIN_REASON"], environment["STEWARD_MODEL"]) == ("drift", "drifted")
+        status = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]
+        conditions = {item["type"]: item for item in status["conditions"]}
+        assert conditions["Drifting"]["status"] == "True"
+        assert "mean radius" in conditions["Drifting"]["message"]
+        steady = cluster.json("get", "modeldeployment", "steady", "-n", namespace)["status"]
+        assert {item["type"]: item["status"] for item in steady["conditions"]}["Drifting"] == "False"
+        (run,) = status["retrainings"]
+        assert (run["job"], run["reason"], run["outcome"]) == (metadata["name"], "drift", "running")
+        events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")[
+            "items"
+        ]
+        assert "RetrainingStarted" in {event["reason"] for event in events}
+
+        # Every answer was reported to the monitor under the predictors' own token, and taken.
+        events = _monitor_events(monitor)
+        assert events.get("stored", 0) > 0
+        assert events.get("rejected", 0) == 0
+        _report(cluster, namespace, monitor, tmp_path / "report")
     finally:
         stop.set()
-    metadata = job["metadata"]
-    assert metadata["labels"]["steward.dev/retraining"] == "drift"
-    assert metadata["labels"]["team"] == "ml"
-    assert "mean radius" in metadata["annotations"]["steward.dev/retrain-message"]
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    environment = {item["name"]: item["value"] for item in container["env"]}
-    assert (environment["STEWARD_RETRAIN_REASON"], environment["STEWARD_MODEL"]) == ("drift", "drifted")
-    status = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]
-    conditions = {item["type"]: item for item in status["conditions"]}
-    assert conditions["Drifting"]["status"] == "True"
-    assert "mean radius" in conditions["Drifting"]["message"]
-    steady = cluster.json("get", "modeldeployment", "steady", "-n", namespace)["status"]
-    assert {item["type"]: item["status"] for item in steady["conditions"]}["Drifting"] == "False"
-    (run,) = status["retrainings"]
-    assert (run["job"], run["reason"], run["outcome"]) == (metadata["name"], "drift", "running")
-    events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")["items"]
-    assert "RetrainingStarted" in {event["reason"] for event in events}
-
-    # Every answer was reported to the monitor under the predictors' own token, and taken.
-    events = _monitor_events(monitor)
-    assert events.get("stored", 0) > 0
-    assert events.get("rejected", 0) == 0
 
     _expire(cluster, namespace, metadata["name"])
 
     _retrain_on_request(cluster, namespace)
-    _report(cluster, namespace, monitor, tmp_path / "report")
