@@ -105,19 +105,7 @@ def predict_parser() -> argparse.ArgumentParser:
     model = batch.add_argument_group("model")
     model.add_argument("--bundle", default=DEFAULT_URI, metavar="URI", help="bundle path or URL (default: %(default)s)")
     model.add_argument("--digest", metavar="SHA256", help="refuse the bundle unless its digest is this (sha256:...)")
-    model.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        default=allow_pickle(),
-        help="load a pipeline stored as a plain pickle; only from a source you trust (STEWARD_ALLOW_PICKLE=true)",
-    )
-    model.add_argument(
-        "--trust-type",
-        action="append",
-        default=list(trusted_types()),
-        metavar="TYPE",
-        help="a type the pipeline may contain beyond scikit-learn's own; repeatable (STEWARD_TRUSTED_TYPES)",
-    )
+    _trust_flags(model)
     data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
     data.add_argument("--input", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
     data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
@@ -234,19 +222,7 @@ def _stream_parser(commands: Any) -> None:
     model.add_argument(
         "--shadow", action="store_true", help="the challenger also scores every record, for evidence only"
     )
-    model.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        default=allow_pickle(),
-        help="load pickled pipelines (STEWARD_ALLOW_PICKLE=true)",
-    )
-    model.add_argument(
-        "--trust-type",
-        action="append",
-        default=list(trusted_types()),
-        metavar="TYPE",
-        help="a type the pipelines may contain beyond scikit-learn's own; repeatable",
-    )
+    _trust_flags(model)
     kafka = stream.add_argument_group("kafka")
     kafka.add_argument("--brokers", required=True, metavar="HOST:PORT,...", help="bootstrap brokers")
     kafka.add_argument("--input-topic", required=True, metavar="TOPIC")
@@ -317,6 +293,23 @@ def _stream_parser(commands: Any) -> None:
         "--namespace",
         default=environ("STEWARD_NAMESPACE", ""),
         help="the ModelDeployment's namespace (STEWARD_NAMESPACE)",
+    )
+
+
+def _trust_flags(model: argparse._ArgumentGroup) -> None:
+    """What a bundle's pipeline may hold, beyond what Steward trusts."""
+    model.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=allow_pickle(),
+        help="load a pipeline stored as a plain pickle; only from a source you trust (STEWARD_ALLOW_PICKLE=true)",
+    )
+    model.add_argument(
+        "--trust-type",
+        action="append",
+        default=list(trusted_types()),
+        metavar="TYPE",
+        help="a type the pipeline may contain beyond scikit-learn's own; repeatable (STEWARD_TRUSTED_TYPES)",
     )
 
 

@@ -94,6 +94,21 @@ def monitor_token(key: str, namespace: str, model: str) -> str:
     return f"{scope}/{hmac.new(key.encode(), scope.encode(), hashlib.sha256).hexdigest()}"
 
 
+def monitor_environment(owner: Owner) -> list[dict[str, Any]]:
+    """Where a predictor reports every prediction, the namespace they are filed under (with `owner`'s name), and
+    the token the monitor takes them with; none without a monitor."""
+    if not settings.MONITOR_URL:
+        return []
+    found = [
+        {"name": env.MONITOR_URL, "value": settings.MONITOR_URL},
+        {"name": env.NAMESPACE, "value": owner.namespace},
+    ]
+    if settings.MONITOR_INGEST_KEY:
+        token = monitor_token(settings.MONITOR_INGEST_KEY, owner.namespace, owner.name)
+        found.append({"name": env.MONITOR_TOKEN, "value": token})
+    return found
+
+
 def inference_service(
     owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, patch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -116,13 +131,7 @@ def inference_service(
         values = (drift.warn, drift.alert, drift.persistence.breaches, drift.persistence.windows)
         for name, value in zip(DRIFT_THRESHOLDS, values, strict=True):
             environment.append({"name": env.drift_threshold(name), "value": f"{value:g}"})
-    if settings.MONITOR_URL:
-        # Every prediction goes to the monitor, filed under this deployment's namespace and name.
-        environment.append({"name": env.MONITOR_URL, "value": settings.MONITOR_URL})
-        environment.append({"name": env.NAMESPACE, "value": owner.namespace})
-        if settings.MONITOR_INGEST_KEY:
-            token = monitor_token(settings.MONITOR_INGEST_KEY, owner.namespace, owner.name)
-            environment.append({"name": env.MONITOR_TOKEN, "value": token})
+    environment += monitor_environment(owner)
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {
         "name": "kserve-container",

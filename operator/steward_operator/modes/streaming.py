@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from steward_contracts import environment as env
 from steward_operator import settings, specs
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner, owned
 from steward_operator.kinds import Kind
 from steward_operator.modes.base import Live, Plan, Release
-from steward_operator.modes.online import monitor_token
+from steward_operator.modes.online import monitor_environment
 from steward_operator.stages import Layout
 
 STATEFUL_SET = Kind("apps/v1", "StatefulSet", "statefulsets")
@@ -97,13 +96,8 @@ def stateful_set(owner: Owner, spec: specs.ModelDeploymentSpec, release: Release
     ]
     environment: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": env.NAMESPACE, "value": owner.namespace},
+        *monitor_environment(owner),
     ]
-    if settings.MONITOR_URL:
-        environment.append({"name": env.MONITOR_URL, "value": settings.MONITOR_URL})
-        if settings.MONITOR_INGEST_KEY:
-            token = monitor_token(settings.MONITOR_INGEST_KEY, owner.namespace, owner.name)
-            environment.append({"name": env.MONITOR_TOKEN, "value": token})
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {
         "name": "worker",
