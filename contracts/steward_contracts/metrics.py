@@ -135,9 +135,11 @@ PREDICTOR_PREDICTION_TRAINING_SHARE = Family(
 PREDICTOR_REPORTED_EVENTS = Family("steward_predictor_reported_events", "counter", ("result",))
 """Prediction events for the monitor: sent, refused by it, or dropped."""
 
-STREAM_LAG = Family("steward_stream_lag_records", "gauge", ("model", "topic", "partition"))
-"""A stream's records not yet scored and committed, per input partition: the end of the partition less the
-consumer group's position, as each worker that owns the partition sees it."""
+STREAM_LAG = Family("steward_stream_lag_records", "gauge", ("model", "version", "topic", "partition"))
+"""A stream's records not yet scored and committed, per version and input partition: the end of the partition less
+the consumer group's position, as the worker that owns the partition sees it, once for each version it hosts (the
+incumbent, and during a release the challenger: both consider every record). Summed over partitions, a version's lag;
+the largest over versions, the stream's."""
 STREAM_TRANSACTIONS = Family("steward_stream_transactions", "counter", ("model", "result"))
 """A stream worker's transactions (a batch's outputs, dead letters and offsets), by result: committed, aborted."""
 STREAM_HALTED = Family("steward_stream_halted", "gauge", ("model",))

@@ -36,7 +36,7 @@ def plan(name: str, namespace: str, uid: str, spec: specs.ModelDeploymentSpec, r
     found = serving.plan(owner, spec, release)
     retraining = spec.retraining
     if retraining is not None and retraining.schedule is not None:
-        found.cron_jobs.append(retraining_cron_job(owner, retraining, release.incumbent.version))
+        found.serving.append(retraining_cron_job(owner, retraining, release.incumbent.version))
     return found
 
 

@@ -119,6 +119,8 @@ async def _reconcile_once(
         )
         plan = modes.Plan()  # Half applied: prune nothing, so what served keeps serving.
     step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
+    if evidence_source is not None:
+        step = await read_lag(evidence_source, deployment, step, now=observed.now)
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
@@ -259,6 +261,27 @@ async def _retrain(
     if retrained.job is not None:
         await cluster.apply(JOB, retrained.job)
     return releases.Step(retrained.status, (*step.decisions, *retrained.decisions))
+
+
+async def read_lag(
+    source: MetricProvider, deployment: specs.ModelDeployment, step: releases.Step, now: datetime
+) -> releases.Step:
+    """A stream's lag per live version into status, as its workers report it now; the last reading stays while the
+    metrics cannot be read, and none is kept once the mode reports none."""
+    serving = modes.mode(deployment.spec.serving.mode)
+    if serving is None or not serving.lags:
+        lag = None
+    else:
+        try:
+            found = await source.lag(deployment.metadata["name"], namespace=deployment.metadata["namespace"])
+        except MetricsUnavailableError:
+            return step
+        lag = [
+            specs.Lag(version=version, records=records, observed_at=now) for version, records in sorted(found.items())
+        ]
+    if lag == step.status.lag:
+        return step
+    return releases.Step(step.status.model_copy(update={"lag": lag}), step.decisions)
 
 
 async def retraining_signals(

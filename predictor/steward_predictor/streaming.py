@@ -76,11 +76,19 @@ class Connection:
 
 
 class StreamMetrics:
-    """The worker's own series: lag per input partition, transactions, and whether it is halted."""
+    """The worker's own series: lag per version and input partition, transactions, and whether it is halted."""
 
-    def __init__(self, model: str, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, model: str, versions: Sequence[str], registry: CollectorRegistry = REGISTRY) -> None:
         self.model = model
-        self.lag = Gauge(STREAM_LAG.name, "Records not yet scored and committed.", STREAM_LAG.labels, registry=registry)
+        self.versions = tuple(versions)
+        """The versions the worker hosts: each has yet to score the records its partitions hold past the
+        committed position."""
+        self.lag = Gauge(
+            STREAM_LAG.name,
+            "Records of an assigned partition not yet scored and committed, by each version the worker hosts.",
+            STREAM_LAG.labels,
+            registry=registry,
+        )
         self.transactions = Counter(
             STREAM_TRANSACTIONS.name, "Transactions, by result.", STREAM_TRANSACTIONS.labels, registry=registry
         )
@@ -91,6 +99,16 @@ class StreamMetrics:
 
     def transaction(self, result: str) -> None:
         self.transactions.labels(self.model, result).inc()
+
+    def behind(self, topic: str, partition: int, records: int) -> None:
+        for version in self.versions:
+            self.lag.labels(self.model, version, topic, str(partition)).set(records)
+
+    def forget(self, topic: str, partition: int) -> None:
+        """A partition gone to another worker: its lag is that worker's to report."""
+        for version in self.versions:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(self.model, version, topic, str(partition))
 
 
 class Worker:
@@ -143,7 +161,7 @@ class Worker:
     def run(self) -> None:
         """Score until `stopping` is set, then leave the group so the partitions move at once."""
         self.producer.init_transactions(TIMEOUT)
-        self.consumer.subscribe([self.input_topic], on_assign=_told("assigned"), on_revoke=self._revoked)
+        self.consumer.subscribe([self.input_topic], on_assign=self._assigned, on_revoke=self._revoked)
         self.ready.set()
         backoff = HALT_BACKOFF[0]
         try:
@@ -221,11 +239,17 @@ class Worker:
         self.metrics.transaction("committed")
         return True
 
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _told("assigned")(consumer, partitions)
+        self._lag_read = 0.0  # Their lag is this worker's to report now, at the next batch.
+
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions go to another worker: what was scored from them commits first (or is aborted, and the next
         owner reads it again from the committed offsets)."""
         _told("revoked")(consumer, partitions)
         self.commit()
+        for part in partitions:
+            self.metrics.forget(part.topic, part.partition)
 
     def _records(self, messages: Sequence[Message]) -> list[Record]:
         found = []
@@ -274,20 +298,23 @@ class Worker:
                     self.consumer.seek(TopicPartition(topic, partition, offset))
 
     def _read_lag(self) -> None:
+        """Each assigned partition's end less the group's committed offset (its start while nothing is
+        committed): what no version has scored and committed yet. Read every LAG_EVERY seconds."""
         now = time.monotonic()
-        if now - self._lag_read < LAG_EVERY:
-            return
-        self._lag_read = now
-        assigned = self.consumer.assignment()
+        assigned = self.consumer.assignment() if now - self._lag_read >= LAG_EVERY else []
         if not assigned:
             return
-        for part in self.consumer.position(assigned):
+        self._lag_read = now
+        try:
+            committed = self.consumer.committed(assigned, timeout=1.0)
+        except KafkaException:
+            return
+        for part in committed:
             try:
-                _, end = self.consumer.get_watermark_offsets(part, timeout=1.0, cached=False)
+                start, end = self.consumer.get_watermark_offsets(part, timeout=1.0, cached=False)
             except KafkaException:
                 continue
-            position = part.offset if part.offset >= 0 else end
-            self.metrics.lag.labels(self.metrics.model, part.topic, str(part.partition)).set(max(0, end - position))
+            self.metrics.behind(part.topic, part.partition, max(0, end - max(part.offset, start)))
 
     def _halt(self, why: str) -> None:
         if self.halted is None:
@@ -409,7 +436,7 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
         connection,
         args.input_topic,
         stream,
-        StreamMetrics(args.model),
+        StreamMetrics(args.model, [live.name for live in (incumbent, challenger) if live is not None]),
         max_records=args.max_records,
         max_wait=args.max_wait_ms / 1000,
         transaction_records=args.transaction_records,

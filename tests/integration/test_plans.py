@@ -31,7 +31,7 @@ def test_a_canary_plan_applies_and_reapplies_without_change(cluster: Kubectl, na
         Live("v1", "s3://models/house-prices/v1/"), Live("v2", "s3://models/house-prices/v2/"), 25, shadow
     )
     plan = plan_children("house-prices", namespace, stored["metadata"]["uid"], spec, release)
-    for child in [*plan.inference_services, *plan.routes]:
+    for child in [*plan.of("InferenceService"), *plan.routes]:
         body = json.dumps(child)
         cluster.run("apply", "--server-side", "--field-manager=steward", "-f", "-", stdin=body)
         kind, name = child["kind"].lower(), child["metadata"]["name"]

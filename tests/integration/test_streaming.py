@@ -277,3 +277,42 @@ def test_a_canary_answers_its_weights_share_of_the_records(streams: Streams, row
     spread = math.sqrt(count * percent / 100 * (1 - percent / 100))
     assert abs(versions["v2"] - expected) <= 4 * spread, versions
     assert versions["v1"] + versions["v2"] == count
+
+
+def _lag(worker: StreamWorker) -> dict[tuple[str, str], float]:
+    """The worker's lag gauge, by version and partition."""
+    return {
+        (sample.labels["version"], sample.labels["partition"]): sample.value
+        for family in text_string_to_metric_families(worker.metrics())
+        for sample in family.samples
+        if sample.name == "steward_stream_lag_records"
+    }
+
+
+def _complete(lag: dict[tuple[str, str], float], series: int) -> dict[tuple[str, str], float] | None:
+    return lag if len(lag) == series else None
+
+
+def test_lag_is_reported_for_each_version_by_the_worker_that_owns_each_partition(
+    streams: Streams, rows: list[Any]
+) -> None:
+    kafka, topics, count = streams.kafka, streams.topics, 600
+    _produce(kafka, topics.input, _payments(rows, count))
+    shadowed = (f"--challenger-bundle={streams.bundles['v2']}", "--shadow")
+    first = streams.worker(0, *shadowed)
+    # Read before the first transaction commits: every record waits, for each version the worker hosts.
+    waiting = wait_until(lambda: _complete(_lag(first), 2 * 6), TIMEOUT, interval=0.05)
+    for version in ("v1", "v2"):
+        assert sum(value for (hosting, _), value in waiting.items() if hosting == version) == count, waiting
+    _read(kafka, topics.output, count)
+    wait_until(lambda: not any(_lag(first).values()), TIMEOUT)
+    second = streams.worker(1, *shadowed)
+
+    def split() -> tuple[set[str], set[str]] | None:
+        owned = [{partition for _, partition in _lag(worker)} for worker in (first, second)]
+        return (owned[0], owned[1]) if owned[0] and owned[1] and not owned[0] & owned[1] else None
+
+    # After the rebalance each partition is reported by its new owner only: the other forgot it.
+    owned = wait_until(split, TIMEOUT)
+    assert owned[0] | owned[1] == {str(partition) for partition in range(6)}
+    assert not any(_lag(second).values())

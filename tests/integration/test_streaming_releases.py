@@ -8,6 +8,9 @@ Through every rolling update of the workers, each record is answered exactly onc
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -31,6 +34,7 @@ from steward_harness.stream_plane import StreamPlane
 from tests.support.waiting import wait_until
 
 PREFIX = "st-"
+KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
 NAME = "tumours"
 
 
@@ -190,9 +194,13 @@ def test_a_streaming_release_is_promoted_and_a_bad_one_rolled_back_in_shadow_wit
         manifest = _manifest(namespace, version, models.bundles[version], kafka, topic)
         kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
 
+    lags: list[dict[str, int]] = []
+    """Each lag per version status showed, as the release went."""
+
     def phase(wanted: str, incumbent: str, timeout: float) -> dict[str, Any]:
         def held() -> dict[str, Any] | None:
             status = _status(kubectl, namespace)
+            lags.append({lag["version"]: lag["records"] for lag in status.get("lag", [])})
             reached = status.get("phase") == wanted and status.get("incumbent", {}).get("version") == incumbent
             return status if reached else None
 
@@ -210,6 +218,13 @@ def test_a_streaming_release_is_promoted_and_a_bad_one_rolled_back_in_shadow_wit
         before_v3 = len(records.answers)
         apply("v3")
         rolled = phase("RolledBack", "v2", 300)
+        shown = subprocess.run(
+            [str(KUBECTL_STEWARD), "status", NAME, "-n", namespace, f"--kubeconfig={kubectl.kubeconfig}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         records.stop_producing()
         wait_until(lambda: len(records.answers) + len(records.dead) >= records.produced, timeout=120)
         time.sleep(2)  # Anything more would be a duplicate.
@@ -220,6 +235,9 @@ def test_a_streaming_release_is_promoted_and_a_bad_one_rolled_back_in_shadow_wit
         kubectl.run("delete", "namespace", namespace, "--wait=false")
     assert promoted["lastAnalysis"]["decision"] in {"promote", "advance"}, promoted["lastAnalysis"]
     assert rolled["rolledBack"]["version"] == "v3"
+    # Status showed how far behind each live version was, both during v2's release, and kubectl steward says so.
+    assert any(set(lag) == {"v1", "v2"} for lag in lags), lags
+    assert re.search(r"^lag: +v2 [0-9,]+ records", shown, re.MULTILINE), shown
     assert "v3" not in records.versions(), "a shadow wrote to the output topic"
     assert records.versions()["v2"] > 0
     assert len(records.answers[before_v3:]) > 0

@@ -36,7 +36,7 @@ def _spec(example: str = "batch.yaml", **batch: object) -> specs.ModelDeployment
 
 def _jobs(release: Release, spec: specs.ModelDeploymentSpec | None = None) -> list[dict[str, Any]]:
     spec = spec or _spec()
-    return Batch().plan(Owner("credit-limits", "risk", "uid-7", spec.rollout.traffic), spec, release).cron_jobs
+    return Batch().plan(Owner("credit-limits", "risk", "uid-7", spec.rollout.traffic), spec, release).of("CronJob")
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +156,19 @@ def test_the_incumbents_command_line_is_one_the_predictor_accepts() -> None:
     assert args.rejects is None
     assert args.if_exists == "replace"
     assert args.chunk_rows == 100_000
+
+
+def test_a_claims_bundle_is_read_from_the_claim_mounted_read_only() -> None:
+    (job,) = _jobs(Release(Live("v12", "pvc://credit-models/limits/v12")))
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "bundles-0", "persistentVolumeClaim": {"claimName": "credit-models", "readOnly": True}}
+    ]
+    container = _container(job)
+    assert container["volumeMounts"] == [
+        {"name": "bundles-0", "mountPath": "/mnt/bundles/credit-models", "readOnly": True}
+    ]
+    assert _parsed(job).bundle == "/mnt/bundles/credit-models/limits/v12"
 
 
 def test_an_unpinned_bundle_passes_no_digest() -> None:
@@ -344,15 +357,13 @@ def test_release_of_needs_an_incumbent() -> None:
 
 def test_plan_picks_the_children_of_the_serving_mode() -> None:
     batch = plan("credit-limits", "risk", "uid-7", _spec(), Release(V12, V13, 0, 100))
-    assert (batch.inference_services, batch.routes) == ([], [])
-    assert [job["kind"] for job in batch.cron_jobs] == ["CronJob", "CronJob"]
-    assert batch.serving == batch.cron_jobs
+    assert [job["kind"] for job in batch.serving] == ["CronJob", "CronJob"]
+    assert batch.routes == []
     streaming = plan("payment-fraud", "tns", "uid-8", _spec("streaming.yaml"), Release(V12))
-    assert (streaming.inference_services, streaming.routes, streaming.cron_jobs) == ([], [], [])
+    assert streaming.routes == []
     assert [workers["kind"] for workers in streaming.serving] == ["StatefulSet"]
     online = plan("churn", "ml", "uid-9", _spec("online.yaml"), Release(V12))
-    assert [service["kind"] for service in online.inference_services] == ["InferenceService"]
-    assert online.cron_jobs == []
+    assert [service["kind"] for service in online.serving] == ["InferenceService"]
 
 
 def _advance(

@@ -151,8 +151,8 @@ def test_the_predictor_exports_what_the_contracts_name(trained: models.Trained) 
 
 def test_a_stream_worker_exports_what_the_contracts_name() -> None:
     registry = CollectorRegistry()
-    metrics = StreamMetrics("fraud", registry)
-    metrics.lag.labels("fraud", "payments", "0").set(3)
+    metrics = StreamMetrics("fraud", ["v1"], registry)
+    metrics.behind("payments", 0, 3)
     metrics.transaction("committed")
     _as_contracted(_exported(registry, "steward_stream_"), STREAM_FAMILIES)
 
@@ -219,7 +219,7 @@ def test_what_the_operator_sets_in_a_predictors_pod_is_what_the_predictor_reads(
     manifest["spec"]["model"]["trustedTypes"] = ["features.Bucket", "features.clean_text"]
     spec = specs.ModelDeploymentSpec.model_validate(manifest["spec"])
     live = Live("2024-06-01", "s3://models/churn/2024-06-01/", "sha256:" + "a" * 64)
-    (service,) = plan("churn", "ml", "uid-1", spec, Release(live)).inference_services
+    (service,) = plan("churn", "ml", "uid-1", spec, Release(live)).of("InferenceService")
     (container,) = service["spec"]["predictor"]["containers"]
     steward = {item["name"]: item["value"] for item in container["env"] if item["name"].startswith("STEWARD_")}
     assert set(steward) == {

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from steward_operator import specs
+from steward_operator import releases, specs
 from steward_operator.evidence import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
-from steward_operator.reconciling import gather
+from steward_operator.reconciling import gather, read_lag
 from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
 
@@ -56,6 +56,10 @@ class Recording:
     async def quality(self, model: str, version: str, *, namespace: str | None = None) -> Quality:
         self._ask("quality", model, version, namespace)
         return Quality({}, {}, 0)
+
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
+        self._ask("lag", model, namespace)
+        return {"v2": 40, "v1": 40}
 
     async def healthy(self) -> bool:
         return not self.down
@@ -136,4 +140,29 @@ def test_an_unreadable_provider_is_evidence_with_nothing_in_it() -> None:
 def test_nothing_is_read_when_no_stage_is_being_judged(example: str, status: dict[str, Any]) -> None:
     provider = Recording()
     assert _gather(_deployment(example, **status), provider) is None
+    assert provider.asked == []
+
+
+def _lag(deployment: specs.ModelDeployment, provider: Recording) -> list[specs.Lag] | None:
+    return asyncio.run(read_lag(provider, deployment, releases.Step(deployment.status), NOW)).status.lag
+
+
+def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable() -> None:
+    provider = Recording()
+    deployment = _deployment("streaming.yaml")
+    lag = _lag(deployment, provider)
+    assert lag == [
+        specs.Lag(version="v1", records=40, observed_at=NOW),
+        specs.Lag(version="v2", records=40, observed_at=NOW),
+    ]
+    assert provider.asked == [("lag", deployment.metadata["name"], "ml")]
+    read = deployment.model_copy(update={"status": deployment.status.model_copy(update={"lag": lag})})
+    assert _lag(read, Recording(down=True)) == lag
+
+
+def test_a_mode_that_reports_no_lag_keeps_none_in_status() -> None:
+    provider = Recording()
+    stale = [specs.Lag(version="v1", records=3, observed_at=NOW)]
+    deployment = _deployment(lag=[item.model_dump(mode="json", by_alias=True) for item in stale])
+    assert _lag(deployment, provider) is None
     assert provider.asked == []

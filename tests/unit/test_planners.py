@@ -38,7 +38,7 @@ def test_child_names_are_dns_labels_and_never_collide() -> None:
 
 def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
     plan = plan_children("churn", "ml", "uid-1", _spec(), Release(V1))
-    (service,) = plan.inference_services
+    (service,) = plan.of("InferenceService")
     assert service["metadata"]["name"] == "churn--2024-06-01"
     assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     labels = service["metadata"]["labels"]
@@ -72,7 +72,7 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
 def test_with_a_monitor_every_predictor_reports_to_it_under_its_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "MONITOR_URL", "http://steward-monitor.steward-system.svc:8080")
     plan = plan_children("churn", "ml", "uid-1", _spec(), Release(V1, V2))
-    for service in plan.inference_services:
+    for service in plan.of("InferenceService"):
         (container,) = service["spec"]["predictor"]["containers"]
         environment = {item["name"]: item["value"] for item in container["env"]}
         assert environment["STEWARD_MONITOR_URL"] == "http://steward-monitor.steward-system.svc:8080"
@@ -84,17 +84,17 @@ def test_with_the_monitors_key_predictors_get_a_token_for_their_own_model_only(m
     monkeypatch.setattr(settings, "MONITOR_URL", "http://steward-monitor.steward-system.svc:8080")
     monkeypatch.setattr(settings, "MONITOR_INGEST_KEY", "s3cret")
     key = IngestKey("s3cret\n")  # As the monitor reads its mounted Secret.
-    for service in plan_children("churn", "ml", "uid-1", _spec(), Release(V1, V2)).inference_services:
+    for service in plan_children("churn", "ml", "uid-1", _spec(), Release(V1, V2)).of("InferenceService"):
         (container,) = service["spec"]["predictor"]["containers"]
         token = {item["name"]: item["value"] for item in container["env"]}["STEWARD_MONITOR_TOKEN"]
         assert key.scope(f"Bearer {token}") == ("ml", "churn")
-    (other,) = plan_children("fraud", "ml", "uid-2", _spec(), Release(V1)).inference_services
+    (other,) = plan_children("fraud", "ml", "uid-2", _spec(), Release(V1)).of("InferenceService")
     assert other["spec"]["predictor"]["containers"][0]["env"][-1]["value"] != token
 
 
 def test_a_shadowed_challenger_gets_mirrored_traffic_and_no_weight() -> None:
     plan = plan_children("churn", "ml", "uid-1", _spec(shadow={"percent": 50}), Release(V1, V2, 0, 50))
-    _, challenger = plan.inference_services
+    _, challenger = plan.of("InferenceService")
     (rule,) = plan.routes[0]["spec"]["rules"]
     assert [ref["weight"] for ref in rule["backendRefs"]] == [100, 0]
     assert rule["filters"][0]["requestMirror"]["percent"] == 50
@@ -106,10 +106,13 @@ def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str,
     plan = plan_children("churn", "ml", "uid-1", _spec(traffic={"provider": provider}), Release(V1, V2, 25))
     assert len(plan.routes) == routes
     if provider != "kserve":
-        assert [s["metadata"]["name"] for s in plan.inference_services] == ["churn--2024-06-01", "churn--2024-07-01"]
+        assert [s["metadata"]["name"] for s in plan.of("InferenceService")] == [
+            "churn--2024-06-01",
+            "churn--2024-07-01",
+        ]
         return
     # KServe's canary: one InferenceService runs the challenger; KServe sends the rest to the revision before.
-    (service,) = plan.inference_services
+    (service,) = plan.of("InferenceService")
     assert service["metadata"]["name"] == "churn"
     assert service["metadata"]["labels"]["steward.dev/version"] == V2.version
     assert service["spec"]["predictor"]["canaryTrafficPercent"] == 25
@@ -119,7 +122,7 @@ def test_a_canary_step_splits_traffic_through_the_chosen_provider(provider: str,
 
 def test_with_kserve_a_settled_model_runs_its_incumbent_with_all_traffic() -> None:
     plan = plan_children("churn", "ml", "uid-1", _spec(traffic={"provider": "kserve"}), Release(V1))
-    (service,) = plan.inference_services
+    (service,) = plan.of("InferenceService")
     assert service["metadata"]["name"] == "churn"
     assert "canaryTrafficPercent" not in service["spec"]["predictor"]
     assert service["spec"]["predictor"]["containers"][0]["env"][0]["value"] == V1.bundle
@@ -130,11 +133,11 @@ def test_types_a_team_trusts_by_name_reach_every_predictor() -> None:
     spec = spec.model_copy(
         update={"model": spec.model.model_copy(update={"trusted_types": ["features.clean_text", "features.Bucket"]})}
     )
-    for service in plan_children("churn", "ml", "uid-1", spec, Release(V1, V2)).inference_services:
+    for service in plan_children("churn", "ml", "uid-1", spec, Release(V1, V2)).of("InferenceService"):
         (container,) = service["spec"]["predictor"]["containers"]
         environment = {item["name"]: item["value"] for item in container["env"]}
         assert environment["STEWARD_TRUSTED_TYPES"] == "features.clean_text,features.Bucket"
-    untrusting = plan_children("churn", "ml", "uid-1", _spec(), Release(V1)).inference_services[0]
+    untrusting = plan_children("churn", "ml", "uid-1", _spec(), Release(V1)).of("InferenceService")[0]
     assert "STEWARD_TRUSTED_TYPES" not in {
         item["name"] for item in untrusting["spec"]["predictor"]["containers"][0]["env"]
     }

@@ -363,6 +363,17 @@ def test_status_says_when_paused_rolled_back_and_waiting_for_the_operator() -> N
     assert fields["last command"] == "retry by bo at 2024-07-16 10:00:00 UTC; waiting for the operator"
 
 
+def test_status_shows_how_far_each_version_of_a_stream_is_behind() -> None:
+    status = _canary_status()
+    status["lag"] = [
+        {"version": "2024-06-15", "records": 12840, "observedAt": "2024-07-16T09:30:00Z"},
+        {"version": "2024-07-15", "records": 12840, "observedAt": "2024-07-16T09:30:02Z"},
+    ]
+    fields = _fields(render_status(_body(status)))
+    assert fields["lag"] == "2024-06-15 12,840 records, 2024-07-15 12,840 records (at 2024-07-16 09:30:02 UTC)"
+    assert "lag" not in _fields(render_status(_body(_canary_status())))
+
+
 def test_status_shows_a_condition_of_steward_only_while_it_holds() -> None:
     status = _canary_status()
     drifting = {"type": "Drifting", "lastTransitionTime": "2024-07-16T08:00:00Z", "reason": "Psi", "message": "age"}

@@ -191,7 +191,7 @@ def test_a_job_that_is_gone_counts_as_failed() -> None:
 def test_a_schedule_is_a_cron_job_running_the_same_template() -> None:
     spec = _spec()
     plan = planners.plan("house-prices", "pricing", "uid-1", spec, Release(Live("v7", "s3://models/v7/")))
-    (cron,) = [job for job in plan.cron_jobs if job["metadata"]["labels"].get("steward.dev/retraining")]
+    (cron,) = [job for job in plan.of("CronJob") if job["metadata"]["labels"].get("steward.dev/retraining")]
     assert cron["metadata"]["name"] == "house-prices-retrain"
     assert (cron["spec"]["schedule"], cron["spec"]["concurrencyPolicy"]) == ("0 4 1 * *", "Forbid")
     template = cron["spec"]["jobTemplate"]
@@ -200,7 +200,7 @@ def test_a_schedule_is_a_cron_job_running_the_same_template() -> None:
     assert {"name": "STEWARD_RETRAIN_REASON", "value": "schedule"} in container["env"]
     unscheduled = _spec(schedule=None)
     plain = planners.plan("house-prices", "pricing", "uid-1", unscheduled, Release(Live("v7", "s3://models/v7/")))
-    assert not any(job["metadata"]["labels"].get("steward.dev/retraining") for job in plain.cron_jobs)
+    assert not any(job["metadata"]["labels"].get("steward.dev/retraining") for job in plain.of("CronJob"))
 
 
 def test_the_drifting_condition_follows_the_monitor_and_keeps_its_transition_time() -> None:

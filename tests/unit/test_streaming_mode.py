@@ -92,6 +92,22 @@ def test_a_client_secret_is_mounted_and_named_to_the_workers() -> None:
     assert _flags(workers)["client-config"] == "/etc/steward/kafka/client.properties"
 
 
+def test_a_claims_bundles_are_read_from_the_claim_mounted_once_beside_the_client_secret() -> None:
+    v1, v2 = Live("v1", "pvc://models/fraud/v1"), Live("v2", "pvc://models/fraud/v2/")
+    workers = _workers(Release(v1, v2, challenger_weight=10), clientSecret={"name": "kafka-client"})
+    pod = workers["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    claim = {"name": "bundles-0", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    assert pod["volumes"] == [claim, {"name": "kafka-client", "secret": {"secretName": "kafka-client"}}]
+    assert {"name": "bundles-0", "mountPath": "/mnt/bundles/models", "readOnly": True} in container["volumeMounts"]
+    flags = _flags(workers)
+    assert (flags["bundle"], flags["challenger-bundle"]) == (
+        "/mnt/bundles/models/fraud/v1",
+        "/mnt/bundles/models/fraud/v2",
+    )
+    assert (flags["version"], flags["challenger-version"]) == ("v1", "v2")
+
+
 def _status(workers: dict[str, Any], **status: Any) -> dict[str, Any]:
     return {**workers, "metadata": {**workers["metadata"], "generation": 2}, "status": status}
 

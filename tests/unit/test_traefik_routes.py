@@ -146,4 +146,4 @@ def test_planning_applies_the_traefik_services_before_the_route_that_names_them(
         ("TraefikService", "churn"),
         ("IngressRoute", "churn"),
     ]
-    assert [service["metadata"]["name"] for service in plan.inference_services] == ["churn--v1", "churn--v2"]
+    assert [service["metadata"]["name"] for service in plan.of("InferenceService")] == ["churn--v1", "churn--v2"]

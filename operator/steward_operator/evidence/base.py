@@ -134,6 +134,11 @@ class MetricProvider(Protocol):
         MetricsUnavailableError."""
         ...
 
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
+        """The records each version of a stream has yet to score, summed over the input partitions, as its
+        workers report them now. Raises MetricsUnavailableError."""
+        ...
+
     async def healthy(self) -> bool:
         """Whether the provider answers queries now; never raises."""
         ...

@@ -33,6 +33,7 @@ from steward_contracts.metrics import (
     PREDICTOR_REQUEST_DURATION,
     PREDICTOR_REQUESTS,
     PREDICTOR_SCORES,
+    STREAM_LAG,
 )
 from steward_operator.evidence.base import (
     ArmCounts,
@@ -151,6 +152,14 @@ class Prometheus:
             held_out={labels["metric"]: value for labels, value in held_out if "metric" in labels},
             labelled=round(labelled[0][1]) if labelled else 0,
         )
+
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
+        matchers = f"model={quote(model)}" + (f",namespace={quote(namespace)}" if namespace is not None else "")
+        # A partition moving between workers may be reported by both for a scrape: count it once.
+        found = await self._instant(
+            f"sum by (version) (max by (version, topic, partition) ({STREAM_LAG.name}{{{matchers}}}))"
+        )
+        return {labels["version"]: round(value) for labels, value in found if "version" in labels}
 
     async def _instant(self, query: str) -> list[tuple[dict[str, str], float]]:
         data = await self._query(query, datetime.now(UTC).timestamp())

@@ -35,15 +35,14 @@ class Release:
 class Plan:
     """The children a ModelDeployment should have, ready to apply: what serves first, then the routes."""
 
-    inference_services: list[dict[str, Any]] = field(default_factory=list)
+    serving: list[dict[str, Any]] = field(default_factory=list)
+    """What serves the live versions (InferenceServices, a stream's StatefulSet, CronJobs), and the retraining
+    CronJob."""
     routes: list[dict[str, Any]] = field(default_factory=list)
-    cron_jobs: list[dict[str, Any]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)
-    """A stream's StatefulSet."""
 
-    @property
-    def serving(self) -> list[dict[str, Any]]:
-        return [*self.inference_services, *self.workers, *self.cron_jobs]
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The planned children of one kind."""
+        return [child for child in [*self.serving, *self.routes] if child["kind"] == kind]
 
 
 class ServingMode(Protocol):
@@ -55,6 +54,8 @@ class ServingMode(Protocol):
     scraped: bool
     """Whether its predictors' metrics are scraped while they serve: then live stages are judged on them and
     versions are pinned to the bundle digest they report; otherwise a person promotes past Validating."""
+    lags: bool
+    """Whether its workers read a queue and report how far each version is behind it (status.lag)."""
     children: tuple[Kind, ...]
     """The kinds of child it makes, each watched: a change to one (it became ready, say) can move a release. The
     chart's ClusterRole must let the operator manage each."""

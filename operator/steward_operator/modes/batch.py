@@ -10,6 +10,7 @@ from steward_contracts import environment as env
 from steward_operator import settings, specs
 from steward_operator.children import Owner, child_name, owned
 from steward_operator.kinds import CRON_JOB, Kind
+from steward_operator.modes import bundles
 from steward_operator.modes.base import Live, Plan, Release
 from steward_operator.stages import Layout
 
@@ -18,6 +19,7 @@ class Batch:
     name: str = "batch"
     layout: Layout = Layout("batch", canary=False, always_shadows=True)
     scraped: bool = False
+    lags: bool = False
     children: tuple[Kind, ...] = (CRON_JOB,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
@@ -26,7 +28,7 @@ class Batch:
         jobs = [cron_job(owner, spec, release.incumbent, "incumbent", suspended=False)]
         if release.challenger is not None:
             jobs.append(cron_job(owner, spec, release.challenger, "shadow", suspended=not release.shadow_percent))
-        return Plan(cron_jobs=jobs)
+        return Plan(serving=jobs)
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
         """A CronJob serves its version as soon as it exists."""
@@ -49,7 +51,9 @@ def cron_job(
     batch = spec.serving.batch
     if batch is None:
         raise ValueError("serving.batch is required in batch mode")
-    arguments = ["batch", "--bundle", live.bundle]
+    container: dict[str, Any] = {"name": "predictor", "image": settings.PREDICTOR_IMAGE, "command": ["steward-predict"]}
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    arguments = ["batch", "--bundle", *bundles.mount([live.bundle], pod, container)]
     if live.digest:
         arguments += ["--digest", live.digest]
     for name in spec.model.trusted_types:
@@ -63,16 +67,8 @@ def cron_job(
         arguments += _location("rejects", rejects)
     arguments += ["--if-exists", "replace", "--chunk-rows", str(batch.chunk_rows)]
     secrets = {location.credentials_secret for location in (batch.input, output, rejects) if location} - {None}
-    container: dict[str, Any] = {
-        "name": "predictor",
-        "image": settings.PREDICTOR_IMAGE,
-        "command": ["steward-predict"],
-        "args": arguments,
-        "env": [
-            {"name": env.MODEL_VERSION, "value": live.version},
-            {"name": env.VARIANT, "value": variant},
-        ],
-    }
+    container["args"] = arguments
+    container["env"] = [{"name": env.MODEL_VERSION, "value": live.version}, {"name": env.VARIANT, "value": variant}]
     if secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in sorted(s for s in secrets if s)]
     labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
@@ -90,7 +86,7 @@ def cron_job(
                 "activeDeadlineSeconds": int(specs.seconds(batch.active_deadline)),
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"restartPolicy": "Never", "containers": [container]},
+                    "spec": pod,
                 },
             },
         },

@@ -30,6 +30,7 @@ class Online:
     name: str = "online"
     layout: Layout = ONLINE
     scraped: bool = True
+    lags: bool = False
     children: tuple[Kind, ...] = (INFERENCE_SERVICE,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
@@ -44,11 +45,11 @@ class Online:
             newest = release.challenger or release.incumbent
             service = inference_service(owner, spec, newest, traffic.predictor_patch(split))
             service["metadata"]["name"] = owner.name
-            return Plan(inference_services=[service], routes=traffic.routes(owner, split))
+            return Plan(serving=[service], routes=traffic.routes(owner, split))
         services = [inference_service(owner, spec, release.incumbent)]
         if release.challenger is not None:
             services.append(inference_service(owner, spec, release.challenger, traffic.predictor_patch(split)))
-        return Plan(inference_services=services, routes=traffic.routes(owner, split))
+        return Plan(serving=services, routes=traffic.routes(owner, split))
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
         """An InferenceService is ready when its Ready condition holds for its current generation (with `current`

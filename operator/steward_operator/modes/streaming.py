@@ -12,6 +12,7 @@ from typing import Any
 from steward_operator import settings, specs
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner, owned
 from steward_operator.kinds import Kind
+from steward_operator.modes import bundles
 from steward_operator.modes.base import Live, Plan, Release
 from steward_operator.modes.online import monitor_environment
 from steward_operator.stages import Layout
@@ -27,11 +28,12 @@ class Streaming:
     name: str = "streaming"
     layout: Layout = Layout("streaming")
     scraped: bool = True
+    lags: bool = True
     children: tuple[Kind, ...] = (STATEFUL_SET,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
         """One StatefulSet whose workers host every live version."""
-        return Plan(workers=[stateful_set(owner, spec, release)])
+        return Plan(serving=[stateful_set(owner, spec, release)])
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
         """Ready once every worker runs the current template and is ready. With `current` False, also while a
@@ -70,10 +72,14 @@ def stateful_set(owner: Owner, spec: specs.ModelDeploymentSpec, release: Release
     if streaming is None:
         raise ValueError("serving.streaming is required in streaming mode")
     consumers = group(owner, streaming)
-    arguments = ["stream", f"--model={owner.name}", *_version("", release.incumbent)]
+    container: dict[str, Any] = {"name": "worker", "image": settings.PREDICTOR_IMAGE, "command": ["steward-predict"]}
+    pod: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": STOP_SECONDS}
     challenger = release.challenger
+    lives = [release.incumbent] if challenger is None else [release.incumbent, challenger]
+    paths = bundles.mount([live.bundle for live in lives], pod, container)
+    arguments = ["stream", f"--model={owner.name}", *_version("", release.incumbent, paths[0])]
     if challenger is not None:
-        arguments += _version("challenger-", challenger)
+        arguments += _version("challenger-", challenger, paths[1])
         if release.challenger_weight:
             arguments.append(f"--challenger-percent={release.challenger_weight}")
         if release.shadow_percent:
@@ -99,22 +105,22 @@ def stateful_set(owner: Owner, spec: specs.ModelDeploymentSpec, release: Release
         *monitor_environment(owner),
     ]
     port = settings.PREDICTOR_PORT
-    container: dict[str, Any] = {
-        "name": "worker",
-        "image": settings.PREDICTOR_IMAGE,
-        "command": ["steward-predict"],
-        "args": arguments,
-        "env": environment,
-        "ports": [{"containerPort": port, "protocol": "TCP"}],
-        # Not ready until the bundles checked out and the worker takes records; 503 with the reason when halted.
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
-    }
-    pod: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": STOP_SECONDS}
+    container.update(
+        {
+            "args": arguments,
+            "env": environment,
+            "ports": [{"containerPort": port, "protocol": "TCP"}],
+            # Not ready until the bundles checked out and the worker takes records; 503 with the reason when halted.
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
+        }
+    )
     if streaming.client_secret is not None:
-        container["args"].append(f"--client-config={CLIENT_CONFIG}/client.properties")
-        container["volumeMounts"] = [{"name": "kafka-client", "mountPath": CLIENT_CONFIG, "readOnly": True}]
-        pod["volumes"] = [{"name": "kafka-client", "secret": {"secretName": streaming.client_secret.name}}]
+        arguments.append(f"--client-config={CLIENT_CONFIG}/client.properties")
+        mounted = {"name": "kafka-client", "mountPath": CLIENT_CONFIG, "readOnly": True}
+        container.setdefault("volumeMounts", []).append(mounted)
+        secret = {"name": "kafka-client", "secret": {"secretName": streaming.client_secret.name}}
+        pod.setdefault("volumes", []).append(secret)
     if streaming.resources is not None:
         container["resources"] = streaming.resources.model_dump(by_alias=True, exclude_none=True)
     labels = {"steward.dev/model": owner.name, "app.kubernetes.io/name": "steward-stream"}
@@ -148,8 +154,8 @@ def stateful_set(owner: Owner, spec: specs.ModelDeploymentSpec, release: Release
     return workers
 
 
-def _version(prefix: str, live: Live) -> list[str]:
-    found = [f"--{prefix}bundle={live.bundle}", f"--{prefix}version={live.version}"]
+def _version(prefix: str, live: Live, path: str) -> list[str]:
+    found = [f"--{prefix}bundle={path}", f"--{prefix}version={live.version}"]
     if live.digest:
         found.append(f"--{prefix}digest={live.digest}")
     return found

@@ -150,6 +150,17 @@ class RetrainingRun(Model):
     """How it ended, from the Job's conditions; a Job deleted before it was seen to end counts as failed."""
 
 
+class Lag(Model):
+    """How far a live version of a stream is behind, as its workers last reported."""
+
+    version: str
+    """The live version (the incumbent, or the challenger during a release)."""
+    records: int = Field(ge=0)
+    """Records of the input topic the version has yet to score, over every partition."""
+    observed_at: datetime
+    """When the workers' metrics were read."""
+
+
 class HistoryEntry(Model):
     """A version that served, and how its time ended."""
 
@@ -222,6 +233,12 @@ class ModelDeploymentStatus(Model):
     """The latest manual command."""
     retrainings: list[RetrainingRun] = Field(default_factory=list, max_length=20)
     """Retraining Jobs Steward started, newest last."""
+    lag: list[Lag] | None = Field(
+        None,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]},
+    )
+    """Streaming: how far each live version is behind the input topic, when its workers' metrics can be read."""
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,

@@ -22,15 +22,32 @@ class Owner(Model):
     """URL of the runbook that on-call follows for this model (http or https)."""
 
 
+PVC_BUNDLE = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/[^/]\S*)?$"
+"""pvc://<claim>/<path>: a PersistentVolumeClaim in the ModelDeployment's namespace, and a path inside it."""
+
+
 class ModelRef(Model):
     """The model version to serve and the sealed bundle that holds it (pipeline, feature schema, baselines)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!self.bundle.startsWith('pvc://') || self.bundle.matches('" + PVC_BUNDLE.replace("\\", "\\\\") + "')"
+                " && !self.bundle.contains('/../') && !self.bundle.endsWith('/..')",
+                "a pvc:// bundle is pvc://<claim>/<path>: the claim a lowercase DNS name in this namespace, the path"
+                " inside it without '..'",
+                ".bundle",
+            ),
+        )
+    )
 
     version: Label
     """Version of the model, for example 2024-06-01 or v7. Used in labels and child names: at most 63 characters,
     letters, digits, '.', '_' and '-'. Changing it starts a release."""
     bundle: Uri
-    """URI of the model bundle: s3://, gs://, pvc://, https:// or file:// (or an absolute path in the image).
-    KServe's storage initializer places it at /mnt/models in the predictor."""
+    """URI of the model bundle: s3://, gs://, pvc://<claim>/<path>, https:// or file:// (or an absolute path in the
+    image). Online, KServe's storage initializer places it at /mnt/models in the predictor; the stream workers and
+    batch jobs read it themselves, with a pvc:// bundle's claim mounted read-only."""
     digest: str | None = Field(None, pattern=r"^sha256:[a-f0-9]{64}$")
     """Optional sha256 digest of the bundle manifest (sha256:<64 hex digits>). When set, the predictor refuses
     to become ready if the bundle it loaded does not match. Unset: Steward pins the version to the digest its
