@@ -3,10 +3,6 @@ optionally only once a real predictor process serves each one's bundle. It never
 
 from __future__ import annotations
 
-import contextlib
-import json
-import ssl
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,18 +12,17 @@ from typing import Any
 
 from steward_harness.predictors import Predictor
 from steward_harness.prometheus import Prometheus
+from steward_harness.sweeping import Sweeper
 
 INFERENCE_SERVICES = "/apis/serving.kserve.io/v1beta1"
 GRACE_SECONDS = 2.0
 
 
 @dataclass
-class DataPlane:
+class DataPlane(Sweeper[Predictor]):
     """Polls every InferenceService and reports it Ready the way KServe does (a Ready condition for its current
     generation). Versions in `held` stay not ready, to show what waits for readiness."""
 
-    server: str
-    context: ssl.SSLContext
     prefix: str = ""
     """Only InferenceServices in namespaces starting with this are served."""
     held: set[str] = field(default_factory=set)
@@ -37,37 +32,14 @@ class DataPlane:
     prometheus: Prometheus | None = None
     """When given, scrapes every predictor started here, labelled with its namespace and pod as Kubernetes
     service discovery would label it."""
-    interval: float = 0.1
     routes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     """HTTPRoutes in `predictor_namespaces`, by (namespace, name), as last seen: what the gateway follows."""
-    _running: dict[str, Predictor] = field(default_factory=dict, init=False)
     _leaving: dict[str, float] = field(default_factory=dict, init=False)
     """Predictors whose InferenceService is gone, and when their grace period ends (monotonic seconds)."""
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
-
-    def start(self) -> DataPlane:
-        self._thread = threading.Thread(target=self._loop, name="data-plane", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        for key in list(self._running):
-            self._retire(key)
 
     def predictor(self, namespace: str, name: str) -> Predictor | None:
         """The process serving an InferenceService in one of `predictor_namespaces`."""
         return next((p for key, p in self._running.items() if key.startswith(f"{namespace}/{name}/")), None)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            # The API server may be restarting or gone: try again next round.
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                self._sweep()
-            self._stop.wait(self.interval)
 
     def _sweep(self) -> None:
         # Routes first: traffic leaves a version before its predictor is retired below.
@@ -139,17 +111,6 @@ class DataPlane:
         except urllib.error.HTTPError as error:
             if error.code != 404:  # Deleted meanwhile.
                 raise
-
-    def _request(
-        self, method: str, path: str, body: object = None, content_type: str = "application/json"
-    ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 -- the control plane's https URL
-            self.server + path, data=data, method=method, headers={"Content-Type": content_type}
-        )
-        with urllib.request.urlopen(request, context=self.context, timeout=10) as response:  # noqa: S310
-            result: dict[str, Any] = json.loads(response.read() or b"{}")
-            return result
 
 
 def _address(predictor: Predictor) -> str:

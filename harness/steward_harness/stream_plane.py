@@ -6,9 +6,6 @@ and confirms the deletion. The StatefulSet controller that makes, rolls and dele
 from __future__ import annotations
 
 import contextlib
-import json
-import ssl
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -18,46 +15,23 @@ from urllib.parse import urlencode
 
 from steward_harness.prometheus import Prometheus
 from steward_harness.stream_workers import StreamWorker
+from steward_harness.sweeping import Sweeper
 
 WORKERS = "app.kubernetes.io/name=steward-stream"
 """The label on every stream worker's pod."""
 
 
 @dataclass
-class StreamPlane:
-    """Runs the stream workers' pods of `namespaces` as local processes, scraped by `prometheus` when given."""
+class StreamPlane(Sweeper[StreamWorker]):
+    """Runs the stream workers' pods of `namespaces` as local processes (by namespace/name/uid of their pod),
+    scraped by `prometheus` when given."""
 
-    server: str
-    context: ssl.SSLContext
     namespaces: set[str] = field(default_factory=set)
     prometheus: Prometheus | None = None
     interval: float = 0.2
-    _running: dict[str, StreamWorker] = field(default_factory=dict, init=False)
-    """By namespace/name/uid of the pod."""
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
-
-    def start(self) -> StreamPlane:
-        self._thread = threading.Thread(target=self._loop, name="stream-plane", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        for key in list(self._running):
-            self._retire(key)
 
     def workers(self, namespace: str) -> list[StreamWorker]:
         return [worker for key, worker in self._running.items() if key.startswith(f"{namespace}/")]
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            # The API server may be restarting or gone: try again next round.
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                self._sweep()
-            self._stop.wait(self.interval)
 
     def _sweep(self) -> None:
         seen = set()
@@ -128,17 +102,6 @@ class StreamPlane:
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": metadata["uid"]}}
         with contextlib.suppress(urllib.error.HTTPError):
             self._request("DELETE", f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}", body)
-
-    def _request(
-        self, method: str, path: str, body: object = None, content_type: str = "application/json"
-    ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 -- the control plane's https URL
-            self.server + path, data=data, method=method, headers={"Content-Type": content_type}
-        )
-        with urllib.request.urlopen(request, context=self.context, timeout=10) as response:  # noqa: S310
-            result: dict[str, Any] = json.loads(response.read() or b"{}")
-            return result
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -178,7 +178,9 @@ def render_status(body: dict[str, Any]) -> str:
     if status.rolled_back is not None:
         lines.append(f"rolled back: {_served(status.rolled_back)}")
     if status.lag:
-        behind = ", ".join(f"{lag.version} {lag.records:,} records" for lag in status.lag)
+        behind = ", ".join(
+            f"{lag.version} {lag.records:,} records over {lag.partitions} partitions" for lag in status.lag
+        )
         lines.append(f"lag:         {behind} (at {_time(max(lag.observed_at for lag in status.lag))})")
     for condition in status.conditions:
         if condition.type in {"Ready", "Stalled"} or condition.status == "True":

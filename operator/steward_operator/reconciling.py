@@ -267,7 +267,8 @@ async def read_lag(
     source: MetricProvider, deployment: specs.ModelDeployment, step: releases.Step, now: datetime
 ) -> releases.Step:
     """A stream's lag per live version into status, as its workers report it now; the last reading stays while the
-    metrics cannot be read, and none is kept once the mode reports none."""
+    metrics cannot be read, and none is kept once the mode reports none. More workers than the input topic has
+    partitions is warned of once, when first seen: the ones beyond stand idle."""
     serving = modes.mode(deployment.spec.serving.mode)
     if serving is None or not serving.lags:
         lag = None
@@ -277,11 +278,24 @@ async def read_lag(
         except MetricsUnavailableError:
             return step
         lag = [
-            specs.Lag(version=version, records=records, observed_at=now) for version, records in sorted(found.items())
+            specs.Lag(version=version, records=behind.records, partitions=behind.partitions, observed_at=now)
+            for version, behind in sorted(found.items())
         ]
     if lag == step.status.lag:
         return step
-    return releases.Step(step.status.model_copy(update={"lag": lag}), step.decisions)
+    decisions = step.decisions
+    streaming = deployment.spec.serving.streaming
+    version = step.status.incumbent.version if step.status.incumbent else ""
+    partitions = {item.version: item.partitions for item in lag or []}.get(version)
+    before = {item.version: item.partitions for item in step.status.lag or []}.get(version)
+    if streaming is not None and partitions and streaming.replicas > partitions != before:
+        idle = (
+            f"{streaming.replicas} workers for the {partitions} partitions of {streaming.input_topic}: "
+            f"{streaming.replicas - partitions} stand idle (serving.streaming.replicas at most {partitions}, or more "
+            "partitions)"
+        )
+        decisions = (*decisions, releases.Decision("IdleWorkers", idle, warning=True))
+    return releases.Step(step.status.model_copy(update={"lag": lag}), decisions)
 
 
 async def retraining_signals(

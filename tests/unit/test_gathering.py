@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steward_operator import releases, specs
-from steward_operator.evidence import ArmCounts, Gateway, HeldOutResults, MetricsUnavailableError, Quality
+from steward_operator.evidence import ArmCounts, Behind, Gateway, HeldOutResults, MetricsUnavailableError, Quality
 from steward_operator.reconciling import gather, read_lag
 from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
@@ -28,6 +28,7 @@ class Recording:
     down: bool = False
     asked: list[tuple[Any, ...]] = field(default_factory=list)
     name: str = "recording"
+    partitions: int = 6
 
     async def window(
         self,
@@ -57,9 +58,9 @@ class Recording:
         self._ask("quality", model, version, namespace)
         return Quality({}, {}, 0)
 
-    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, Behind]:
         self._ask("lag", model, namespace)
-        return {"v2": 40, "v1": 40}
+        return {"v2": Behind(40, self.partitions), "v1": Behind(40, self.partitions)}
 
     async def healthy(self) -> bool:
         return not self.down
@@ -144,7 +145,11 @@ def test_nothing_is_read_when_no_stage_is_being_judged(example: str, status: dic
 
 
 def _lag(deployment: specs.ModelDeployment, provider: Recording) -> list[specs.Lag] | None:
-    return asyncio.run(read_lag(provider, deployment, releases.Step(deployment.status), NOW)).status.lag
+    return _read_lag(deployment, provider).status.lag
+
+
+def _read_lag(deployment: specs.ModelDeployment, provider: Recording) -> releases.Step:
+    return asyncio.run(read_lag(provider, deployment, releases.Step(deployment.status), NOW))
 
 
 def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable() -> None:
@@ -152,12 +157,28 @@ def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable
     deployment = _deployment("streaming.yaml")
     lag = _lag(deployment, provider)
     assert lag == [
-        specs.Lag(version="v1", records=40, observed_at=NOW),
-        specs.Lag(version="v2", records=40, observed_at=NOW),
+        specs.Lag(version="v1", records=40, partitions=6, observed_at=NOW),
+        specs.Lag(version="v2", records=40, partitions=6, observed_at=NOW),
     ]
     assert provider.asked == [("lag", deployment.metadata["name"], "ml")]
-    read = deployment.model_copy(update={"status": deployment.status.model_copy(update={"lag": lag})})
-    assert _lag(read, Recording(down=True)) == lag
+    assert _lag(_with_lag(deployment, lag or []), Recording(down=True)) == lag
+
+
+def _with_lag(deployment: specs.ModelDeployment, lag: list[specs.Lag]) -> specs.ModelDeployment:
+    return deployment.model_copy(update={"status": deployment.status.model_copy(update={"lag": lag})})
+
+
+def test_more_workers_than_partitions_is_warned_of_once() -> None:
+    deployment = _deployment("streaming.yaml")
+    workers = deployment.spec.serving.streaming
+    assert workers is not None
+    (idle,) = _read_lag(deployment, Recording(partitions=workers.replicas - 1)).decisions
+    assert (idle.reason, idle.warning) == ("IdleWorkers", True)
+    assert idle.message.startswith(f"{workers.replicas} workers for the {workers.replicas - 1} partitions of ")
+    assert "1 stand idle" in idle.message
+    seen = _with_lag(deployment, _lag(deployment, Recording(partitions=workers.replicas - 1)) or [])
+    assert _read_lag(seen, Recording(partitions=workers.replicas - 1)).decisions == ()
+    assert _read_lag(deployment, Recording(partitions=workers.replicas)).decisions == ()
 
 
 def test_a_mode_that_reports_no_lag_keeps_none_in_status() -> None:

@@ -27,6 +27,22 @@ def test_the_node_is_broker_and_controller_on_loopback_with_its_data_where_asked
     assert settings["log.dirs"] == str(tmp_path / "data")
 
 
+def test_on_another_address_the_node_listens_advertises_and_votes_there_alone(tmp_path: Path) -> None:
+    settings = _properties(
+        kafka.server_properties(broker_port=9092, controller_port=9093, data=tmp_path, host="10.213.0.1")
+    )
+
+    assert settings["controller.quorum.voters"] == f"{settings['node.id']}@10.213.0.1:9093"
+    assert settings["listeners"] == "PLAINTEXT://10.213.0.1:9092,CONTROLLER://10.213.0.1:9093"
+    assert settings["advertised.listeners"] == "PLAINTEXT://10.213.0.1:9092"
+    assert "127.0.0.1" not in "".join(settings.values())
+
+
+def test_clients_bootstrap_from_the_address_the_broker_is_on(tmp_path: Path) -> None:
+    assert kafka.Kafka(directory=tmp_path, host="10.213.0.1").bootstrap.startswith("10.213.0.1:")
+    assert kafka.Kafka(directory=tmp_path).bootstrap.startswith("127.0.0.1:")
+
+
 def test_one_node_serves_transactions_and_groups_without_delay_or_surprise_topics(tmp_path: Path) -> None:
     settings = _properties(kafka.server_properties(broker_port=1, controller_port=2, data=tmp_path))
 

@@ -366,11 +366,14 @@ def test_status_says_when_paused_rolled_back_and_waiting_for_the_operator() -> N
 def test_status_shows_how_far_each_version_of_a_stream_is_behind() -> None:
     status = _canary_status()
     status["lag"] = [
-        {"version": "2024-06-15", "records": 12840, "observedAt": "2024-07-16T09:30:00Z"},
-        {"version": "2024-07-15", "records": 12840, "observedAt": "2024-07-16T09:30:02Z"},
+        {"version": "2024-06-15", "records": 12840, "partitions": 6, "observedAt": "2024-07-16T09:30:00Z"},
+        {"version": "2024-07-15", "records": 12840, "partitions": 6, "observedAt": "2024-07-16T09:30:02Z"},
     ]
     fields = _fields(render_status(_body(status)))
-    assert fields["lag"] == "2024-06-15 12,840 records, 2024-07-15 12,840 records (at 2024-07-16 09:30:02 UTC)"
+    assert fields["lag"] == (
+        "2024-06-15 12,840 records over 6 partitions, 2024-07-15 12,840 records over 6 partitions"
+        " (at 2024-07-16 09:30:02 UTC)"
+    )
     assert "lag" not in _fields(render_status(_body(_canary_status())))
 
 

@@ -8,6 +8,7 @@ import importlib
 
 from steward_operator.evidence.base import (
     ArmCounts,
+    Behind,
     Gateway,
     HeldOutResults,
     MetricProvider,
@@ -21,6 +22,7 @@ _PROVIDERS = {"prometheus": "steward_operator.evidence.prometheus:Prometheus"}
 
 __all__ = [
     "ArmCounts",
+    "Behind",
     "Gateway",
     "HeldOutResults",
     "MetricProvider",

@@ -98,6 +98,16 @@ class Quality:
     """Predictions whose outcome has arrived."""
 
 
+@dataclass(frozen=True)
+class Behind:
+    """How far one version of a stream is behind its input topic."""
+
+    records: int
+    """Records it has yet to score, over every partition."""
+    partitions: int
+    """The input partitions its workers own."""
+
+
 class MetricProvider(Protocol):
     name: str
     """The name that selects this provider in `metric_provider(name, url)`."""
@@ -134,9 +144,9 @@ class MetricProvider(Protocol):
         MetricsUnavailableError."""
         ...
 
-    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
-        """The records each version of a stream has yet to score, summed over the input partitions, as its
-        workers report them now. Raises MetricsUnavailableError."""
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, Behind]:
+        """How far each version of a stream is behind, as its workers report it now. Raises
+        MetricsUnavailableError."""
         ...
 
     async def healthy(self) -> bool:

@@ -37,6 +37,7 @@ from steward_contracts.metrics import (
 )
 from steward_operator.evidence.base import (
     ArmCounts,
+    Behind,
     Gateway,
     HeldOutResults,
     MetricsUnavailableError,
@@ -153,13 +154,19 @@ class Prometheus:
             labelled=round(labelled[0][1]) if labelled else 0,
         )
 
-    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, int]:
+    async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, Behind]:
         matchers = f"model={quote(model)}" + (f",namespace={quote(namespace)}" if namespace is not None else "")
         # A partition moving between workers may be reported by both for a scrape: count it once.
-        found = await self._instant(
-            f"sum by (version) (max by (version, topic, partition) ({STREAM_LAG.name}{{{matchers}}}))"
+        partitions = f"max by (version, topic, partition) ({STREAM_LAG.name}{{{matchers}}})"
+        records, owned = await asyncio.gather(
+            self._instant(f"sum by (version) ({partitions})"), self._instant(f"count by (version) ({partitions})")
         )
-        return {labels["version"]: round(value) for labels, value in found if "version" in labels}
+        counted = {labels.get("version"): round(value) for labels, value in owned}
+        return {
+            labels["version"]: Behind(round(value), counted.get(labels["version"], 0))
+            for labels, value in records
+            if "version" in labels
+        }
 
     async def _instant(self, query: str) -> list[tuple[dict[str, str], float]]:
         data = await self._query(query, datetime.now(UTC).timestamp())

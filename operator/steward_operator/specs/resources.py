@@ -157,6 +157,8 @@ class Lag(Model):
     """The live version (the incumbent, or the challenger during a release)."""
     records: int = Field(ge=0)
     """Records of the input topic the version has yet to score, over every partition."""
+    partitions: int = Field(0, ge=0)
+    """The input topic's partitions its workers own: more workers than this stand idle."""
     observed_at: datetime
     """When the workers' metrics were read."""
 
