@@ -60,14 +60,15 @@ test-unit: install ## Unit tests: pure logic, no processes, seconds
 test-integration: binaries kafka ## Integration tests against a real control plane (kube-apiserver, etcd, kube-controller-manager) and a real Kafka broker started by the tests; INTEGRATION_WORKERS=2 by default
 	$(BIN)/pytest -m integration --numprocesses=$(INTEGRATION_WORKERS) --dist=loadfile --durations=10 $(PYTEST_ARGS)
 
-e2e: binaries node-binaries host-packages ## End to end on a local cluster with a real node, KServe's controller and Traefik (root; builds images and tools once)
+e2e: binaries node-binaries host-packages kafka ## End to end on a local cluster with a real node, KServe's controller, Traefik and a Kafka broker (root; builds images and tools once)
 	$(BIN)/pytest -m e2e --durations=10 $(PYTEST_ARGS)
 
-bench: install binaries kafka ## Benchmarks: serving, batch and stream scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, monitor ingestion, command start-up
+bench: install binaries kafka ## Benchmarks: serving, batch and stream scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, paired tests against unpaired, monitor ingestion, command start-up
 	$(BIN)/python bench/online.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/sequential.py
+	$(BIN)/python bench/paired.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/commands.py
 	$(BIN)/python bench/stream.py

@@ -70,8 +70,9 @@ QUALITY_METRICS = ("accuracy", "rocAuc", "logLoss", "mae", "rmse", "r2")
 so that the two compare measure by measure."""
 CALIBRATION_ERROR = "calibrationError"
 """A binary classifier's expected calibration error: a `metric` the monitor measures live, which no bundle holds."""
-DRIFT_THRESHOLDS = ("warn", "alert", "breaches", "windows")
-"""spec.monitoring.drift as a predictor publishes it for the monitor (the `threshold` label)."""
+DRIFT_THRESHOLDS = ("warn", "alert", "breaches", "windows", "seconds")
+"""spec.monitoring.drift as a predictor publishes it for the monitor (the `threshold` label); `seconds` is the length
+of each window."""
 LABEL_DELAY_QUANTILES = ("0.5", "0.9")
 """The quantiles of the time from prediction to outcome that the monitor publishes (the `quantile` label)."""
 PREDICTION_FEATURE = "__prediction__"

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "--drift-window",
         type=float,
         default=settings.DRIFT_WINDOW_SECONDS,
-        help="seconds per drift window (default %(default)g)",
+        help="seconds per drift window, for versions whose ModelDeployment names none (spec.monitoring.drift.window;"
+        " default %(default)g)",
     )
     args = parser.parse_args(argv)
     if args.max_records < 1 or args.max_exported_versions < 1 or args.max_clock_skew < 0:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).warning("/v1/events takes unauthenticated predictions for any model")
     drift = None
     if args.prometheus_url:
-        drift = DriftWatch(args.prometheus_url, Thresholds(), args.drift_window)
+        drift = DriftWatch(args.prometheus_url, Thresholds(seconds=args.drift_window))
     app = application(
         store,
         intake,

@@ -33,6 +33,8 @@ class Thresholds:
     alert: float = 0.25
     breaches: int = 2
     windows: int = 3
+    seconds: float = 3600.0
+    """Length of each window."""
     false_discovery_rate: float = FALSE_DISCOVERY_RATE
 
 

@@ -33,6 +33,7 @@ class Paired:
     agreement: float | None
     mean_score_difference: float | None
     """Challenger's score minus the incumbent's, averaged over pairs with both scores."""
+    disagreements: int = 0
     labelled: int = 0
     incumbent_accuracy: float | None = None
     challenger_accuracy: float | None = None
@@ -44,7 +45,7 @@ class Paired:
 def compare(pairs: Sequence[Pair]) -> Paired:
     if not pairs:
         return Paired(0, None, None)
-    agreement = sum(_same(pair.incumbent, pair.challenger) for pair in pairs) / len(pairs)
+    disagreements = sum(not _same(pair.incumbent, pair.challenger) for pair in pairs)
     differences = [
         pair.challenger_score - pair.incumbent_score
         for pair in pairs
@@ -53,7 +54,8 @@ def compare(pairs: Sequence[Pair]) -> Paired:
     labelled = [pair for pair in pairs if pair.label is not None]
     paired = Paired(
         pairs=len(pairs),
-        agreement=agreement,
+        agreement=1 - disagreements / len(pairs),
+        disagreements=disagreements,
         mean_score_difference=sum(differences) / len(differences) if differences else None,
         labelled=len(labelled),
     )

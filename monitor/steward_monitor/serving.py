@@ -243,7 +243,7 @@ async def _refresh_quality(service: Service, window: timedelta, interval: float)
 
 async def _watch_drift(service: Service, watch: DriftWatch) -> None:
     while True:
-        await asyncio.sleep(watch.window_seconds)
+        await asyncio.sleep(watch.tick())
         try:
             judged = await watch.step()
         except PrometheusUnavailableError as error:
@@ -385,6 +385,7 @@ async def _get_pairs(request: web.Request) -> web.Response:
             "challenger": query["challenger"],
             "pairs": found.pairs,
             "agreement": found.agreement,
+            "disagreements": found.disagreements,
             "meanScoreDifference": found.mean_score_difference,
             "labelled": found.labelled,
             "incumbentAccuracy": found.incumbent_accuracy,

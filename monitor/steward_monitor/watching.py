@@ -4,6 +4,8 @@ training shares, per model version, judged by `drifting`, and kept for the persi
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,55 +45,88 @@ class VersionDrift:
 @dataclass
 class DriftWatch:
     """Reads Prometheus at `url` and keeps the last levels of every feature. `thresholds` apply to versions whose
-    predictors publish none of their own (PREDICTOR_DRIFT_THRESHOLD, from spec.monitoring.drift)."""
+    predictors publish none of their own (PREDICTOR_DRIFT_THRESHOLD, from spec.monitoring.drift), the length of
+    their windows among them: each version is judged when its own window ends."""
 
     url: str
     thresholds: Thresholds
-    window_seconds: float
     latest: dict[Version, VersionDrift] = field(default_factory=dict)
     _history: dict[tuple[Version, str], deque[Level]] = field(default_factory=dict)
+    _judged: dict[Version, float] = field(default_factory=dict)
+    """When each version's last window was judged (monotonic seconds)."""
+    _windows: set[float] = field(default_factory=set)
+    """The window lengths versions asked for at the last step."""
 
-    async def step(self) -> dict[Version, VersionDrift]:
-        """Judge the window that just ended; raises PrometheusUnavailableError."""
-        span = f"{max(1, round(self.window_seconds))}s"
+    def tick(self) -> float:
+        """Seconds until the next step: the shortest window any version asks for, or the monitor's own."""
+        return max(1.0, min({self.thresholds.seconds, *self._windows}))
+
+    async def step(self, now: float | None = None) -> dict[Version, VersionDrift]:
+        """Judge the versions whose window just ended, each over its own window; returns what is known of every
+        version that still publishes its training shares. Raises PrometheusUnavailableError."""
+        now = time.monotonic() if now is None else now
         shares = await self._vector(
             PREDICTOR_FEATURE_TRAINING_SHARE.name, ("namespace", "model", "version", "feature", "bin")
-        )
-        by_bin = "sum by (namespace, model, version, feature, bin)"
-        counts = await self._vector(
-            f"{by_bin} (increase({PREDICTOR_FEATURE_VALUES.sample('total')}[{span}]))",
-            ("namespace", "model", "version", "feature", "bin"),
         )
         for key, value in (
             await self._vector(PREDICTOR_PREDICTION_TRAINING_SHARE.name, ("namespace", "model", "version", "bin"))
         ).items():
             shares[(*key[:3], PREDICTION_FEATURE, key[3])] = value
+        asked = await self._vector(PREDICTOR_DRIFT_THRESHOLD.name, ("namespace", "model", "version", "threshold"))
+        present: set[Version] = {(key[0], key[1], key[2]) for key in shares}
+        thresholds = {version: self._thresholds(version, asked) for version in present}
+        self._windows = {own.seconds for own in thresholds.values()}
+        # A little early counts as due: a step that wakes a moment before a window ends does not wait a whole tick.
+        due = {
+            version
+            for version in present
+            if now - self._judged.get(version, -math.inf) >= thresholds[version].seconds - 0.5
+        }
+        counts: dict[tuple[str, ...], float] = {}
+        for seconds in sorted({thresholds[version].seconds for version in due}):
+            counts.update(
+                await self._counts(seconds, {version for version in due if thresholds[version].seconds == seconds})
+            )
+        wall = datetime.now(UTC)
+        for version, (baselines, observed) in _by_version(shares, counts).items():
+            if version not in due:
+                continue
+            own = thresholds[version]
+            features = window(baselines, observed, own)
+            alerting = []
+            for feature in features:
+                levels = self._history.get((version, feature.name))
+                if levels is None or levels.maxlen != own.windows:
+                    levels = self._history[(version, feature.name)] = deque(levels or (), maxlen=own.windows)
+                levels.append(feature.level)
+                if persistent(levels, own):
+                    alerting.append(feature.name)
+            self.latest[version] = VersionDrift(features, alerting, wall)
+            self._judged[version] = now
+        # A version that is gone keeps no history.
+        for stale in [held for held in self._history if held[0] not in present]:
+            del self._history[stale]
+        for gone in [version for version in [*self.latest, *self._judged] if version not in present]:
+            self.latest.pop(gone, None)
+            self._judged.pop(gone, None)
+        return dict(self.latest)
+
+    async def _counts(self, seconds: float, versions: set[Version]) -> dict[tuple[str, ...], float]:
+        """What `versions` saw over the last `seconds`, per feature (and the predictions) and bin."""
+        span = f"{max(1, round(seconds))}s"
+        by_bin = "sum by (namespace, model, version, feature, bin)"
+        found = await self._vector(
+            f"{by_bin} (increase({PREDICTOR_FEATURE_VALUES.sample('total')}[{span}]))",
+            ("namespace", "model", "version", "feature", "bin"),
+        )
         for key, value in (
             await self._vector(
                 f"sum by (namespace, model, version, bin) (increase({PREDICTOR_PREDICTIONS.sample('total')}[{span}]))",
                 ("namespace", "model", "version", "bin"),
             )
         ).items():
-            counts[(*key[:3], PREDICTION_FEATURE, key[3])] = value
-        asked = await self._vector(PREDICTOR_DRIFT_THRESHOLD.name, ("namespace", "model", "version", "threshold"))
-        now = datetime.now(UTC)
-        judged = {}
-        for version, (baselines, observed) in _by_version(shares, counts).items():
-            thresholds = self._thresholds(version, asked)
-            features = window(baselines, observed, thresholds)
-            alerting = []
-            for feature in features:
-                levels = self._history.get((version, feature.name))
-                if levels is None or levels.maxlen != thresholds.windows:
-                    levels = self._history[(version, feature.name)] = deque(levels or (), maxlen=thresholds.windows)
-                levels.append(feature.level)
-                if persistent(levels, thresholds):
-                    alerting.append(feature.name)
-            judged[version] = VersionDrift(features, alerting, now)
-        for stale in [held for held in self._history if held[0] not in judged]:
-            del self._history[stale]  # A version that is gone keeps no history.
-        self.latest = judged
-        return judged
+            found[(*key[:3], PREDICTION_FEATURE, key[3])] = value
+        return {key: value for key, value in found.items() if key[:3] in versions}
 
     def _thresholds(self, version: Version, asked: dict[tuple[str, ...], float]) -> Thresholds:
         """The thresholds the version's ModelDeployment asks for (its predictors publish them), else the monitor's."""
@@ -103,6 +138,7 @@ class DriftWatch:
             alert=own.get("alert", default.alert),
             breaches=round(own.get("breaches", default.breaches)),
             windows=round(own.get("windows", default.windows)),
+            seconds=own.get("seconds", default.seconds),
         )
 
     async def _vector(self, query: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:

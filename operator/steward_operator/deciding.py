@@ -33,7 +33,7 @@ from typing import Literal
 
 from steward_operator import specs
 from steward_operator.evidence.base import ArmCounts
-from steward_operator.guardrails import GUARDRAILS, answered, unusable_readings
+from steward_operator.guardrails import GUARDRAILS, Window, answered, unusable_readings
 from steward_operator.sequential import (
     Comparison,
     non_inferiority,
@@ -75,14 +75,6 @@ class Timing:
     release_started: datetime
     stage_started: datetime
     now: datetime
-
-
-@dataclass(frozen=True)
-class Window:
-    """What each version served since the current stage began, over the same window of time."""
-
-    incumbent: ArmCounts
-    challenger: ArmCounts
 
 
 # --- what comes out -----------------------------------------------------------------------------------------
@@ -159,8 +151,11 @@ def decide(
     answered: per version the larger of its predictors' counts and its gateway's, which also answers for pods
     that died mid-request or never answered; slowRequests:
     requests slower than the threshold the caller applied or else the incumbent's p95 latency in the same window,
-    among timed requests; predictionShift: total variation between the predictions per bin) is an anytime-valid
-    test at its share of alpha = 1 - rollout.confidence (split equally, Bonferroni), against its own tolerance.
+    among timed requests; predictionShift: total variation between the predictions per bin; in shadow only,
+    where the monitor pairs both versions' answers to the same requests, disagreement: the share of them answered
+    differently, and pairedAccuracy: on those whose outcome has arrived, the incumbent's accuracy less the
+    challenger's) is an anytime-valid test at its share of alpha = 1 - rollout.confidence (split equally among the
+    stage's guardrails, Bonferroni), against its own tolerance.
     After rules 1 to 4:
 
     6. Any guardrail credibly worse -> rollback, at once: a credibly worse challenger never waits for the stage's
@@ -233,7 +228,7 @@ class _Check:
 
 def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> Verdict:
     rollout = policy.rollout
-    checks = _guardrails(rollout, window)
+    checks = _guardrails(rollout, window, stage)
     evidence = tuple(as_evidence(check.comparison) for check in checks)
     overdue = _overdue(policy, timing)
     if overdue is not None:
@@ -292,15 +287,16 @@ def _silent(window: Window, requests: Callable[[ArmCounts], int] = lambda counts
     return f"the {' and the '.join(silent)}" if silent else None
 
 
-def _guardrails(rollout: specs.Rollout, window: Window) -> list[_Check]:
-    if not rollout.guardrails:
+def _guardrails(rollout: specs.Rollout, window: Window, stage: LiveStage) -> list[_Check]:
+    """The stage's guardrails, each at its share of alpha: those on paired answers only where there are pairs."""
+    judged = [guardrail for guardrail in rollout.guardrails if stage.paired or not GUARDRAILS[guardrail.name].paired]
+    if not judged:
         return []
-    alphas = split_alpha(_alpha(rollout), [guardrail.name for guardrail in rollout.guardrails])
+    alphas = split_alpha(_alpha(rollout), [guardrail.name for guardrail in judged])
     checks = []
-    for guardrail in rollout.guardrails:
+    for guardrail in judged:
         alpha = alphas[guardrail.name]
-        compare = GUARDRAILS[guardrail.name].compare
-        comparison, waiting = compare(window.incumbent, window.challenger, guardrail.tolerance, alpha)
+        comparison, waiting = GUARDRAILS[guardrail.name].compare(window, guardrail.tolerance, alpha)
         checks.append(_Check(guardrail, alpha, comparison, waiting if comparison.verdict == "noData" else None))
     return checks
 
@@ -340,6 +336,19 @@ def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
             f"the challenger's predictions are {_number(comparison.challenger)} apart from the incumbent's in total"
             f" variation over {samples} predictions, at least {_number(comparison.lower)}, above the tolerance of"
             f" {_number(guardrail.tolerance)} {at}"
+        )
+    elif guardrail.name == "disagreement":
+        what = (
+            f"the challenger answered {_rate(comparison.challenger)} of {comparison.challenger_samples:,} paired"
+            f" requests differently from the incumbent, at least {_rate(comparison.lower)}, above the tolerance of"
+            f" {_rate(guardrail.tolerance)} {at}"
+        )
+    elif guardrail.name == "pairedAccuracy":
+        what = (
+            f"on {comparison.challenger_samples:,} paired requests with outcomes, only the incumbent was right on"
+            f" {_rate(comparison.incumbent)} and only the challenger on {_rate(comparison.challenger)}: its"
+            f" accuracy is lower by at least {_points(comparison.lower)}, above the tolerance of"
+            f" {_points(guardrail.tolerance)} {at}"
         )
     else:
         counted = "requests" if guardrail.name == "errorRate" else "timed requests"

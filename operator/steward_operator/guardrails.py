@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
-from steward_operator import specs
-from steward_operator.evidence.base import ArmCounts
+from steward_operator import paired, specs
+from steward_operator.evidence.base import ArmCounts, PairCounts
 from steward_operator.sequential import Comparison, compare_distributions, compare_rates
 
 # Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
@@ -19,13 +19,35 @@ _LARGEST_COUNT = 2**53
 
 
 @dataclass(frozen=True)
+class Window:
+    """What each version served since the current stage began, over the same window of time, and in shadow both
+    versions' answers to the same requests (None where there are none to read, or they could not be read)."""
+
+    incumbent: ArmCounts
+    challenger: ArmCounts
+    pairs: PairCounts | None = None
+
+
+Comparing = Callable[[Window, float, float], tuple[Comparison, str | None]]
+"""A guardrail's comparison of the versions in a window at a tolerance and alpha, with why it has no data (None
+when it has)."""
+
+
+@dataclass(frozen=True)
 class Guardrail:
-    """One guardrail: the reading it compares (what it waits for without data), and the comparison of the
-    incumbent's counts with the challenger's at a tolerance and alpha, with why it has no data (None when it
-    has)."""
+    """One guardrail: the reading it compares (what it waits for without data), its comparison, and whether it
+    compares paired answers, which only the shadow stage has (elsewhere it is not judged)."""
 
     needs: str
-    compare: Callable[[ArmCounts, ArmCounts, float, float], tuple[Comparison, str | None]]
+    compare: Comparing
+    paired: bool = False
+
+
+def _arms(
+    compare: Callable[[ArmCounts, ArmCounts, float, float], tuple[Comparison, str | None]],
+) -> Comparing:
+    """A comparison of the two versions' own counts."""
+    return lambda window, tolerance, alpha: compare(window.incumbent, window.challenger, tolerance, alpha)
 
 
 def answered(counts: ArmCounts) -> tuple[int, int]:
@@ -114,10 +136,36 @@ def _prediction_shift(
     return comparison, f"the {unpredicted[0]} reported none" if unpredicted else None
 
 
+def _disagreement(window: Window, tolerance: float, alpha: float) -> tuple[Comparison, str | None]:
+    """The disagreement comparison on paired answers, and why it has no data."""
+    pairs = window.pairs
+    comparison = paired.disagreement(
+        pairs.pairs if pairs else 0, pairs.disagreements if pairs else 0, tolerance=tolerance, alpha=alpha
+    )
+    if pairs is None:
+        return comparison, "the monitor's pairs could not be read"
+    return comparison, None if pairs.pairs else "the monitor has paired no request of the two versions yet"
+
+
+def _paired_accuracy(window: Window, tolerance: float, alpha: float) -> tuple[Comparison, str | None]:
+    """The pairedAccuracy comparison on the labelled pairs, and why it has no data."""
+    pairs = window.pairs or PairCounts(0, 0)
+    comparison = paired.accuracy_drop(
+        pairs.labelled, pairs.only_incumbent, pairs.only_challenger, tolerance=tolerance, alpha=alpha
+    )
+    if window.pairs is None:
+        return comparison, "the monitor's pairs could not be read"
+    if not pairs.labelled:
+        return comparison, f"no outcome has arrived for any of the {pairs.pairs:,} paired requests yet"
+    return comparison, None
+
+
 GUARDRAILS = {
-    "errorRate": Guardrail("requests", _error_rate),
-    "slowRequests": Guardrail("latency", _slow_requests),
-    "predictionShift": Guardrail("predictions", _prediction_shift),
+    "errorRate": Guardrail("requests", _arms(_error_rate)),
+    "slowRequests": Guardrail("latency", _arms(_slow_requests)),
+    "predictionShift": Guardrail("predictions", _arms(_prediction_shift)),
+    "disagreement": Guardrail("paired answers", _disagreement, paired=True),
+    "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, paired=True),
 }
 """Every guardrail a rollout may name, by the name it is named with."""
 

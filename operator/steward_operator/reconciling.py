@@ -5,13 +5,24 @@ what was decided."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from steward_operator import deciding, modes, planners, releases, releasing, retraining, specs, telemetry, traffic
+from steward_operator import (
+    guardrails,
+    modes,
+    planners,
+    releases,
+    releasing,
+    retraining,
+    specs,
+    telemetry,
+    traffic,
+)
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner
-from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError
+from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError, PairSource
 from steward_operator.kinds import (
     CRON_JOB,
     ENDPOINT_SLICE,
@@ -50,12 +61,14 @@ async def reconcile(
     name: str,
     evidence_source: MetricProvider | None = None,
     command: dict[str, Any] | None = None,
+    *,
+    pair_source: PairSource | None = None,
 ) -> releases.Step | None:
     """Bring one ModelDeployment's children and status to where its spec and status say they should be; with an
-    `evidence_source`, releases move on the decision engine's verdicts as well as on commands. A `command` (a
-    ModelCommand for it) is carried out in the same step and answered in its own status. A concurrent write to
-    the ModelDeployment (a spec change) means starting over from a fresh read, a few times, waiting longer each
-    time."""
+    `evidence_source` (and a `pair_source` for paired answers in shadow), releases move on the decision engine's
+    verdicts as well as on commands. A `command` (a ModelCommand for it) is carried out in the same step and
+    answered in its own status. A concurrent write to the ModelDeployment (a spec change) means starting over from
+    a fresh read, a few times, waiting longer each time."""
     started = time.perf_counter()
     for attempt in range(CONFLICT_RETRIES):
         body = await cluster.get(MODEL_DEPLOYMENT, namespace, name)
@@ -64,7 +77,7 @@ async def reconcile(
                 await _answer(cluster, command, None, f"refused: there is no ModelDeployment {name} in {namespace}")
             return None
         try:
-            step = await _reconcile_once(cluster, body, evidence_source, command)
+            step = await _reconcile_once(cluster, body, evidence_source, command, pair_source)
         except ConflictError:
             telemetry.RECONCILES.labels("conflict").inc()
             await asyncio.sleep(0.05 * 2**attempt)
@@ -79,7 +92,11 @@ async def reconcile(
 
 
 async def _reconcile_once(
-    cluster: Cluster, body: dict[str, Any], evidence_source: MetricProvider | None, command: dict[str, Any] | None
+    cluster: Cluster,
+    body: dict[str, Any],
+    evidence_source: MetricProvider | None,
+    command: dict[str, Any] | None,
+    pair_source: PairSource | None = None,
 ) -> releases.Step:
     deployment = specs.ModelDeployment.model_validate(body)
     metadata = body["metadata"]
@@ -92,7 +109,7 @@ async def _reconcile_once(
     now = datetime.now(UTC)
     evidence, digests = None, {}
     if evidence_source is not None:
-        evidence = await gather(evidence_source, deployment, namespace, now)
+        evidence = await gather(evidence_source, deployment, namespace, now, pair_source)
         digests = await reported_digests(evidence_source, deployment, namespace, now)
     observed = releases.Observed(
         metadata.get("generation", 0),
@@ -174,7 +191,11 @@ def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str
 
 
 async def gather(
-    source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
+    source: MetricProvider,
+    deployment: specs.ModelDeployment,
+    namespace: str,
+    now: datetime,
+    pair_source: PairSource | None = None,
 ) -> releases.Evidence | None:
     """The evidence the decision engine needs for the current stage of a release, read from `source`: both
     versions' held-out results while Validating, and what each served since the stage began in Shadowing and
@@ -201,6 +222,12 @@ async def gather(
             )
             holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
             return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
+        pairs = None
+        if pair_source is not None and stage.phase == "Shadowing" and _paired(spec):
+            with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
+                pairs = await pair_source.pairs(
+                    name, incumbent.version, challenger.version, since or now, namespace=namespace
+                )
         counts_i, counts_c = await asyncio.gather(
             *(
                 source.window(
@@ -214,9 +241,15 @@ async def gather(
                 for version in (incumbent.version, challenger.version)
             )
         )
-        return releases.Evidence(challenger.version, stage, since, window=deciding.Window(counts_i, counts_c))
+        window = guardrails.Window(counts_i, counts_c, pairs)
+        return releases.Evidence(challenger.version, stage, since, window=window)
     except MetricsUnavailableError:
         return releases.Evidence(challenger.version, stage, since)
+
+
+def _paired(spec: specs.ModelDeploymentSpec) -> bool:
+    """Whether a guardrail of the rollout compares paired answers."""
+    return any(guardrails.GUARDRAILS[guardrail.name].paired for guardrail in spec.rollout.guardrails)
 
 
 async def reported_digests(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from steward_operator import deciding, modes, specs, validation
+from steward_operator import guardrails, modes, specs, validation
 from steward_operator.stages import Stage, path
 from steward_operator.traffic.base import MirrorRefusal
 
@@ -54,7 +54,7 @@ class Evidence:
     since: datetime | None
     """The stage_started it was counted from: evidence from before the current split took effect is not this
     stage's."""
-    window: deciding.Window | None = None
+    window: guardrails.Window | None = None
     """Live counts since the stage began (Shadowing, Canary)."""
     holdouts: validation.Holdouts | None = None
     """Both versions' held-out results (Validating)."""

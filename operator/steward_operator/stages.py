@@ -45,6 +45,8 @@ class LiveStage:
     min_requests: int
     min_duration: timedelta
     full: bool = False
+    paired: bool = False
+    """Both versions answer the same requests (shadow): paired answers can be compared."""
 
 
 def path(rollout: specs.Rollout, layout: Layout) -> list[Stage]:
@@ -66,7 +68,7 @@ def live(rollout: specs.Rollout, layout: Layout, phase: specs.Phase, step: int |
     if phase == "Shadowing":
         shadow = rollout.shadow or specs.Shadow()
         following = canary_name(rollout, 0) if layout.canary and judged_steps(rollout) else None
-        return LiveStage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration))
+        return LiveStage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration), paired=True)
     if phase == "Canary":
         if not layout.canary:
             raise ValueError(f"{layout.mode} serving has no canary")

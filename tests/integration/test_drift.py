@@ -30,13 +30,15 @@ def test_a_shifted_stream_alerts_and_a_steady_one_raises_nothing(tmp_path: Path)
     )
     # "lenient" gets the shifted stream too, but its ModelDeployment's thresholds (which the operator passes to
     # its predictors, and they publish) are far above what this shift reaches.
-    streams = {"steady": population, "drifted": shifted, "lenient": shifted}
-    lenient = {"STEWARD_DRIFT_WARN": "4", "STEWARD_DRIFT_ALERT": "5"}
-    prometheus = Prometheus()
-    predictors = {
-        name: Predictor(str(trained.path), name=name, env=lenient if name == "lenient" else {}).start()
-        for name in streams
+    # "hourly" gets the shifted stream as well, but its ModelDeployment's drift window is an hour: it is judged once,
+    # when first seen, and not again while the others are judged every window.
+    streams = {"steady": population, "drifted": shifted, "lenient": shifted, "hourly": shifted}
+    settings = {
+        "lenient": {"STEWARD_DRIFT_WARN": "4", "STEWARD_DRIFT_ALERT": "5"},
+        "hourly": {"STEWARD_DRIFT_SECONDS": "3600"},
     }
+    prometheus = Prometheus()
+    predictors = {name: Predictor(str(trained.path), name=name, env=settings.get(name, {})).start() for name in streams}
     stop = threading.Event()
     try:
         for predictor in predictors.values():
@@ -72,12 +74,27 @@ def test_a_shifted_stream_alerts_and_a_steady_one_raises_nothing(tmp_path: Path)
 
             found = wait_until(alerting, timeout=WINDOW_SECONDS * 8, interval=1)
             _, exposition = http_get(f"{monitor.url}/metrics")
+
+            def judged_again() -> dict[str, dict[str, Any]] | None:
+                again = alerting()
+                return again if again and again["drifted"]["time"] > found["drifted"]["time"] else None
+
+            later = wait_until(judged_again, timeout=WINDOW_SECONDS * 3, interval=1)
     finally:
         stop.set()
         for predictor in predictors.values():
             predictor.stop()
         prometheus.stop()
+    _judged_by_their_own_settings(found, later, exposition)
+
+
+def _judged_by_their_own_settings(
+    found: dict[str, dict[str, Any]], later: dict[str, dict[str, Any]], exposition: str
+) -> None:
     drifted, steady, judged_leniently = found["drifted"], found["steady"], found["lenient"]
+    # Judged when first seen and not since, though its stream drifted as much: one window of its own has not ended.
+    assert later["hourly"]["time"] == found["hourly"]["time"]
+    assert later["hourly"]["alerting"] == []
     assert judged_leniently["alerting"] == []
     assert judged_leniently["features"]["mean radius"]["level"] == "ok"
     assert judged_leniently["features"]["mean radius"]["psi"] > 0.25  # Drifted as much, judged by its own levels.

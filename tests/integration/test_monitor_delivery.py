@@ -5,6 +5,7 @@ once, and the predictor's reporter keeps the good events of a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from prometheus_client import CollectorRegistry
 from steward_harness.monitors import Monitor
 from steward_harness.predictors import Predictor
 from steward_monitor.stores import PREDICTIONS
+from steward_operator.evidence import MetricsUnavailableError, PairCounts
+from steward_operator.evidence.monitor import Monitor as PairReader
 from steward_predictor.prediction_log import Reporter
 from tests.support import models
 from tests.support.monitoring import (
@@ -137,6 +141,7 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
     """Two versions' predictors answer the same requests (as a gateway and its mirror would send them, with one
     request id); each reports its answers to the monitor, which therefore holds them in pairs. While the monitor
     is down the predictors answer as fast as ever, and what they could not report arrives once it is back."""
+    began_at = datetime.now(UTC) - timedelta(minutes=1)
     store = f"sqlite:///{tmp_path / 'monitor.db'}"
     trained = {version: models.breast_cancer(tmp_path, version) for version in ("v1", "v2")}
     rows = models.records(trained["v1"].x_test)
@@ -175,6 +180,11 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
             pairs = json.loads(
                 get_text(f"{monitor.url}/v1/pairs?namespace=clinic&model=diagnosis&incumbent=v1&challenger=v2")
             )
+            # As the operator reads them for the shadow stage's paired guardrails.
+            source = PairReader(monitor.url)
+            counted = asyncio.run(source.pairs("diagnosis", "v1", "v2", began_at, namespace="clinic"))
+            with pytest.raises(MetricsUnavailableError, match="answered 400"):
+                asyncio.run(source.pairs("", "v1", "v2", began_at, namespace="clinic"))
         finally:
             for predictor in predictors.values():
                 predictor.stop()
@@ -188,6 +198,7 @@ def test_predictors_report_every_prediction_through_a_monitor_outage(tmp_path: P
     assert 'steward_predictor_reported_events_total{result="sent"} 83.0' in sent
     # The two versions were trained alike: on every request they both answered, they agree exactly.
     assert (pairs["pairs"], pairs["agreement"], pairs["meanScoreDifference"]) == (50, 1.0, 0.0)
+    assert counted == PairCounts(pairs=50, disagreements=0)
 
 
 def _events(store: str) -> list[tuple[Any, ...]]:

@@ -44,6 +44,8 @@ def _manifest(namespace: str, name: str, bundle: Path) -> str:
             "spec": {
                 "owner": {"team": "ml", "contact": "ml@example.com", "runbook": "https://runbooks.example.com/triage"},
                 "model": {"version": "v1", "bundle": str(bundle)},
+                # The monitor's own window is an hour: this model's drift is judged over its own.
+                "monitoring": {"drift": {"window": "4s"}},
                 "retraining": {
                     "onDrift": True,
                     "cooldown": "1h",
@@ -66,14 +68,13 @@ def _manifest(namespace: str, name: str, bundle: Path) -> str:
 
 @pytest.fixture
 def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iterator[tuple[str, DataPlane, str]]:
-    """An operator that reads drift from a Prometheus scraping real predictors and a monitor judging 4 s windows."""
+    """An operator that reads drift from a Prometheus scraping real predictors, and a monitor judging each model's
+    drift over its own spec.monitoring.drift.window (4 s here), which the operator passes to its predictors."""
     namespace = f"{PREFIX}{uuid.uuid4().hex[:10]}"
     cluster.run("create", "namespace", namespace)
     prometheus = Prometheus()
     prometheus.start()
-    monitor = Monitor(
-        f"sqlite:///{tmp_path / 'monitor.db'}", args=[f"--prometheus-url={prometheus.url}", "--drift-window=4"]
-    )
+    monitor = Monitor(f"sqlite:///{tmp_path / 'monitor.db'}", args=[f"--prometheus-url={prometheus.url}"])
     data_plane = DataPlane(control_plane.server, control_plane.ssl_context(), prefix=PREFIX, prometheus=prometheus)
     data_plane.predictor_namespaces.add(namespace)
     operator = Operator(control_plane.kubeconfig, [namespace], prometheus=prometheus.url)

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 
 from steward_operator import specs
-from steward_operator.deciding import Action, Policy, Timing, Verdict, Window, decide
+from steward_operator.deciding import Action, Policy, Timing, Verdict, decide
 from steward_operator.evidence.base import ArmCounts
+from steward_operator.guardrails import Window
 from steward_operator.modes.batch import Batch
 from steward_operator.validation import HeldOut, Holdouts
 from steward_predictor.metrics import LATENCY_BUCKETS

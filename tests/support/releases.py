@@ -11,7 +11,7 @@ from typing import Literal
 
 import yaml
 
-from steward_operator import deciding, retraining, specs
+from steward_operator import guardrails, retraining, specs
 from steward_operator.children import Owner
 from steward_operator.evidence.base import ArmCounts
 from steward_operator.releases import Evidence, Observed, Step
@@ -161,5 +161,5 @@ def live(world: World, incumbent: ArmCounts, challenger: ArmCounts) -> Evidence:
     status = world.status
     assert status.challenger is not None
     stage = Stage(status.phase or "Validating", status.canary_step)
-    window = deciding.Window(incumbent, challenger)
+    window = guardrails.Window(incumbent, challenger)
     return Evidence(status.challenger.version, stage, status.stage_started, window=window)

@@ -241,7 +241,7 @@ def test_what_the_operator_sets_in_a_predictors_pod_is_what_the_predictor_reads(
     assert read.trusted_types == ("features.Bucket", "features.clean_text")
     assert (read.monitor_url, read.namespace) == ("http://steward-monitor.steward-system.svc:8080", "ml")
     assert read.monitor_token == steward[environment.MONITOR_TOKEN]
-    assert read.drift_thresholds == {"warn": 0.1, "alert": 0.25, "breaches": 2, "windows": 3}
+    assert read.drift_thresholds == {"warn": 0.1, "alert": 0.25, "breaches": 2, "windows": 3, "seconds": 3600}
 
 
 # --- the alert rules and the dashboard ------------------------------------------------------------------------------

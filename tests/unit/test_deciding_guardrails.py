@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 
 from steward_operator import specs
-from steward_operator.deciding import Policy, Window, as_evidence
-from steward_operator.evidence.base import ArmCounts
-from steward_operator.guardrails import slow_threshold
+from steward_operator.deciding import Policy, Verdict, as_evidence
+from steward_operator.evidence.base import ArmCounts, PairCounts
+from steward_operator.guardrails import Window, slow_threshold
 from steward_operator.sequential import compare_distributions, compare_rates
 from tests.support.decisions import SHADOWED, alike, arm, evidence_of, live, lognormal_latency, rollout, timing
 
@@ -267,3 +267,64 @@ class TestSlowRequestsDefault:
     def test_the_default_is_what_a_bare_guardrail_gets(self) -> None:
         (default,) = [guardrail for guardrail in rollout().guardrails if guardrail.name == "slowRequests"]
         assert default == specs.Guardrail(name="slowRequests")
+
+
+class TestPairedGuardrails:
+    """disagreement and pairedAccuracy judge both versions' answers to the same requests: in shadow only."""
+
+    POLICY = Policy(
+        rollout(
+            shadow={},
+            guardrails=[
+                {"name": "errorRate"},
+                {"name": "disagreement", "tolerance": 0.05},
+                {"name": "pairedAccuracy", "tolerance": 0.0},
+            ],
+        )
+    )
+
+    def _shadow(self, pairs: PairCounts | None) -> Verdict:
+        return live(Window(arm(5_000), arm(5_000), pairs), "Shadowing", None, self.POLICY)
+
+    def test_a_challenger_that_answers_differently_too_often_is_rolled_back(self) -> None:
+        verdict = self._shadow(PairCounts(pairs=2_000, disagreements=300, labelled=0))
+        assert verdict.decision == "rollback"
+        assert verdict.rule.startswith("guardrail disagreement failed in shadow: the challenger answered 15.00% of")
+        assert "2,000 paired requests differently" in verdict.rule
+        assert evidence_of(verdict, "disagreement").verdict == "fail"
+
+    def test_a_less_accurate_challenger_is_rolled_back_on_the_discordant_pairs(self) -> None:
+        pairs = PairCounts(pairs=3_000, disagreements=80, labelled=2_000, only_incumbent=60, only_challenger=20)
+        verdict = self._shadow(pairs)
+        assert verdict.decision == "rollback"
+        assert verdict.rule.startswith("guardrail pairedAccuracy failed in shadow: on 2,000 paired requests")
+        assert "only the incumbent was right on 3.00% and only the challenger on 1.00%" in verdict.rule
+        # The same 2 points, as two independent accuracies of 90 % and 88 % over 2,000 each, are not yet a fail.
+        unpaired = compare_rates("errors", 200, 2_000, 240, 2_000, alpha=0.05 / 3)
+        assert unpaired.verdict == "inconclusive"
+
+    def test_no_outcomes_yet_holds_the_shadow_and_says_what_it_waits_for(self) -> None:
+        verdict = self._shadow(PairCounts(pairs=2_000, disagreements=10))
+        assert verdict.decision == "hold"
+        assert "guardrail pairedAccuracy waits for labelled pairs: no outcome has arrived for any of the 2,000" in (
+            verdict.rule
+        )
+
+    def test_unreadable_pairs_hold_the_shadow(self) -> None:
+        verdict = self._shadow(None)
+        assert verdict.decision == "hold"
+        assert "waits for paired answers: the monitor's pairs could not be read" in verdict.rule
+
+    def test_an_alike_challenger_passes_the_paired_guardrails(self) -> None:
+        pairs = PairCounts(pairs=3_000, disagreements=30, labelled=2_000, only_incumbent=10, only_challenger=12)
+        verdict = self._shadow(pairs)
+        assert verdict.decision in {"advance", "promote", "continue"}, verdict.rule
+        assert evidence_of(verdict, "disagreement").verdict == "pass"
+        assert evidence_of(verdict, "pairedAccuracy").verdict in {"pass", "inconclusive"}
+
+    def test_canary_steps_do_not_judge_them_and_alpha_is_shared_by_those_judged(self) -> None:
+        window = Window(arm(10_000, errors=100), arm(10_000, errors=1_000), None)
+        verdict = live(window, policy=self.POLICY)
+        assert verdict.decision == "rollback"
+        assert {item.metric for item in verdict.evidence} == {"errorRate"}
+        assert "at alpha 0.05" in verdict.rule  # errorRate alone in a canary step: all of alpha.

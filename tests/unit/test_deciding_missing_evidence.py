@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steward_operator import specs
-from steward_operator.deciding import Action, Policy, Window, decide
+from steward_operator.deciding import Action, Policy, decide
+from steward_operator.guardrails import Window
 from tests.support.decisions import (
     BATCH,
     ONLINE,

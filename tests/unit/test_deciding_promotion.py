@@ -9,7 +9,8 @@ from dataclasses import asdict
 from datetime import timedelta
 
 from steward_operator import specs
-from steward_operator.deciding import DEFAULT_MARGIN, Policy, Window, as_evidence
+from steward_operator.deciding import DEFAULT_MARGIN, Policy, as_evidence
+from steward_operator.guardrails import Window
 from steward_operator.sequential import compare_rates, non_inferiority
 from tests.support.decisions import (
     ACTIONS,

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steward_operator import specs
-from steward_operator.deciding import Policy, Window
+from steward_operator.deciding import Policy
 from steward_operator.evidence.base import ArmCounts
+from steward_operator.guardrails import Window
 from steward_operator.validation import HeldOut
 from steward_predictor.metrics import LATENCY_BUCKETS
 from tests.support.decisions import ACTIONS, SHADOWED, arm, held_out, live, lognormal_latency, rollout, timing, validate
@@ -68,7 +69,8 @@ class TestProperties:
             predictions = {f"bin{index}": served * share // total for index, share in enumerate(shares)}
             return arm(served, round(served * error_rate), round(served * slow_rate), predictions)
 
-        verdict = live(Window(*(counts(served) for served in requests)), step=step, policy=policy)
+        incumbent, challenger = (counts(served) for served in requests)
+        verdict = live(Window(incumbent, challenger), step=step, policy=policy)
         assert verdict.decision in {"advance", "promote", "continue"}
 
     def test_looking_after_every_scrape_rarely_rolls_back_an_equal_challenger(self) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from steward_operator import modes, specs
-from steward_operator.deciding import Action, Policy, Window, decide
+from steward_operator.deciding import Action, Policy, decide
+from steward_operator.guardrails import Window
 from steward_operator.modes.batch import Batch
 from steward_operator.validation import HeldOut
 from tests.support.decisions import BATCH, ONLINE, SHADOWED, alike, arm, held_out, live, rollout, timing, validate

@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from steward_operator import releases, specs
-from steward_operator.evidence import ArmCounts, Behind, Gateway, HeldOutResults, MetricsUnavailableError, Quality
+from steward_operator.evidence import (
+    ArmCounts,
+    Behind,
+    Gateway,
+    HeldOutResults,
+    MetricsUnavailableError,
+    PairCounts,
+    Quality,
+)
 from steward_operator.reconciling import gather, read_lag
 from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
@@ -87,8 +95,8 @@ def _deployment(example: str = "full.yaml", **status: Any) -> specs.ModelDeploym
     return specs.ModelDeployment.model_validate(manifest)
 
 
-def _gather(deployment: specs.ModelDeployment, provider: Recording) -> Any:
-    return asyncio.run(gather(provider, deployment, "ml", NOW))
+def _gather(deployment: specs.ModelDeployment, provider: Recording, pairs: Pairing | None = None) -> Any:
+    return asyncio.run(gather(provider, deployment, "ml", NOW, pairs))
 
 
 def test_a_canary_reads_both_versions_since_its_split_took_effect() -> None:
@@ -187,3 +195,51 @@ def test_a_mode_that_reports_no_lag_keeps_none_in_status() -> None:
     deployment = _deployment(lag=[item.model_dump(mode="json", by_alias=True) for item in stale])
     assert _lag(deployment, provider) is None
     assert provider.asked == []
+
+
+@dataclass
+class Pairing:
+    """A pair source that answers fixed counts and remembers every question."""
+
+    down: bool = False
+    asked: list[tuple[Any, ...]] = field(default_factory=list)
+
+    async def pairs(
+        self, model: str, incumbent: str, challenger: str, since: datetime, *, namespace: str
+    ) -> PairCounts:
+        self.asked.append((model, incumbent, challenger, since, namespace))
+        if self.down:
+            raise MetricsUnavailableError("the monitor at http://steward-monitor:8080: no answer within 5 s")
+        return PairCounts(pairs=400, disagreements=4)
+
+
+def _paired_shadow(**guardrails: float) -> specs.ModelDeployment:
+    deployment = _deployment(
+        phase="Shadowing", canaryStep=None, weights={"incumbent": 100, "challenger": 0, "shadow": 100}
+    )
+    rollout = deployment.spec.rollout.model_copy(
+        update={
+            "shadow": specs.Shadow(),
+            "guardrails": [specs.Guardrail(name=name, tolerance=value) for name, value in guardrails.items()],
+        }
+    )
+    return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"rollout": rollout})})
+
+
+def test_the_shadow_stage_reads_pairs_since_it_began_when_a_guardrail_compares_them() -> None:
+    source = Pairing()
+    deployment = _paired_shadow(errorRate=0.0, disagreement=0.05)
+    evidence = _gather(deployment, Recording(), source)
+    assert evidence.window.pairs == PairCounts(pairs=400, disagreements=4)
+    assert source.asked == [(deployment.metadata["name"], "v1", "v2", STARTED, "ml")]
+    # Unreadable: the counts are still read, and the paired guardrails wait, saying why.
+    unread = _gather(deployment, Recording(), Pairing(down=True))
+    assert unread.window.incumbent.requests == 100
+    assert unread.window.pairs is None
+
+
+def test_no_pairs_are_read_without_a_paired_guardrail_nor_outside_shadow() -> None:
+    source = Pairing()
+    _gather(_paired_shadow(errorRate=0.0), Recording(), source)
+    _gather(_deployment(), Recording(), source)
+    assert source.asked == []

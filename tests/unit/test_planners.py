@@ -58,6 +58,7 @@ def test_a_stable_model_has_one_inference_service_and_all_traffic() -> None:
         "STEWARD_DRIFT_ALERT": "0.25",
         "STEWARD_DRIFT_BREACHES": "2",
         "STEWARD_DRIFT_WINDOWS": "3",
+        "STEWARD_DRIFT_SECONDS": "3600",
     }
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/churn"

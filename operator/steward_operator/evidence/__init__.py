@@ -13,6 +13,8 @@ from steward_operator.evidence.base import (
     HeldOutResults,
     MetricProvider,
     MetricsUnavailableError,
+    PairCounts,
+    PairSource,
     Quality,
     UnknownProviderError,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "HeldOutResults",
     "MetricProvider",
     "MetricsUnavailableError",
+    "PairCounts",
+    "PairSource",
     "Quality",
     "UnknownProviderError",
     "metric_provider",

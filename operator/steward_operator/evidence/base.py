@@ -108,6 +108,31 @@ class Behind:
     """The input partitions its workers own."""
 
 
+@dataclass(frozen=True)
+class PairCounts:
+    """Both versions' answers to the same requests (shadow traffic), as the monitor pairs them by request id."""
+
+    pairs: int
+    disagreements: int
+    """Pairs whose two answers differ (a class, or a value beyond the monitor's tolerance)."""
+    labelled: int = 0
+    """Pairs whose outcome has arrived."""
+    only_incumbent: int = 0
+    """Labelled pairs only the incumbent answered correctly."""
+    only_challenger: int = 0
+    """Labelled pairs only the challenger answered correctly."""
+
+
+class PairSource(Protocol):
+    """Where paired answers are read: the monitor."""
+
+    async def pairs(
+        self, model: str, incumbent: str, challenger: str, since: datetime, *, namespace: str
+    ) -> PairCounts:
+        """The pairs of both versions' answers to requests since `since`. Raises MetricsUnavailableError."""
+        ...
+
+
 class MetricProvider(Protocol):
     name: str
     """The name that selects this provider in `metric_provider(name, url)`."""

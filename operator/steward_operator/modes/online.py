@@ -129,7 +129,8 @@ def inference_service(
     drift = spec.monitoring.drift
     if drift.enabled:
         # The monitor judges this version's drift by the thresholds its predictors publish.
-        values = (drift.warn, drift.alert, drift.persistence.breaches, drift.persistence.windows)
+        persistence = drift.persistence
+        values = (drift.warn, drift.alert, persistence.breaches, persistence.windows, specs.seconds(drift.window))
         for name, value in zip(DRIFT_THRESHOLDS, values, strict=True):
             environment.append({"name": env.drift_threshold(name), "value": f"{value:g}"})
     environment += monitor_environment(owner)

@@ -100,13 +100,15 @@ class Canary(Model):
 class Guardrail(Model):
     """A live check that rolls the challenger back as soon as it is credibly worse than the incumbent."""
 
-    name: Literal["errorRate", "slowRequests", "predictionShift"]
+    name: Literal["errorRate", "slowRequests", "predictionShift", "disagreement", "pairedAccuracy"]
     """errorRate: share of requests answered with 5xx, counted by the predictors and, where the traffic
     provider's gateway exports per-backend counts (traefik), by the gateway, whichever saw more. slowRequests:
     share of timed requests slower than the incumbent's p95 latency (the smallest latency bucket boundary holding
     95% of its requests in the same window). predictionShift: total variation distance between the two
-    prediction distributions. A guardrail without data on both versions holds the release: no data is not a
-    pass."""
+    prediction distributions. disagreement (shadow only): share of the same requests the challenger answers
+    differently from the incumbent, as the monitor pairs them. pairedAccuracy (shadow only): on the paired
+    requests whose outcome has arrived, the incumbent's accuracy less the challenger's. A guardrail without data
+    on both versions holds the release: no data is not a pass."""
     tolerance: float = Field(0.0, ge=0, le=1)
     """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
     share of requests, or a distance). 0: any credible increase. For slowRequests, whose incumbent share is at

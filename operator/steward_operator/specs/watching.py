@@ -42,7 +42,8 @@ class Drift(Model):
     alert: float = Field(0.25, gt=0, le=10)
     """PSI at which drift raises an alert (and, with retraining.onDrift, a retraining)."""
     window: Duration = "1h"
-    """Length of each comparison window."""
+    """Length of each comparison window: the monitor judges this model's drift over the traffic of each window as
+    it ends."""
     persistence: Persistence = Field(default_factory=Persistence)
     """How many windows must agree before an alert."""
 
