@@ -4,7 +4,6 @@ training shares, per model version, judged by `drifting`, and kept for the persi
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,9 @@ from steward_contracts.metrics import (
 from steward_monitor.drifting import FeatureDrift, Level, Thresholds, persistent, window
 
 logger = logging.getLogger(__name__)
+
+LOOK_SECONDS = 60.0
+"""Steps come at least this often, whatever the windows: each reads which versions exist and what they ask for."""
 
 Version = tuple[str, str, str]
 """(namespace, model, version)"""
@@ -52,14 +54,19 @@ class DriftWatch:
     thresholds: Thresholds
     latest: dict[Version, VersionDrift] = field(default_factory=dict)
     _history: dict[tuple[Version, str], deque[Level]] = field(default_factory=dict)
-    _judged: dict[Version, float] = field(default_factory=dict)
-    """When each version's last window was judged (monotonic seconds)."""
-    _windows: set[float] = field(default_factory=set)
-    """The window lengths versions asked for at the last step."""
+    _began: dict[Version, float] = field(default_factory=dict)
+    """When each version's current window began (monotonic seconds): when it was first seen, then when its last
+    window was judged."""
+    _windows: set[float] | None = None
+    """The window lengths versions asked for at the last step; None before the first."""
 
     def tick(self) -> float:
-        """Seconds until the next step: the shortest window any version asks for, or the monitor's own."""
-        return max(1.0, min({self.thresholds.seconds, *self._windows}))
+        """Seconds until the next step: at once for the first (which learns the versions and their windows), then
+        the shortest window any version asks for, and at most LOOK_SECONDS, so a new version (perhaps with a
+        shorter window) is seen soon."""
+        if self._windows is None:
+            return 1.0
+        return max(1.0, min({self.thresholds.seconds, LOOK_SECONDS, *self._windows}))
 
     async def step(self, now: float | None = None) -> dict[Version, VersionDrift]:
         """Judge the versions whose window just ended, each over its own window; returns what is known of every
@@ -76,11 +83,12 @@ class DriftWatch:
         present: set[Version] = {(key[0], key[1], key[2]) for key in shares}
         thresholds = {version: self._thresholds(version, asked) for version in present}
         self._windows = {own.seconds for own in thresholds.values()}
-        # A little early counts as due: a step that wakes a moment before a window ends does not wait a whole tick.
+        # A version's first window begins when it is first seen. A little early counts as due: a step that wakes a
+        # moment before a window ends does not wait a whole tick.
         due = {
             version
             for version in present
-            if now - self._judged.get(version, -math.inf) >= thresholds[version].seconds - 0.5
+            if now - self._began.setdefault(version, now) >= thresholds[version].seconds - 0.5
         }
         counts: dict[tuple[str, ...], float] = {}
         for seconds in sorted({thresholds[version].seconds for version in due}):
@@ -102,13 +110,13 @@ class DriftWatch:
                 if persistent(levels, own):
                     alerting.append(feature.name)
             self.latest[version] = VersionDrift(features, alerting, wall)
-            self._judged[version] = now
+            self._began[version] = now
         # A version that is gone keeps no history.
         for stale in [held for held in self._history if held[0] not in present]:
             del self._history[stale]
-        for gone in [version for version in [*self.latest, *self._judged] if version not in present]:
+        for gone in [version for version in [*self.latest, *self._began] if version not in present]:
             self.latest.pop(gone, None)
-            self._judged.pop(gone, None)
+            self._began.pop(gone, None)
         return dict(self.latest)
 
     async def _counts(self, seconds: float, versions: set[Version]) -> dict[tuple[str, ...], float]:

@@ -4,6 +4,8 @@ the fixed-threshold check it replaces, and the power to find a real shift."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from steward_monitor.drifting import (
     psi,
     window,
 )
+from steward_monitor.watching import DriftWatch
 
 DECILES = [0.1] * 10
 
@@ -100,3 +103,44 @@ def test_a_real_shift_is_found_and_persists() -> None:
         levels.append(drifts["age"].level)
     assert levels.count("alert") == 20
     assert persistent(levels, Thresholds())
+
+
+class _Answered(DriftWatch):
+    """A drift watch over fixed series, as Prometheus would answer its queries: two versions with one feature,
+    each asking for its own window."""
+
+    def __init__(self, windows: dict[str, float]) -> None:
+        super().__init__("http://prometheus.invalid", Thresholds(seconds=3600))
+        self.windows = windows
+        self.spans: list[str] = []
+
+    async def _vector(self, query: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        feature = ("x",) if "feature" in labels else ()
+        if "increase(" in query:
+            self.spans.append(query.split("[")[1].split("]", maxsplit=1)[0])
+            return {("ml", model, "v1", *feature, share): 50.0 for model in self.windows for share in "01"}
+        if "threshold" in labels:
+            return {("ml", model, "v1", "seconds"): seconds for model, seconds in self.windows.items()}
+        return {("ml", model, "v1", *feature, share): 0.5 for model in self.windows for share in "01"}
+
+
+def test_each_version_is_judged_when_its_own_window_ends() -> None:
+    watch = _Answered({"fast": 4, "hourly": 3600})
+    assert watch.tick() == 1.0  # The first step comes at once, to learn the versions and their windows.
+    assert asyncio.run(watch.step(now=0.0)) == {}  # Their first windows begin.
+    assert watch.tick() == 4.0
+    assert asyncio.run(watch.step(now=2.0)) == {}
+    judged = asyncio.run(watch.step(now=4.0))
+    assert set(judged) == {("ml", "fast", "v1")}
+    assert watch.spans == ["4s", "4s"]  # Its counts over its own window: the features', then the predictions'.
+    later = asyncio.run(watch.step(now=8.0))
+    assert later[("ml", "fast", "v1")].time > judged[("ml", "fast", "v1")].time
+    assert ("ml", "hourly", "v1") not in asyncio.run(watch.step(now=3000.0))
+    assert ("ml", "hourly", "v1") in asyncio.run(watch.step(now=3600.0))
+    assert "3600s" in watch.spans
+
+
+def test_steps_come_at_least_once_a_minute_whatever_the_windows() -> None:
+    watch = _Answered({"daily": 86_400})
+    asyncio.run(watch.step(now=0.0))
+    assert watch.tick() == 60.0
