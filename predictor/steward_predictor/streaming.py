@@ -35,6 +35,7 @@ from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_
 from steward_predictor.metrics import Families, ModelMetrics
 from steward_predictor.observers import Metered, PredictionLog
 from steward_predictor.prediction_log import Reporter
+from steward_predictor.settings import drift_thresholds_set
 from steward_predictor.streams import Ceiling, CeilingExceededError, Record, Routing, Stream, Topics, Version
 
 logger = logging.getLogger("steward.stream")
@@ -400,6 +401,7 @@ def version(
     )
     metrics = ModelMetrics(families, args.model, scorer.bundle.version, variant)
     metrics.attach(scorer.bundle)
+    metrics.thresholds(drift_thresholds_set())
     metrics.ready.set(1)
     scorer.observers.append(Metered(metrics))
     if reporter is not None:

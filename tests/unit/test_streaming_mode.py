@@ -53,6 +53,8 @@ def test_the_workers_score_the_input_into_the_output_under_one_group_with_a_stab
     assert flags["transactional-id"] == "payment-fraud-scorer-$(POD_NAME)"
     (container,) = workers["spec"]["template"]["spec"]["containers"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    # The monitor judges the workers' drift by the ModelDeployment's thresholds and window, as an online model's.
+    assert {"name": "STEWARD_DRIFT_SECONDS", "value": "3600"} in container["env"]
     assert "challenger-bundle" not in flags
     assert workers["metadata"]["labels"]["steward.dev/version"] == V1.version
     assert workers["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"

@@ -110,6 +110,20 @@ def monitor_environment(owner: Owner) -> list[dict[str, Any]]:
     return found
 
 
+def drift_environment(spec: specs.ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """spec.monitoring.drift for a predictor to publish: the monitor judges the version's drift by it (its levels,
+    persistence and window). None when drift is not watched."""
+    drift = spec.monitoring.drift
+    if not drift.enabled:
+        return []
+    persistence = drift.persistence
+    values = (drift.warn, drift.alert, persistence.breaches, persistence.windows, specs.seconds(drift.window))
+    return [
+        {"name": env.drift_threshold(name), "value": f"{value:g}"}
+        for name, value in zip(DRIFT_THRESHOLDS, values, strict=True)
+    ]
+
+
 def inference_service(
     owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, patch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -126,13 +140,7 @@ def inference_service(
         environment.append({"name": env.BUNDLE_DIGEST, "value": live.digest})
     if spec.model.trusted_types:
         environment.append({"name": env.TRUSTED_TYPES, "value": ",".join(spec.model.trusted_types)})
-    drift = spec.monitoring.drift
-    if drift.enabled:
-        # The monitor judges this version's drift by the thresholds its predictors publish.
-        persistence = drift.persistence
-        values = (drift.warn, drift.alert, persistence.breaches, persistence.windows, specs.seconds(drift.window))
-        for name, value in zip(DRIFT_THRESHOLDS, values, strict=True):
-            environment.append({"name": env.drift_threshold(name), "value": f"{value:g}"})
+    environment += drift_environment(spec)
     environment += monitor_environment(owner)
     port = settings.PREDICTOR_PORT
     container: dict[str, Any] = {

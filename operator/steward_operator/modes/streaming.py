@@ -14,7 +14,7 @@ from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner, ow
 from steward_operator.kinds import Kind
 from steward_operator.modes import bundles
 from steward_operator.modes.base import Live, Plan, Release
-from steward_operator.modes.online import monitor_environment
+from steward_operator.modes.online import drift_environment, monitor_environment
 from steward_operator.stages import Layout
 
 STATEFUL_SET = Kind("apps/v1", "StatefulSet", "statefulsets")
@@ -102,6 +102,7 @@ def stateful_set(owner: Owner, spec: specs.ModelDeploymentSpec, release: Release
     ]
     environment: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *drift_environment(spec),
         *monitor_environment(owner),
     ]
     port = settings.PREDICTOR_PORT
