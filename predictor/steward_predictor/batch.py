@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -123,9 +124,12 @@ def score_batch(
     scorer: Scorer,
     columns: Sequence[str],
     progress: TextIO | None = None,
+    *,
+    stopping: threading.Event | None = None,
 ) -> Summary:
     """Score every row of the input, write scores and rejects, and publish them: the scores only if no more
-    than the allowed fraction of rows was rejected (else `RejectedError`), the rejects either way."""
+    than the allowed fraction of rows was rejected (else `RejectedError`), the rejects either way. Once
+    `stopping` is set, the run stops at the next chunk, or before publishing, with KeyboardInterrupt."""
     bundle = scorer.bundle
     chunk_scorer = ChunkScorer(scorer, run_id=settings.run_id, id_column=settings.id_column)
     schema = bundle.schema
@@ -170,6 +174,7 @@ def score_batch(
     bar = Progress(stream, transaction.count(settings.input))
     try:
         for frame, checked in chunks:
+            _stop_if_asked(stopping)
             chunk = chunk_scorer.score(frame, summary.rows_read, checked=checked)
             output.write(chunk.scores)
             rejects.write(chunk.rejects)
@@ -177,7 +182,13 @@ def score_batch(
             bar.advance(chunk.rows, summary.rows_read, summary.rows_rejected)
     finally:
         bar.close()
+    _stop_if_asked(stopping)
     too_many = summary.rows_rejected > settings.max_reject_fraction * summary.rows_read
+    published = [settings.rejects] if too_many else [settings.output, settings.rejects]
+    remote = [location.display for location in published if location.remote]
+    if remote:
+        # Object stores have no rename: the staged keys are copied, which takes a while for large output.
+        print(f"steward-predict: copying into place: {', '.join(remote)}", file=stream, flush=True)
     if too_many:
         output.discard()
     else:
@@ -194,6 +205,11 @@ def score_batch(
             summary,
         )
     return summary
+
+
+def _stop_if_asked(stopping: threading.Event | None) -> None:
+    if stopping is not None and stopping.is_set():
+        raise KeyboardInterrupt
 
 
 def _refuse_missing_columns(source: locations.Location, schema: FeatureSchema, columns: Sequence[str]) -> None:

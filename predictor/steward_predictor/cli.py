@@ -26,8 +26,8 @@ from steward_predictor.settings import allow_pickle, trusted_types
 EXIT_CODES = """\
 exit codes:
   0  scored: output and rejects published
-  1  runtime failure: a file or database could not be read or written, or the run was
-     interrupted; the output is as it was
+  1  runtime failure: a file, object or database could not be read or written (missing, no
+     credentials, refused), or the run was interrupted; the output is as it was
   2  usage error: a bad flag, an unknown format, an --id-column the input lacks, or an output
      that exists without --if-exists; nothing was written
   3  rejected: more than --max-reject-fraction of the rows failed validation, or the input
@@ -36,7 +36,7 @@ exit codes:
      golden examples that no longer reproduce (training/serving parity)"""
 
 DESCRIPTION = """\
-Score a CSV file, Parquet file or SQL table with a Steward model bundle.
+Score CSV or Parquet files, local or on object storage, or a SQL table with a Steward model bundle.
 
 Rows are read --chunk-rows at a time, so memory does not grow with the input, and every chunk is
 validated against the bundle's feature schema exactly as online requests are. Rows that fail go to
@@ -49,10 +49,30 @@ model_version, bundle_digest, scored_at (UTC), prediction, and for classifiers o
 probability_<class> column per class.
 Rejects columns: row, the --id-column, the model's input columns as read (as text), reasons.
 
-Files are written to a hidden file beside the target and renamed into place at the end; tables
-are written in one transaction (new tables under a staging name, renamed at the end). A run that
-fails or is killed leaves the output as it was (a killed run may leave a hidden .NAME.*.partial
-file). Rejects follow --if-exists append; otherwise they replace the rejects of an earlier run.
+Local files are written to a hidden file beside the target and renamed into place at the end;
+tables are written in one transaction (new tables under a staging name, renamed at the end). A run
+that fails or is killed leaves the output as it was (a killed run may leave a hidden
+.NAME.*.partial file). Rejects follow --if-exists append; otherwise they replace the rejects of an
+earlier run.
+
+Object storage: a file may also be an s3:// URL, or one of any filesystem fsspec knows (gs://,
+abfs://, ...). A URL ending in / is a prefix of part files. As input, the files directly under it
+are read in name order (names starting with . or _, such as _SUCCESS, are skipped; each CSV part
+has its own header); as output, it gets parts of about 256 MiB and, last, an empty _SUCCESS. S3
+credentials come from the environment as boto reads them: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL or
+AWS_ENDPOINT_URL_S3 (an S3-compatible store), AWS_PROFILE, or the pod's role. A ModelDeployment's
+credentialsSecret passes its Secret's keys as environment variables: name the keys so.
+
+Object stores cannot rename, so output there is written under .steward-tmp-<run id>/ beside the
+target and copied into place once the run succeeded; a run that fails or is interrupted deletes
+those keys, a killed one (SIGKILL, out of memory) leaves them, and perhaps an unfinished multipart
+upload (a lifecycle rule can abort those). An object is replaced by one copy: readers see the old
+or the new one. A prefix's parts are copied one by one, then (--if-exists replace) the old keys
+under it are deleted and _SUCCESS is written: a reader listing the prefix before that may see part
+of the new output, and of the old; wait for _SUCCESS. --if-exists fail checks again just before
+the copy, but cannot stop another writer in between; append adds parts to a prefix, and rewrites
+an object with the new rows after the old.
 
 Before scoring, the bundle's digest is checked and its golden examples are replayed: a bundle whose
 outputs no longer reproduce is refused. A JSON summary goes to stdout at the end, progress to stderr.
@@ -64,7 +84,12 @@ examples:
   steward-predict batch --input customers.parquet --output scores.parquet --id-column customer_id
   steward-predict batch --bundle s3://models/churn/v3/ --digest sha256:9f2c... \\
       --input postgresql://reader@warehouse/analytics --input-table customers \\
-      --output postgresql://writer@warehouse/analytics --output-table churn_scores --if-exists replace"""
+      --output postgresql://writer@warehouse/analytics --output-table churn_scores --if-exists replace
+  AWS_ENDPOINT_URL=http://minio.data:9000 steward-predict batch --input s3://exports/customers/ \
+      --input-format parquet --output s3://scores/churn/ --output-format parquet --if-exists replace"""
+
+
+LOCATION_HELP = "a .csv or .parquet file, a prefix/ of part files (s3://...), or a database URL"
 
 
 def predict(argv: Sequence[str] | None = None) -> int:
@@ -107,16 +132,17 @@ def predict_parser() -> argparse.ArgumentParser:
     model.add_argument("--digest", metavar="SHA256", help="refuse the bundle unless its digest is this (sha256:...)")
     _trust_flags(model)
     data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
-    data.add_argument("--input", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
+    data.add_argument("--input", required=True, metavar="URI", help=LOCATION_HELP)
     data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
     data.add_argument("--input-format", choices=FORMATS, help="override the inferred input format")
-    data.add_argument("--output", required=True, metavar="URI", help="a .csv or .parquet file, or a database URL")
+    data.add_argument("--output", required=True, metavar="URI", help=LOCATION_HELP)
     data.add_argument("--output-table", metavar="NAME", help="table to write, with a database URL ([schema.]name)")
     data.add_argument("--output-format", choices=FORMATS, help="override the inferred output format")
     data.add_argument(
         "--rejects",
         metavar="URI",
-        help="where rejected rows go (default: beside the output: OUT.rejects.csv, or table OUTTABLE_rejects)",
+        help="where rejected rows go (default: beside the output: OUT.rejects.csv, OUT.rejects/, or table "
+        "OUTTABLE_rejects)",
     )
     data.add_argument("--rejects-table", metavar="NAME", help="table for rejected rows, with a database URL")
     data.add_argument("--rejects-format", choices=FORMATS, help="override the inferred rejects format")

@@ -1,5 +1,5 @@
-"""Batch rows read and written: CSV and Parquet files and SQL tables, read in chunks (a chunk ahead, in the
-background) and written so that a run which fails or is killed publishes nothing."""
+"""Batch rows read and written: CSV and Parquet files (local, or on object storage) and SQL tables, read in chunks
+(a chunk ahead, in the background) and written so that a run which fails or is killed publishes nothing."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine import Transaction as DatabaseTransaction
 
+from steward_predictor import locations
 from steward_predictor.defaults import IfExists
 from steward_predictor.locations import (
     CSV_BLOCK,
@@ -31,7 +32,8 @@ from steward_predictor.locations import (
     file_errors,
     split_table,
 )
-from steward_predictor.writers import FileWriter, TableWriter, Writer
+from steward_predictor.table_writers import TableWriter
+from steward_predictor.writers import FileWriter, ObjectWriter, Writer
 
 Prepared = TypeVar("Prepared")
 # What reads as missing in CSV: pandas' defaults, so that files mean here what they meant in training.
@@ -60,9 +62,11 @@ NA_VALUES = [
 
 class Transaction:
     """The reads and writes of one batch run: one connection and transaction per database, files staged beside
-    their targets. Leaving it without `commit` (an error, an interrupt) rolls back and removes the staging."""
+    their targets. Leaving it without `commit` (an error, an interrupt) rolls back and removes the staging.
+    `run_id` names the temporary keys of output on object storage."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str | None = None) -> None:
+        self._run_id = run_id
         self._engines: dict[str, Engine] = {}
         self._connections: dict[str, tuple[Connection, DatabaseTransaction]] = {}
         self._writers: list[Writer] = []
@@ -77,22 +81,19 @@ class Transaction:
 
     def exists(self, location: Location) -> bool:
         if location.format != "sql":
-            return location.path.exists()
+            return locations.exists(location)
         schema, name = split_table(location)
         with database_errors(location):
             return sa.inspect(self._connection(location)).has_table(name, schema=schema)
 
     def columns(self, location: Location) -> list[str]:
-        """The column names of a file or table, in order."""
-        try:
-            if location.format == "csv":
-                return csv_header(location.path)
-            if location.format == "parquet":
-                return list(pq.read_schema(location.path).names)
-        except FileNotFoundError:
-            raise DatasetError(f"{location.display} does not exist") from None
-        except (OSError, ValueError, pa.ArrowException) as error:
-            raise DatasetError(f"cannot read {location.display}: {error}") from error
+        """The column names of a file or table, in order; of a prefix, those of its first part."""
+        if location.format != "sql":
+            first = locations.parts(location)[0]
+            with file_errors(first), locations.opened(first) as source:
+                if location.format == "csv":
+                    return csv_header(source)
+                return list(pq.read_schema(source).names)
         schema, name = split_table(location)
         with database_errors(location):
             inspector = sa.inspect(self._connection(location))
@@ -104,8 +105,11 @@ class Transaction:
         """The number of rows, when it is known without reading them (Parquet metadata)."""
         if location.format != "parquet":
             return None
-        with file_errors(location):
-            return int(pq.read_metadata(location.path).num_rows)
+        rows = 0
+        for part in locations.parts(location):
+            with file_errors(part), locations.opened(part) as source:
+                rows += int(pq.read_metadata(source).num_rows)
+        return rows
 
     def read(
         self,
@@ -124,7 +128,8 @@ class Transaction:
         decimal form; values that are not stay as they were, for validation to name. Columns in `texts` are read
         from CSV as text, not as whatever the values look like (a postcode stays "01234"). Text columns in
         `categories` (few distinct values) come out of files as pandas categoricals, decoded once per distinct
-        value instead of once per row."""
+        value instead of once per row. The parts under a prefix are read one after the other; a chunk never
+        spans two."""
         numeric = [name for name in numbers if name in columns]
         coded = [name for name in categories if name in columns]
         if location.format == "csv":
@@ -141,6 +146,8 @@ class Transaction:
         writer: Writer
         if location.format == "sql":
             writer = TableWriter(self._connection(location), location, if_exists)
+        elif location.remote:
+            writer = ObjectWriter(location, if_exists, self._run_id)
         else:
             writer = FileWriter(location, if_exists)
         self._writers.append(writer)
@@ -196,9 +203,20 @@ class Transaction:
             null_values=NA_VALUES,
             strings_can_be_null=True,
         )
-        with file_errors(location):
+        parts = locations.parts(location)
+        yield from _unless_empty(self._read_csv_part(part, options, chunk_rows, numbers, categories) for part in parts)
+
+    def _read_csv_part(
+        self,
+        part: Location,
+        options: pa_csv.ConvertOptions,
+        chunk_rows: int,
+        numbers: Sequence[str],
+        categories: Sequence[str],
+    ) -> Generator[pd.DataFrame, None, None]:
+        with file_errors(part), locations.opened(part) as source:
             reader = pa_csv.open_csv(
-                location.path,
+                source,
                 convert_options=options,
                 read_options=pa_csv.ReadOptions(use_threads=False, block_size=CSV_BLOCK),
             )
@@ -217,15 +235,30 @@ class Transaction:
         *,
         categories: Sequence[str],
     ) -> Generator[pd.DataFrame, None, None]:
-        with file_errors(location):
-            schema = pq.read_schema(location.path)
+        parts = locations.parts(location)
+        yield from _unless_empty(
+            self._read_parquet_part(part, columns, chunk_rows, numbers, categories=categories) for part in parts
+        )
+
+    def _read_parquet_part(
+        self,
+        part: Location,
+        columns: Sequence[str],
+        chunk_rows: int,
+        numbers: Sequence[str],
+        *,
+        categories: Sequence[str],
+    ) -> Generator[pd.DataFrame, None, None]:
+        with file_errors(part), locations.opened(part) as file:
+            schema = pq.read_schema(file)
             # Text columns come straight from the file's dictionary pages as categoricals.
             coded = [
                 name for name in categories if schema.get_field_index(name) >= 0 and _is_text(schema.field(name).type)
             ]
         with (
-            file_errors(location),
-            pq.ParquetFile(location.path, pre_buffer=False, buffer_size=READ_BUFFER, read_dictionary=coded) as source,
+            file_errors(part),
+            locations.opened(part) as file,
+            pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER, read_dictionary=coded) as source,
         ):
             empty = True
             for batch in source.iter_batches(batch_size=chunk_rows, columns=list(columns)):
@@ -273,6 +306,23 @@ def _rechunked(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) 
             pending, count = rest.to_batches(), rest.num_rows
     if count or not emitted:
         yield pa.Table.from_batches(pending, schema=schema)
+
+
+def _unless_empty(parts: Iterable[Generator[pd.DataFrame, None, None]]) -> Iterator[pd.DataFrame]:
+    """The chunks of every part, in order, leaving out empty ones (an empty part, say) unless every part is
+    empty: then the last, which still carries the columns."""
+    empty: pd.DataFrame | None = None
+    yielded = False
+    for chunks in parts:
+        with contextlib.closing(chunks):
+            for frame in chunks:
+                if len(frame):
+                    yielded = True
+                    yield frame
+                else:
+                    empty = frame
+    if empty is not None and not yielded:
+        yield empty
 
 
 def _csv_frame(table: pa.Table, numbers: Sequence[str], categories: Sequence[str] = ()) -> pd.DataFrame:

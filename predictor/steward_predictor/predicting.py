@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
-        with _terminate_as_interrupt(), datasets.Transaction() as transaction:
+        with _stopped_by_signals() as stopping, datasets.Transaction(settings.run_id) as transaction:
             columns = batch.prepare(transaction, settings)
             scorer = scoring.load(
                 args.bundle, digest=args.digest, allow_pickle=args.allow_pickle, trusted_types=args.trust_type
@@ -43,7 +43,7 @@ def _batch(args: argparse.Namespace) -> int:
                 f"scoring {settings.input.display} with model {bundle.metadata.model_version} ({bundle.digest}) "
                 f"into {settings.output.display}, run {settings.run_id}"
             )
-            summary = batch.score_batch(transaction, settings, scorer, columns)
+            summary = batch.score_batch(transaction, settings, scorer, columns, stopping=stopping)
     except (UsageError, locations.LocationError) as error:
         _say(f"error: {error}")
         return EXIT_USAGE
@@ -56,7 +56,9 @@ def _batch(args: argparse.Namespace) -> int:
         _say(f"rejected: {error}")
         return EXIT_REJECTED
     except locations.DatasetError as error:
-        _say(f"failed: {error}; nothing was published")
+        # Publishing that failed past undoing says itself what the output holds.
+        unpublished = "" if isinstance(error, locations.PublishingError) else "; nothing was published"
+        _say(f"failed: {error}{unpublished}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         _say("interrupted; nothing was published")
@@ -88,20 +90,27 @@ def _settings(args: argparse.Namespace) -> batch.Run:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """A Job that is deleted gets SIGTERM: unwind as for Ctrl-C, so staged output is removed, not published."""
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """A Job that is deleted gets SIGTERM, a terminal SIGINT: the run unwinds as from an interrupt, so staged
+    output is removed, not published. The first signal is acted on between chunks, where the run stops cleanly:
+    an interrupt raised at any moment can leave a lock of a background thread's pool held, and the run hung. A
+    second one acts at once."""
+    stopping = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopping
         return
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stopping
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _say(message: str) -> None:

@@ -3,54 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from steward_harness.predictors import Predictor
-from steward_harness.servers import free_ports
 from steward_predictor.bundles import BundleError, load_bundle
 from tests.support.models import Trained
-
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "steward",
-    "AWS_SECRET_ACCESS_KEY": "steward-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real S3 API on loopback; yields the environment a client needs to reach it."""
-    port = free_ports(1)[0]
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    moto = Path(sys.executable).parent / "moto_server"
-    with (
-        log.open("wb") as output,
-        subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=subprocess.STDOUT
-        ) as process,
-    ):
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - loopback
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        try:
-            yield {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-        finally:
-            process.terminate()
 
 
 def _upload(environment: dict[str, str], bundle: Path, bucket: str, prefix: str) -> str:

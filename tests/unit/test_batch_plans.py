@@ -312,13 +312,6 @@ def test_the_shadow_output_never_lies_inside_the_incumbents_output(output: str) 
     assert not PurePosixPath(shadow).is_relative_to(PurePosixPath(mine))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=locations.LocationError,
-    reason="examples/batch.yaml writes Parquet to s3://scores/credit-limits/ (the challenger to "
-    "s3://scores/credit-limits.shadow-v13/), and the CronJobs pass these on, but the predictor's batch command "
-    "reads and writes only local files and databases: locations.locate refuses an s3:// output",
-)
 def test_the_batch_examples_locations_are_ones_the_predictor_can_open() -> None:
     for job in _jobs(Release(V12, V13, shadow_percent=100)):
         args = _parsed(job)

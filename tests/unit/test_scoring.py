@@ -100,8 +100,9 @@ def test_the_format_flag_overrides_the_suffix() -> None:
         ("rows", None, None, "cannot tell the format"),
         ("postgresql://warehouse/analytics", None, None, "--input-table"),
         ("rows.csv", None, "rows", "only with a database URL"),
-        ("s3://bucket/rows.parquet", None, None, "only local files"),
-        ("s3://bucket/rows/", None, None, "neither a local file nor a database URL"),
+        ("s3://bucket/rows/", None, None, "cannot tell the format"),
+        ("nosuch://bucket/rows.parquet", None, None, "no filesystem is known for nosuch://"),
+        ("nosuch://host/rows", None, "rows", "neither a file .* nor a database URL"),
     ],
 )
 def test_unusable_locations_say_what_to_change(
