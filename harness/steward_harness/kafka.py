@@ -1,6 +1,7 @@
 """A real Apache Kafka broker for tests: one KRaft node (broker and controller in one process) run from Kafka's
-Maven Central jars, fetched once into a cache outside the repository, on free loopback ports in a temporary
-directory, with a readiness wait and a clean stop that keeps the logs when asked."""
+Maven Central jars, fetched once into a cache outside the repository, on free ports of loopback (or of another local
+address, for pods on a node to reach it) in a temporary directory, with a readiness wait and a clean stop that keeps
+the logs when asked."""
 
 from __future__ import annotations
 
@@ -178,14 +179,15 @@ def find_java() -> Path:
     return Path(on_path)
 
 
-def server_properties(*, broker_port: int, controller_port: int, data: Path) -> str:
-    """The configuration of a single KRaft node on loopback that serves transactions (exactly-once) on its own."""
+def server_properties(*, broker_port: int, controller_port: int, data: Path, host: str = "127.0.0.1") -> str:
+    """The configuration of a single KRaft node on `host` (loopback by default) that serves transactions
+    (exactly-once) on its own."""
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "controller.quorum.voters": f"1@{host}:{controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{broker_port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{broker_port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -242,14 +244,16 @@ class Kafka(Server):
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-kafka-")))
     version: str = KAFKA_VERSION
+    host: str = "127.0.0.1"
+    """The address the broker listens on and advertises: loopback, or a node's address for pods to reach it."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _broker_port: int = field(default=0, init=False)
     _controller_port: int = field(default=0, init=False)
 
     @property
     def bootstrap(self) -> str:
-        """The address clients bootstrap from ("127.0.0.1:PORT")."""
-        return f"127.0.0.1:{self._broker_port}"
+        """The address clients bootstrap from ("HOST:PORT")."""
+        return f"{self.host}:{self._broker_port}"
 
     @property
     def log(self) -> Path:
@@ -291,11 +295,14 @@ class Kafka(Server):
         lib = ensure_jars(self.version)
         java = find_java()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._broker_port, self._controller_port = free_ports(2)
+        self._broker_port, self._controller_port = free_ports(2, host=self.host)
         config = self.directory / "server.properties"
         config.write_text(
             server_properties(
-                broker_port=self._broker_port, controller_port=self._controller_port, data=self.directory / "data"
+                broker_port=self._broker_port,
+                controller_port=self._controller_port,
+                data=self.directory / "data",
+                host=self.host,
             )
         )
         logging_config = self.directory / "log4j2.properties"
@@ -353,7 +360,7 @@ class Kafka(Server):
                 code = None if self._process is None else self._process.returncode
                 raise BrokerError(f"kafka exited with {code}:\n{self._tail()}")
             # The client is made once the port is open, so that it does not retry against a closed one meanwhile.
-            if admin is None and _accepts(self._broker_port):
+            if admin is None and _accepts(self.host, self._broker_port):
                 admin = self.admin()
             if admin is not None:
                 try:
@@ -373,9 +380,9 @@ class Kafka(Server):
         return "\n".join(parts) + f"\n(logs: {self.output}, {self.log})"
 
 
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection((host, port), timeout=0.5).close()
     except OSError:
         return False
     return True
