@@ -8,13 +8,10 @@ object. The tests run in this order, one chapter each, on one story."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,22 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from steward_harness import addons, demo, images
 from steward_harness.clusters import LocalCluster
-from steward_harness.node import NODE_IP
 from steward_harness.prometheus import Prometheus
 from steward_operator import children
 from steward_operator.evidence import Gateway
 from steward_operator.evidence.prometheus import Prometheus as Evidence
 from steward_operator.modes import online
-from tests.conftest import CHART, REPOSITORY, Helm
+from tests.conftest import REPOSITORY, Helm
+from tests.e2e.conftest import ONLINE_NAMESPACE
+from tests.support import queries
 from tests.support.gitops import KSTATUS_OF, argocd_health, kstatus_verdicts
 from tests.support.waiting import wait_until
 
-NAMESPACE = "story"
-SYSTEM = "steward-system"
+NAMESPACE = ONLINE_NAMESPACE
 HOST = f"{demo.NAME}.{NAMESPACE}.example.com"
 TRAFFIC = {"provider": "traefik", "gateway": f"{addons.KSERVE_NAMESPACE}/{addons.GATEWAY}", "hostnames": [HOST]}
 CHAPTER = 300.0
@@ -84,55 +80,6 @@ class World:
             "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={demo.NAME}"
         )
         return {event["reason"] for event in found["items"]}
-
-
-@pytest.fixture(scope="module")
-def prometheus(local_cluster: LocalCluster) -> Iterator[Prometheus]:
-    """Prometheus on the node's address, so the operator's pod reaches it, finding pods through the API server."""
-    server = Prometheus(
-        directory=local_cluster.directory / "prometheus", host=NODE_IP, kubeconfig=local_cluster.plane.kubeconfig
-    )
-    server.start()
-    yield server
-    server.stop(keep=True)  # its log stays with the cluster's, which go when every test passed
-
-
-def _values(prometheus: Prometheus) -> dict[str, Any]:
-    references = images.image_references()
-
-    def image(name: str) -> dict[str, str]:
-        repository, tag = references[name].rsplit(":", 1)
-        return {"repository": repository, "tag": tag}
-
-    return {
-        "image": {**image("operator"), "pullPolicy": "Never"},
-        "predictorImage": image("predictor"),
-        "monitor": {"image": image("monitor"), "persistence": {"enabled": False}},
-        "prometheus": {"url": prometheus.url},
-        "watchNamespaces": [NAMESPACE],
-        "resyncSeconds": 2,
-    }
-
-
-@pytest.fixture(scope="module")
-def chart(
-    local_cluster: LocalCluster, prometheus: Prometheus, helm: Helm, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Helm]:
-    """Steward's chart, installed with helm on the node from the images built here; uninstalled at the end.
-    Returns helm, bound to the cluster."""
-    values = tmp_path_factory.mktemp("chart") / "values.yaml"
-    values.write_text(yaml.safe_dump(_values(prometheus)))
-    local_cluster.kubectl.run("create", "namespace", NAMESPACE)
-
-    def bound(*args: str) -> subprocess.CompletedProcess[str]:
-        return helm(*args, f"--kubeconfig={local_cluster.plane.kubeconfig}", f"--namespace={SYSTEM}")
-
-    installed = bound(
-        "install", "steward", str(CHART), "--create-namespace", f"--values={values}", "--wait", "--timeout=100s"
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    yield bound
-    bound("uninstall", "steward", "--wait", "--timeout=100s")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +141,7 @@ def test_v1_serves_through_kserve_s_pods_and_traefik(world: World) -> None:
     # KServe made the pod; Prometheus found it by its annotations, with the labels the operator asks for.
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     query = f'steward_predictor_ready{{namespace="{NAMESPACE}",pod="{pod["metadata"]["name"]}"}}'
-    assert wait_until(lambda: _query(world.story.prometheus, query), timeout=30)
+    assert wait_until(lambda: queries.instant(world.story.prometheus, query), timeout=30)
 
 
 def test_v2_is_validated_shadowed_canaried_and_promoted_though_its_pod_dies_mid_canary(world: World) -> None:
@@ -358,7 +305,7 @@ def _served_by_traefik(story: demo.Story, start: float, end: float) -> dict[str,
     service = f"{NAMESPACE}-{demo.NAME}-+(v[0-9]+)-predictor-.*"
     query = f'sum by (service) (increase(traefik_service_requests_total{{service=~"{service}"}}[{end - start:.0f}s]))'
     served: dict[str, float] = {}
-    for series in _query(story.prometheus, query, at=end):
+    for series in queries.instant(story.prometheus, query, at=end):
         match = re.fullmatch(service, series["metric"]["service"])
         if match is not None:
             served[match[1]] = served.get(match[1], 0.0) + float(series["value"][1])
@@ -376,11 +323,3 @@ def _from_gateway(before: dict[tuple[str, int], int], after: dict[tuple[str, int
 
 def _shares(served: dict[str, float]) -> str:
     return ", ".join(f"{version} {count:.0f}" for version, count in sorted(served.items()))
-
-
-def _query(prometheus: Prometheus, query: str, at: float | None = None) -> list[Any]:
-    arguments = {"query": query, **({"time": f"{at:.3f}"} if at is not None else {})}
-    url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode(arguments)}"
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- the local Prometheus
-        result: list[Any] = json.loads(response.read())["data"]["result"]
-    return result
