@@ -121,23 +121,14 @@ def _boundary(counts: Mapping[float, int], alpha: float, *, above: bool) -> floa
     """The lower (`above`) or upper bound: the edge of the nulls not rejected, first on a grid, then by bisection
     between the two grid points around it."""
     grid = np.linspace(0.0, 1.0, _GRID + 1)
-    rejected = _rejected(counts, grid, alpha, above=above)
-    if above:
-        kept = np.flatnonzero(~rejected)
-        if not kept.size:
-            return 1.0
-        first = int(kept[0])
-        if first == 0:
-            return 0.0
-        low, high = grid[first - 1], grid[first]  # rejected, kept
-    else:
-        kept = np.flatnonzero(~rejected)
-        if not kept.size:
-            return 0.0
-        last = int(kept[-1])
-        if last == _GRID:
-            return 1.0
-        low, high = grid[last], grid[last + 1]  # kept, rejected
+    kept = np.flatnonzero(~_rejected(counts, grid, alpha, above=above))
+    if not kept.size:
+        return 1.0 if above else 0.0
+    edge = int(kept[0] if above else kept[-1])
+    if edge == (0 if above else _GRID):
+        return float(grid[edge])
+    # The grid point rejected and the one kept, either side of the bound, in ascending order.
+    low, high = (grid[edge - 1], grid[edge]) if above else (grid[edge], grid[edge + 1])
     for _ in range(_BISECTIONS):
         middle = (low + high) / 2
         if bool(_rejected(counts, np.array([middle]), alpha, above=above)[0]) == above:
