@@ -300,7 +300,8 @@ async def read_lag(
     source: MetricProvider, deployment: specs.ModelDeployment, step: releases.Step, now: datetime
 ) -> releases.Step:
     """A stream's lag per live version into status, as its workers report it now; the last reading stays while the
-    metrics cannot be read, and none is kept once the mode reports none. More workers than the input topic has
+    metrics cannot be read or no worker reports (between a rolling update's scrapes), and none is kept once the mode
+    reports none. More workers than the input topic has
     partitions is warned of once, when first seen: the ones beyond stand idle."""
     serving = modes.mode(deployment.spec.serving.mode)
     if serving is None or not serving.lags:
@@ -309,6 +310,8 @@ async def read_lag(
         try:
             found = await source.lag(deployment.metadata["name"], namespace=deployment.metadata["namespace"])
         except MetricsUnavailableError:
+            return step
+        if not found:
             return step
         lag = [
             specs.Lag(version=version, records=behind.records, partitions=behind.partitions, observed_at=now)

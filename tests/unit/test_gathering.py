@@ -68,7 +68,7 @@ class Recording:
 
     async def lag(self, model: str, *, namespace: str | None = None) -> dict[str, Behind]:
         self._ask("lag", model, namespace)
-        return {"v2": Behind(40, self.partitions), "v1": Behind(40, self.partitions)}
+        return {"v2": Behind(40, self.partitions), "v1": Behind(40, self.partitions)} if self.partitions else {}
 
     async def healthy(self) -> bool:
         return not self.down
@@ -160,7 +160,7 @@ def _read_lag(deployment: specs.ModelDeployment, provider: Recording) -> release
     return asyncio.run(read_lag(provider, deployment, releases.Step(deployment.status), NOW))
 
 
-def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable() -> None:
+def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable_or_unreported() -> None:
     provider = Recording()
     deployment = _deployment("streaming.yaml")
     lag = _lag(deployment, provider)
@@ -170,6 +170,7 @@ def test_a_streams_lag_is_read_into_status_per_version_and_kept_while_unreadable
     ]
     assert provider.asked == [("lag", deployment.metadata["name"], "ml")]
     assert _lag(_with_lag(deployment, lag or []), Recording(down=True)) == lag
+    assert _lag(_with_lag(deployment, lag or []), Recording(partitions=0)) == lag
 
 
 def _with_lag(deployment: specs.ModelDeployment, lag: list[specs.Lag]) -> specs.ModelDeployment:
