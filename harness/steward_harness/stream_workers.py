@@ -73,6 +73,11 @@ class StreamWorker(Server):
         process, self._process = self._process, None
         halt(process)
 
+    def send(self, signum: signal.Signals) -> None:
+        """Send the worker a signal, and return at once."""
+        if self._process is not None:
+            self._process.send_signal(signum)
+
     def kill(self) -> None:
         """SIGKILL, whatever it is doing: a transaction may be left open, for the broker to abort."""
         process, self._process = self._process, None

@@ -412,6 +412,43 @@ def version(
 def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = None) -> int:
     """steward-predict stream, once its flags are parsed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_starting)
+    try:
+        started = _start(args)
+    except _StoppedStartingError:
+        print(json.dumps({"stopped": True}), flush=True)
+        return EXIT_OK
+    if isinstance(started, int):
+        return started
+    worker, reporter = started
+    health = serve(worker, args.port, args.host)
+    if install is not None:
+        install(worker)
+    try:
+        worker.run()
+    except KafkaException as error:
+        print(f"steward-predict stream: {error.args[0]}", flush=True)
+        return EXIT_FAILED
+    finally:
+        health.shutdown()
+        _close(reporter)
+    print(json.dumps({"stopped": True}), flush=True)
+    return EXIT_OK
+
+
+class _StoppedStartingError(Exception):
+    """SIGTERM or SIGINT before the worker ran: nothing was consumed, so nothing is left to finish."""
+
+
+def _stop_starting(*_: object) -> None:
+    raise _StoppedStartingError
+
+
+def _start(args: argparse.Namespace) -> tuple[Worker, Reporter | None] | int:
+    """The worker with its versions loaded, its signals set to stop it between batches; an exit code when it cannot
+    start. Until then a SIGTERM stops start-up at once (loading a bundle can take seconds)."""
+    print(json.dumps({"loading": [bundle for bundle in (args.bundle, args.challenger_bundle) if bundle]}), flush=True)
     families = Families()
     reporter = None
     if args.monitor_url:
@@ -424,6 +461,7 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
             challenger = version(args, "challenger_", role, families, reporter)
     except BundleError as error:
         print(f"steward-predict stream: bundle refused: {error}", flush=True)
+        _close(reporter)
         return EXIT_REFUSED
     try:
         client = Connection.read_client(args.client_config)
@@ -431,6 +469,7 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
         ceiling = Ceiling(args.dead_letter_ceiling)
     except (OSError, ValueError) as error:
         print(f"steward-predict stream: {error}", flush=True)
+        _close(reporter)
         return EXIT_USAGE
     connection = Connection(args.brokers, args.group, args.transactional_id, client)
     stream = Stream(routing, Topics(args.output_topic, args.dead_letter_topic), ceiling, args.max_record_bytes)
@@ -444,19 +483,11 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
         transaction_records=args.transaction_records,
         commit_interval=args.commit_interval_ms / 1000,
     )
-    health = serve(worker, args.port, args.host)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stopping.set())
-    if install is not None:
-        install(worker)
-    try:
-        worker.run()
-    except KafkaException as error:
-        print(f"steward-predict stream: {error.args[0]}", flush=True)
-        return EXIT_FAILED
-    finally:
-        health.shutdown()
-        if reporter is not None:
-            reporter.close()
-    print(json.dumps({"stopped": True}), flush=True)
-    return EXIT_OK
+    return worker, reporter
+
+
+def _close(reporter: Reporter | None) -> None:
+    if reporter is not None:
+        reporter.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import threading
 import time
 import uuid
@@ -61,8 +62,13 @@ class Streams:
     def worker(self, ordinal: int, *more: str, env: dict[str, str] | None = None) -> StreamWorker:
         """Worker `ordinal` of the stream (its transactional id is the same each time it is started), with the
         incumbent v1 unless `more` flags say otherwise."""
+        worker = StreamWorker(self.worker_flags(ordinal, *more), env=env or {})
+        self.started.append(worker)
+        return worker.start()
+
+    def worker_flags(self, ordinal: int, *more: str) -> list[str]:
         topics = self.topics
-        flags = [
+        return [
             "--model=fraud",
             f"--bundle={self.bundles['v1']}",
             f"--brokers={self.kafka.bootstrap}",
@@ -76,9 +82,6 @@ class Streams:
             "--transaction-records=200",
             *more,
         ]
-        worker = StreamWorker(flags, env=env or {})
-        self.started.append(worker)
-        return worker.start()
 
 
 @pytest.fixture
@@ -316,3 +319,20 @@ def test_lag_is_reported_for_each_version_by_the_worker_that_owns_each_partition
     # After the rebalance each partition is reported by its new owner only: the other forgot it.
     wait_until(split, TIMEOUT)
     assert not any(_lag(second).values())
+
+
+def test_a_worker_stopped_while_it_loads_its_bundles_exits_at_once(streams: Streams) -> None:
+    # As PID 1 in a pod a process ignores a SIGTERM it has no handler for: the pod would wait out its grace period.
+    worker = StreamWorker(streams.worker_flags(0)).launch()
+    streams.started.append(worker)
+    deadline = time.monotonic() + 60
+    while '"loading"' not in (worker.log.read_text() if worker.log.exists() else ""):
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.05)
+    stopped = time.monotonic()
+    worker.send(signal.SIGTERM)
+    while worker.returncode is None:
+        assert time.monotonic() - stopped < 10, worker.tail()
+        time.sleep(0.05)
+    assert worker.returncode == 0, worker.tail()
+    assert '{"stopped": true}' in worker.log.read_text()
