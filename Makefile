@@ -63,11 +63,12 @@ test-integration: binaries kafka ## Integration tests against a real control pla
 e2e: binaries node-binaries host-packages kafka ## End to end on a local cluster with a real node, KServe's controller, Traefik and a Kafka broker (root; builds images and tools once)
 	$(BIN)/pytest -m e2e --durations=10 $(PYTEST_ARGS)
 
-bench: install binaries kafka ## Benchmarks: serving, batch and stream scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, paired tests against unpaired, monitor ingestion, command start-up
+bench: install binaries kafka ## Benchmarks: serving, batch and stream scoring against baselines, reconcile latency and memory, sequential tests against threshold checks, whole-distribution tests against per-bin and one-bucket ones, paired tests against unpaired, monitor ingestion, command start-up
 	$(BIN)/python bench/online.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/sequential.py
+	$(BIN)/python bench/distributions.py
 	$(BIN)/python bench/paired.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/commands.py

@@ -149,9 +149,10 @@ def decide(
 
     Shadowing and Canary decide on live counts. Each guardrail (errorRate: 5xx among requests, as clients were
     answered: per version the larger of its predictors' counts and its gateway's, which also answers for pods
-    that died mid-request or never answered; slowRequests:
-    requests slower than the threshold the caller applied or else the incumbent's p95 latency in the same window,
-    among timed requests; predictionShift: total variation between the predictions per bin; in shadow only,
+    that died mid-request or never answered; latency: how much more often a challenger request is slower than an
+    incumbent's than not, over both whole latency histograms; slowRequests: requests slower than the threshold
+    the caller applied or else the incumbent's p95 latency in the same window, among timed requests;
+    predictionShift: total variation between the predictions over all bins at once; in shadow only,
     where the monitor pairs both versions' answers to the same requests, disagreement: the share of them answered
     differently, and pairedAccuracy: on those whose outcome has arrived, the incumbent's accuracy less the
     challenger's) is an anytime-valid test at its share of alpha = 1 - rollout.confidence (split equally among the
@@ -336,6 +337,12 @@ def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
             f"the challenger's predictions are {_number(comparison.challenger)} apart from the incumbent's in total"
             f" variation over {samples} predictions, at least {_number(comparison.lower)}, above the tolerance of"
             f" {_number(guardrail.tolerance)} {at}"
+        )
+    elif guardrail.name == "latency":
+        what = (
+            f"a challenger request was slower than an incumbent's {_rate(comparison.challenger)} of the time over"
+            f" {samples} timed requests (half when in the same latency bucket), at least"
+            f" {_rate(0.5 + (comparison.lower or 0))}, above the {_rate(0.5 + guardrail.tolerance)} allowed {at}"
         )
     elif guardrail.name == "disagreement":
         what = (

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from steward_operator import paired, specs
+from steward_operator.distributions import compare_distributions, compare_latencies
 from steward_operator.evidence.base import ArmCounts, PairCounts
-from steward_operator.sequential import Comparison, compare_distributions, compare_rates
+from steward_operator.sequential import Comparison, compare_rates
 
 # Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
 _LARGEST_COUNT = 2**53
@@ -90,15 +91,21 @@ def _slow_requests(
     return comparison, f"the {' and the '.join(untimed)} timed no requests" if untimed else None
 
 
-def _no_threshold(incumbent: ArmCounts, challenger: ArmCounts, threshold: float | None) -> str | None:
-    """Why the incumbent's p95 cannot be applied to both versions' latency histograms; None when it can."""
+def _no_histograms(incumbent: ArmCounts, challenger: ArmCounts) -> str | None:
+    """Which version's requests carry no latency histogram; None when both do."""
     unhistogrammed = [
         arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.latency
     ]
     if len(unhistogrammed) == 2:
         return "neither version's requests carry a latency histogram"
-    if unhistogrammed:
-        return f"the {unhistogrammed[0]}'s requests carry no latency histogram"
+    return f"the {unhistogrammed[0]}'s requests carry no latency histogram" if unhistogrammed else None
+
+
+def _no_threshold(incumbent: ArmCounts, challenger: ArmCounts, threshold: float | None) -> str | None:
+    """Why the incumbent's p95 cannot be applied to both versions' latency histograms; None when it can."""
+    missing = _no_histograms(incumbent, challenger)
+    if missing is not None:
+        return missing
     if not incumbent.timed:
         return "the incumbent timed no requests"
     if threshold is None:
@@ -116,6 +123,20 @@ def slow_threshold(incumbent: ArmCounts, quantile: float = 0.95) -> float | None
     needed = quantile * incumbent.timed
     found = min((bound for bound, count in incumbent.latency.items() if count >= needed), default=None)
     return found if found is not None and math.isfinite(found) else None
+
+
+def _latency(
+    incumbent: ArmCounts, challenger: ArmCounts, tolerance: float, alpha: float
+) -> tuple[Comparison, str | None]:
+    """The latency comparison over both versions' whole histograms, and why it has no data (None when it has)."""
+    missing = _no_histograms(incumbent, challenger)
+    if missing is None and set(incumbent.latency) != set(challenger.latency):
+        missing = "the versions' latency histograms have different buckets"
+    if missing is not None:
+        return Comparison("latency", None, None, None, None, incumbent.timed, challenger.timed, "noData"), missing
+    comparison = compare_latencies("latency", incumbent.latency, challenger.latency, tolerance=tolerance, alpha=alpha)
+    untimed = [arm for arm, counts in (("challenger", challenger), ("incumbent", incumbent)) if not counts.timed]
+    return comparison, f"the {' and the '.join(untimed)} timed no requests" if untimed else None
 
 
 def _prediction_shift(
@@ -163,6 +184,7 @@ def _paired_accuracy(window: Window, tolerance: float, alpha: float) -> tuple[Co
 GUARDRAILS = {
     "errorRate": Guardrail("requests", _arms(_error_rate)),
     "slowRequests": Guardrail("latency", _arms(_slow_requests)),
+    "latency": Guardrail("latency", _arms(_latency)),
     "predictionShift": Guardrail("predictions", _arms(_prediction_shift)),
     "disagreement": Guardrail("paired answers", _disagreement, paired=True),
     "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, paired=True),
@@ -179,7 +201,7 @@ def unusable_readings(rollout: specs.Rollout, incumbent: ArmCounts, challenger: 
     for arm, counts in (("incumbent", incumbent), ("challenger", challenger)):
         found += [f"the {arm}'s {name}: {what}" for name, what in counts.unusable.items() if name in fields]
         found += _unusable_requests(arm, counts)
-        if "slowRequests" in guardrails:
+        if guardrails & {"slowRequests", "latency"}:
             found += _unusable_latency(arm, counts)
         if "predictionShift" in guardrails:
             found += [

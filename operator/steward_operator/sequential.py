@@ -18,10 +18,6 @@ RELEVANT_RATE_INCREASE = 0.01
 is the smallest increase a guardrail exists to catch quickly. The mixture is tuned for it (`mixing_variance`);
 smaller increases are still caught, later, and larger ones sooner."""
 
-RELEVANT_SHARE_CHANGE = 0.02
-"""Default effect per bin of a distribution: two percentage points of the predictions moving into or out of one
-bin. With ten bins, a shift of total variation 0.1 moves about this much per bin."""
-
 _ITERATIONS = 50
 _CONVERGED = 1e-12
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
@@ -32,9 +28,7 @@ class Comparison:
     """One metric compared between challenger and incumbent; the fields are those of the operator's Evidence.
 
     For a rate, `incumbent` and `challenger` are the two estimated rates and `lower`/`upper` bound their difference
-    (challenger - incumbent). For a distribution, the compared quantity is the total variation distance from the
-    incumbent's distribution: `incumbent` is 0 by definition, `challenger` the estimated distance, and
-    `lower`/`upper` bound the distance.
+    (challenger - incumbent); `distributions` says what they are for whole distributions.
     """
 
     metric: str
@@ -74,7 +68,7 @@ def mixing_variance(effect: float, alpha: float) -> float:
     `effect` reaches that narrowest boundary makes such an increase the one detected with the fewest requests; the
     choice never affects validity, only which effects are found soonest.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not effect > 0:
         raise ValueError(f"effect must be positive, got {effect}")
     log_ratio = math.log(1 / (2 * alpha))
@@ -105,7 +99,7 @@ def difference_bounds(
     variance, they are not exactly monotone in the counts while a few hundred requests leave them wide.
     Raises ValueError for counts that are not finite, are negative, or have more events than samples.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     x_i, n_i, x_c, n_c = (
         np.asarray(value, dtype=np.float64)
         for value in (incumbent_events, incumbent_samples, challenger_events, challenger_samples)
@@ -119,9 +113,9 @@ def difference_bounds(
     with np.errstate(divide="ignore", invalid="ignore"):
         estimate = x_c / n_c - x_i / n_i
         variance = _variance(x_i, n_i, x_c, n_c)
-        radius = _radius(variance, mixing_variance(effect, alpha), alpha)
-    lower = np.clip(estimate - radius, -1.0, 1.0)
-    upper = np.clip(estimate + radius, -1.0, 1.0)
+        half_width = radius(variance, mixing_variance(effect, alpha), alpha)
+    lower = np.clip(estimate - half_width, -1.0, 1.0)
+    upper = np.clip(estimate + half_width, -1.0, 1.0)
     return lower, upper
 
 
@@ -156,7 +150,7 @@ def compare_rates(
     )
     if rate_i is not None and rate_c is not None:
         lower, upper = float(low), float(high)
-        verdict = _verdict(lower, upper, tolerance)
+        verdict = verdict_of(lower, upper, tolerance)
     comparison = Comparison(metric, rate_i, rate_c, lower, upper, incumbent_samples, challenger_samples, verdict)
     return require_evidence(comparison, minimum_samples)
 
@@ -192,47 +186,10 @@ def non_inferiority(
     )
 
 
-def compare_distributions(
-    metric: str,
-    incumbent_counts: Sequence[int],
-    challenger_counts: Sequence[int],
-    *,
-    tolerance: float = 0.1,
-    alpha: float = 0.05,
-    effect: float = RELEVANT_SHARE_CHANGE,
-    minimum_samples: int = 0,
-) -> Comparison:
-    """Guardrail on a shift between two categorical distributions (for example predictions per bin), in total
-    variation distance: fail once the distance is credibly above `tolerance`, pass once credibly below it.
-
-    Each bin's share difference gets its own confidence sequence at alpha / (2 * bins) per side, so all of them
-    hold at once with probability 1 - alpha (a union bound); the distance bounds follow from those intervals.
-    """
-    counts_i = np.asarray(incumbent_counts, dtype=np.float64)
-    counts_c = np.asarray(challenger_counts, dtype=np.float64)
-    if counts_i.ndim != 1 or counts_i.shape != counts_c.shape or counts_i.size < 2:
-        raise ValueError("both arms need counts for the same bins, at least two of them")
-    if not (np.isfinite(counts_i).all() and np.isfinite(counts_c).all()):
-        raise ValueError("counts must be finite numbers, not NaN or infinite")
-    if not 0 <= tolerance <= 1:
-        raise ValueError(f"tolerance is a total variation distance in [0, 1], got {tolerance}")
-    n_i, n_c = int(counts_i.sum()), int(counts_c.sum())
-    bins = counts_i.size
-    low, high = difference_bounds(counts_i, n_i, counts_c, n_c, alpha=alpha / (2 * bins), effect=effect)
-    if n_i == 0 or n_c == 0:
-        return Comparison(metric, None, None, None, None, n_i, n_c, "noData")
-    distance = 0.5 * float(np.abs(counts_c / n_c - counts_i / n_i).sum())
-    # The smallest |difference| each interval allows, and the largest: the distance is half their sums.
-    lower = 0.5 * float(np.maximum(np.maximum(low, -high), 0.0).sum())
-    upper = min(1.0, 0.5 * float(np.maximum(np.abs(low), np.abs(high)).sum()))
-    comparison = Comparison(metric, 0.0, distance, lower, upper, n_i, n_c, _verdict(lower, upper, tolerance))
-    return require_evidence(comparison, minimum_samples)
-
-
 def split_alpha(alpha: float, guardrails: Sequence[str] | Mapping[str, float]) -> dict[str, float]:
     """Bonferroni: each guardrail's share of alpha, equal for a list of names, proportional to weights for a
     mapping, so the chance that any guardrail raises a false alarm stays at most alpha."""
-    _check_alpha(alpha)
+    check_alpha(alpha)
     weights = dict(guardrails) if isinstance(guardrails, Mapping) else dict.fromkeys(guardrails, 1.0)
     if not weights:
         raise ValueError("no guardrails to share alpha between")
@@ -297,7 +254,8 @@ def first_alarm(alarms: ArrayLike, consecutive: int = 1) -> NDArray[np.int64]:
     return np.where(fired.any(axis=-1), index, -1)
 
 
-def _verdict(lower: float, upper: float, tolerance: float) -> Verdict:
+def verdict_of(lower: float, upper: float, tolerance: float) -> Verdict:
+    """fail above the tolerance, pass below it, inconclusive while the bounds straddle it."""
     if lower > tolerance:
         return "fail"
     if upper < tolerance:
@@ -323,7 +281,7 @@ def _variance(x_i: Floats, n_i: Floats, x_c: Floats, n_c: Floats) -> Floats:
     return variance
 
 
-def _radius(variance: Floats, mixing: float, alpha: float) -> Floats:
+def radius(variance: Floats, mixing: float, alpha: float) -> Floats:
     """Half-width of the one-sided normal-mixture boundary for an estimate with this variance.
 
     The half-normal mixture over alternatives above theta, with mixing variance tau^2, has likelihood ratio
@@ -357,7 +315,7 @@ def _solve_boundary(target: Floats) -> Floats:
     return z
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
     # One-sided bounds above alpha = 0.5 would sit on the wrong side of the estimate.
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")

@@ -1,6 +1,7 @@
 """The release decision's guardrails: a credibly worse challenger is rolled back as soon as that is clear, with the rule
 and alpha each verdict names; errors the gateway answered count as the challenger's; a guardrail without data holds
-the stage and says why; and the default slowRequests guardrail catches a challenger 30 % slower."""
+the stage and says why; the default slowRequests guardrail catches a challenger 30 % slower, and the latency guardrail
+catches it on far fewer requests."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from steward_operator import specs
 from steward_operator.deciding import Policy, Verdict, as_evidence
+from steward_operator.distributions import compare_distributions
 from steward_operator.evidence.base import ArmCounts, PairCounts
 from steward_operator.guardrails import Window, slow_threshold
-from steward_operator.sequential import compare_distributions, compare_rates
+from steward_operator.sequential import compare_rates
 from tests.support.decisions import SHADOWED, alike, arm, evidence_of, live, lognormal_latency, rollout, timing
 
 
@@ -328,3 +330,47 @@ class TestPairedGuardrails:
         assert verdict.decision == "rollback"
         assert {item.metric for item in verdict.evidence} == {"errorRate"}
         assert "at alpha 0.05" in verdict.rule  # errorRate alone in a canary step: all of alpha.
+
+
+class TestLatency:
+    """The latency guardrail compares the whole histograms: a challenger 30 % slower is rolled back after a few
+    hundred requests, where slowRequests (one bucket) needs thousands."""
+
+    POLICY = Policy(rollout(guardrails=[{"name": "latency"}]))
+
+    def test_a_30_percent_slower_challenger_is_rolled_back_on_far_fewer_requests(self) -> None:
+        window = Window(lognormal_latency(300, p95=0.04), lognormal_latency(300, p95=0.04, slower=1.3))
+        verdict = live(window, policy=self.POLICY)
+        assert verdict.decision == "rollback"
+        assert verdict.rule.startswith("guardrail latency failed in canary step 1")
+        assert "a challenger request was slower than an incumbent's" in verdict.rule
+        assert evidence_of(verdict, "latency").incumbent == 0.5
+        slow_requests = Policy(rollout(guardrails=[{"name": "slowRequests"}]))
+        assert live(window, policy=slow_requests).decision != "rollback"
+
+    def test_an_equally_fast_challenger_goes_on(self) -> None:
+        window = Window(lognormal_latency(20_000, p95=0.04), lognormal_latency(20_000, p95=0.04))
+        verdict = live(window, policy=self.POLICY)
+        assert verdict.decision == "advance"
+        # At tolerance 0 an equal challenger is never credibly below it: it is not credibly slower either.
+        assert evidence_of(verdict, "latency").verdict == "inconclusive"
+
+    def test_without_histograms_it_holds_and_says_why(self) -> None:
+        window = Window(lognormal_latency(20_000, p95=0.04), ArmCounts(requests=1_000, timed=0))
+        verdict = live(window, policy=self.POLICY)
+        assert verdict.decision == "hold"
+        assert "guardrail latency waits for latency: the challenger's requests carry no latency histogram" in (
+            verdict.rule
+        )
+
+    def test_histograms_on_different_buckets_hold(self) -> None:
+        other = ArmCounts(requests=1_000, timed=1_000, latency={0.03: 900, math.inf: 1_000})
+        verdict = live(Window(lognormal_latency(20_000, p95=0.04), other), policy=self.POLICY)
+        assert verdict.decision == "hold"
+        assert "the versions' latency histograms have different buckets" in verdict.rule
+
+    def test_a_broken_histogram_pauses_the_release_unread(self) -> None:
+        broken = ArmCounts(requests=1_000, timed=1_000, latency={0.05: 900, 0.1: 800, math.inf: 1_000})
+        verdict = live(Window(lognormal_latency(1_000, p95=0.04), broken), policy=self.POLICY)
+        assert verdict.decision == "pause"
+        assert "is above the bucket le=0.1" in verdict.rule

@@ -16,16 +16,15 @@ from steward_operator.sequential import (
     RELEVANT_RATE_INCREASE,
     Comparison,
     ThresholdRule,
-    compare_distributions,
     compare_rates,
     difference_bounds,
     first_alarm,
     mixing_variance,
     non_inferiority,
+    radius,
     require_evidence,
     split_alpha,
 )
-from steward_operator.sequential import _radius as radius_of_boundary
 
 BATCH = 50
 
@@ -59,7 +58,7 @@ class TestMixingVariance:
     def test_is_tightest_where_the_effect_is_found(self, effect: float, alpha: float) -> None:
         # In standard errors the boundary is narrowest at one variance; there it should sit at the effect.
         variances = np.logspace(-10, 0, 20_001)
-        radii = radius_of_boundary(variances, mixing_variance(effect, alpha), alpha)
+        radii = radius(variances, mixing_variance(effect, alpha), alpha)
         narrowest = int(np.argmin(radii / np.sqrt(variances)))
         # The tuning takes the one-sided boundary for the two-sided one at 2 alpha: close for the alphas in use.
         assert radii[narrowest] == pytest.approx(effect, rel=0.01 if alpha <= 0.1 else 0.03)
@@ -274,73 +273,6 @@ class TestNonInferiority:
         gate = non_inferiority("m", 10, 1000, 12, 1000, margin=0.02)
         guard = compare_rates("m", 10, 1000, 12, 1000, tolerance=0.02)
         assert gate == guard
-
-
-class TestCompareDistributions:
-    def test_measures_total_variation(self) -> None:
-        result = compare_distributions("predictions", [50, 50], [30, 70])
-        assert result.challenger == pytest.approx(0.2)
-        assert result.incumbent == 0.0
-        assert result.difference == pytest.approx(0.2)
-
-    def test_a_clear_shift_fails(self) -> None:
-        result = compare_distributions("predictions", [2500, 2500, 2500, 2500], [1000, 2000, 3000, 4000])
-        assert result.verdict == "fail"
-        assert result.lower is not None
-        assert result.lower > 0.1
-
-    def test_the_same_distribution_with_plenty_of_data_passes(self) -> None:
-        result = compare_distributions("predictions", [25_000] * 4, [25_100, 24_900, 25_000, 25_000])
-        assert result.verdict == "pass"
-        assert result.upper is not None
-        assert result.upper < 0.1
-
-    def test_little_data_is_inconclusive(self) -> None:
-        result = compare_distributions("predictions", [10, 10, 10], [12, 9, 9])
-        assert result.verdict == "inconclusive"
-        assert result.lower is not None
-        assert result.upper is not None
-        assert 0 <= result.lower <= (result.challenger or 0) <= result.upper <= 1
-
-    def test_an_empty_arm_is_no_data(self) -> None:
-        result = compare_distributions("predictions", [0, 0, 0], [5, 5, 5])
-        assert result.verdict == "noData"
-        assert result.incumbent_samples == 0
-        assert result.challenger_samples == 15
-
-    def test_minimum_evidence_holds_back_the_verdict(self) -> None:
-        counts_i, counts_c = [2500] * 4, [1000, 2000, 3000, 4000]
-        assert compare_distributions("p", counts_i, counts_c, minimum_samples=20_000).verdict == "inconclusive"
-
-    @pytest.mark.parametrize(
-        ("incumbent", "challenger", "tolerance"),
-        [([1, 2], [1, 2, 3], 0.1), ([5], [5], 0.1), ([[1, 2]], [[1, 2]], 0.1), ([1, 2], [1, 2], 1.5)],
-    )
-    def test_rejects_malformed_input(self, incumbent: list[int], challenger: list[int], tolerance: float) -> None:
-        with pytest.raises(ValueError, match=r"bins|tolerance"):
-            compare_distributions("p", incumbent, challenger, tolerance=tolerance)
-
-    @pytest.mark.parametrize("spoilt", [math.nan, math.inf, -math.inf])
-    def test_rejects_counts_that_are_not_finite_numbers(self, spoilt: float) -> None:
-        with pytest.raises(ValueError, match="finite"):
-            compare_distributions("p", [10, spoilt], [10, 10])  # type: ignore[list-item]
-        with pytest.raises(ValueError, match="finite"):
-            compare_distributions("p", [10, 10], [spoilt, 10])  # type: ignore[list-item]
-
-    def test_false_alarms_stay_within_alpha_when_looking_after_every_batch(self) -> None:
-        rng = np.random.default_rng(11)
-        shares = [0.4, 0.3, 0.2, 0.1]
-        count, looks = 60, 30
-        alarms = 0
-        for _ in range(count):
-            counts_i = np.cumsum(rng.multinomial(100, shares, looks), axis=0)
-            counts_c = np.cumsum(rng.multinomial(100, shares, looks), axis=0)
-            verdicts = (
-                compare_distributions("p", list(a), list(b), tolerance=0.0).verdict
-                for a, b in zip(counts_i, counts_c, strict=True)
-            )
-            alarms += any(verdict == "fail" for verdict in verdicts)
-        assert alarms / count <= 0.05
 
 
 class TestAlphaAndEvidence:

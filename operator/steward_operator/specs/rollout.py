@@ -100,9 +100,11 @@ class Canary(Model):
 class Guardrail(Model):
     """A live check that rolls the challenger back as soon as it is credibly worse than the incumbent."""
 
-    name: Literal["errorRate", "slowRequests", "predictionShift", "disagreement", "pairedAccuracy"]
+    name: Literal["errorRate", "latency", "slowRequests", "predictionShift", "disagreement", "pairedAccuracy"]
     """errorRate: share of requests answered with 5xx, counted by the predictors and, where the traffic
-    provider's gateway exports per-backend counts (traefik), by the gateway, whichever saw more. slowRequests:
+    provider's gateway exports per-backend counts (traefik), by the gateway, whichever saw more. latency: over
+    both versions' whole latency histograms, how much more often a challenger request is slower than an
+    incumbent's than not (the chance it is slower, ties in a bucket counted half, less one half). slowRequests:
     share of timed requests slower than the incumbent's p95 latency (the smallest latency bucket boundary holding
     95% of its requests in the same window). predictionShift: total variation distance between the two
     prediction distributions. disagreement (shadow only): share of the same requests the challenger answers
@@ -111,7 +113,8 @@ class Guardrail(Model):
     on both versions holds the release: no data is not a pass."""
     tolerance: float = Field(0.0, ge=0, le=1)
     """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
-    share of requests, or a distance). 0: any credible increase. For slowRequests, whose incumbent share is at
+    share of requests, a distance, or for latency a chance above one half: 0.05 lets a challenger be slower in 55%
+    of pairs). 0: any credible increase. For slowRequests, whose incumbent share is at
     most 5% by construction, 0.05 misses a 30% slower challenger; 0 catches it, with false rollbacks still
     within 1 - confidence."""
 
