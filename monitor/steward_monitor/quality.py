@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +42,43 @@ class Quality:
     that cannot be computed (one class only) is left out."""
     delay_p50: float | None = None
     delay_p90: float | None = None
+    losses: dict[str, Loss] = field(default_factory=dict)
+    """For each metric that is a mean over predictions (accuracy, logLoss, mae, rmse), the per-prediction loss it
+    averages (a misclassification, the log loss, the absolute and the squared error): what a comparison of two
+    versions' quality needs beyond the metric itself."""
 
     @property
     def coverage(self) -> float:
         """The share of predictions with a known outcome."""
         return self.labelled / self.predictions if self.predictions else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """As GET /v1/quality answers it."""
+        return {
+            "kind": self.kind,
+            "predictions": self.predictions,
+            "labelled": self.labelled,
+            "coverage": self.coverage,
+            "labelDelaySeconds": {"p50": self.delay_p50, "p90": self.delay_p90},
+            "metrics": self.metrics,
+            "losses": {
+                metric: {"count": loss.count, "mean": loss.mean, "variance": loss.variance}
+                for metric, loss in self.losses.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The mean and variance of a per-prediction loss over `count` labelled predictions."""
+
+    count: int
+    mean: float
+    variance: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Loss:
+        return cls(int(values.size), float(np.mean(values)), float(np.var(values)))
 
 
 def assess(rows: Sequence[Scored]) -> Quality:
@@ -63,8 +96,8 @@ def assess(rows: Sequence[Scored]) -> Quality:
     )
     if not labelled:
         return quality
-    metrics = _classifier(labelled) if kind == "classifier" else _regressor(labelled)
-    return Quality(**{**quality.__dict__, "metrics": metrics})
+    metrics, losses = _classifier(labelled) if kind == "classifier" else _regressor(labelled)
+    return Quality(**{**quality.__dict__, "metrics": metrics, "losses": losses})
 
 
 def _kind(rows: Sequence[Scored]) -> str:
@@ -72,30 +105,34 @@ def _kind(rows: Sequence[Scored]) -> str:
     return "regressor" if numeric and all(row.score is None for row in rows) else "classifier"
 
 
-def _classifier(rows: Sequence[Scored]) -> dict[str, float]:
+def _classifier(rows: Sequence[Scored]) -> tuple[dict[str, float], dict[str, Loss]]:
     predicted = [class_label(row.prediction) for row in rows]
     actual = [class_label(row.label) for row in rows]
-    metrics = {"accuracy": float(np.mean([p == a for p, a in zip(predicted, actual, strict=True)]))}
+    wrong = np.array([p != a for p, a in zip(predicted, actual, strict=True)], dtype=float)
+    metrics = {"accuracy": 1 - float(np.mean(wrong))}
+    losses = {"accuracy": Loss.of(wrong)}
     scored = [row for row in rows if row.score is not None]
     if len(scored) != len(rows):
-        return metrics
+        return metrics, losses
     # A binary classifier's score is the probability of its positive class: the larger label, as scikit-learn
     # orders classes, among those seen.
     classes = sorted(
         {class_label(row.label) for row in rows} | {class_label(row.prediction) for row in rows}, key=_order
     )
     if len(classes) != 2:
-        return metrics
+        return metrics, losses
     positive = classes[1]
     truth = np.array([class_label(row.label) == positive for row in scored], dtype=float)
     scores = np.array([row.score for row in scored], dtype=float)
     clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
-    metrics["logLoss"] = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))
+    log_losses = -(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped))
+    metrics["logLoss"] = float(np.mean(log_losses))
+    losses["logLoss"] = Loss.of(log_losses)
     metrics["calibrationError"] = _calibration_error(truth, scores)
     auc = _roc_auc(truth, scores)
     if auc is not None:
         metrics["rocAuc"] = auc
-    return metrics
+    return metrics, losses
 
 
 def _calibration_error(truth: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
@@ -109,13 +146,14 @@ def _calibration_error(truth: np.ndarray, scores: np.ndarray, bins: int = 10) ->
     return float(error)
 
 
-def _regressor(rows: Sequence[Scored]) -> dict[str, float]:
+def _regressor(rows: Sequence[Scored]) -> tuple[dict[str, float], dict[str, Loss]]:
     # An outcome that is not a number says nothing about a regressor's error.
     pairs = [(float(row.prediction), row.label) for row in rows if isinstance(row.label, float)]
     if not pairs:
-        return {}
+        return {}, {}
     errors = np.array([predicted - actual for predicted, actual in pairs], dtype=float)
-    return {"mae": float(np.mean(np.abs(errors))), "rmse": float(math.sqrt(np.mean(errors**2)))}
+    metrics = {"mae": float(np.mean(np.abs(errors))), "rmse": float(math.sqrt(np.mean(errors**2)))}
+    return metrics, {"mae": Loss.of(np.abs(errors)), "rmse": Loss.of(errors**2)}
 
 
 def _roc_auc(truth: np.ndarray, scores: np.ndarray) -> float | None:

@@ -358,7 +358,7 @@ async def _get_quality(request: web.Request) -> web.Response:
     namespace = request.query.get("namespace", "")
     since, until = _moment(request, "since"), _moment(request, "until")
     scored = await asyncio.to_thread(service.store.scored, namespace, model, since, until)
-    versions = {version: _quality_json(assess(rows)) for version, rows in sorted(scored.items())}
+    versions = {version: assess(rows).as_json() for version, rows in sorted(scored.items())}
     return web.json_response({"namespace": namespace, "model": model, "versions": versions})
 
 
@@ -476,17 +476,6 @@ def _authorize(request: web.Request, token: str | None) -> None:
             "send the monitor's token: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": 'Bearer realm="steward-monitor"'},
         )
-
-
-def _quality_json(quality: Quality) -> dict[str, Any]:
-    return {
-        "kind": quality.kind,
-        "predictions": quality.predictions,
-        "labelled": quality.labelled,
-        "coverage": quality.coverage,
-        "labelDelaySeconds": {"p50": quality.delay_p50, "p90": quality.delay_p90},
-        "metrics": quality.metrics,
-    }
 
 
 def _moment(request: web.Request, name: str) -> datetime | None:

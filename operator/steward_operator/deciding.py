@@ -155,7 +155,8 @@ def decide(
     predictionShift: total variation between the predictions over all bins at once; in shadow only,
     where the monitor pairs both versions' answers to the same requests, disagreement: the share of them answered
     differently, and pairedAccuracy: on those whose outcome has arrived, the incumbent's accuracy less the
-    challenger's) is an anytime-valid test at its share of alpha = 1 - rollout.confidence (split equally among the
+    challenger's; outcome: each version's mean loss on the predictions whose outcomes are due, a gate) is an
+    anytime-valid test at its share of alpha = 1 - rollout.confidence (split equally among the
     stage's guardrails, Bonferroni), against its own tolerance.
     After rules 1 to 4:
 
@@ -168,7 +169,9 @@ def decide(
        canary.minStepDuration) -> continue.
     9. A guardrail without data on either version (no latency histogram, no bucket at the incumbent's p95, no
        predictions) -> hold, naming each guardrail and what it waits for: no data is not a pass.
-    10. Any stage but the last -> advance.
+    10. Any stage but the last -> advance. A gate guardrail (outcome) without data holds only the last stage.
+    10a. The last stage, a gate guardrail not yet credibly within its tolerance -> continue: the challenger stays
+        at its share until its outcomes have matured and it passes, or the maximum duration ends the release.
     11. The last stage (the last canary step below 100 %, or the shadow stage when there is none; the shadow
         stage in batch) is the quality gate: the error rate credibly not worse than the incumbent's + margin
         (non-inferiority at the full alpha; the margin is the errorRate guardrail's tolerance, or DEFAULT_MARGIN
@@ -245,10 +248,11 @@ def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> 
 
     challenger = window.challenger.requests
     met = f"{stage.name} has its minimum evidence ({challenger:,} challenger requests in {_span(elapsed)})"
+    last = stage.following is None
     waiting = [
         f"guardrail {check.guardrail.name} waits for {GUARDRAILS[check.guardrail.name].needs}: {check.waiting}"
         for check in checks
-        if check.waiting is not None
+        if check.waiting is not None and (last or not GUARDRAILS[check.guardrail.name].gate)
     ]
     if waiting:
         rule = (
@@ -258,7 +262,48 @@ def _watch(policy: Policy, stage: LiveStage, timing: Timing, window: Window) -> 
         return Verdict("hold", rule, evidence)
     if stage.following is not None:
         return Verdict("advance", f"{met} and no guardrail failed: on to {stage.following}", evidence)
+    return _last(rollout, stage, met, checks, window)
+
+
+def _last(rollout: specs.Rollout, stage: LiveStage, met: str, checks: list[_Check], window: Window) -> Verdict:
+    """The last stage, its minimum evidence met and every guardrail with data: promote once every gate guardrail
+    passed and the error rate is credibly not worse; else collect more."""
+    evidence = tuple(as_evidence(check.comparison) for check in checks)
+    unproven = [
+        check for check in checks if GUARDRAILS[check.guardrail.name].gate and check.comparison.verdict != "pass"
+    ]
+    if unproven:
+        return Verdict("continue", _unproven(stage, met, unproven[0], window), evidence)
     return _gate(rollout, met, window, evidence)
+
+
+def _unproven(stage: LiveStage, met: str, check: _Check, window: Window) -> str:
+    """Why the last stage keeps the challenger at its share: a gate not yet passed."""
+    return (
+        f"{met} and no guardrail failed, but {_outcome_words(check, window, 'at most', check.comparison.upper)}, not"
+        f" yet below the tolerance of {_number(check.guardrail.tolerance)} at alpha {check.alpha:.3g}: the"
+        f" challenger stays at its share in {stage.name} until it is credibly no worse, or rollout.maxDuration"
+        " ends the release"
+    )
+
+
+def _outcome_words(check: _Check, window: Window, bound: str, value: float | None) -> str:
+    """Both versions' quality on matured outcomes, and how much worse the challenger is, bounded from one side."""
+    comparison = check.comparison
+    metric = window.outcomes.metric if window.outcomes else "outcome"
+    samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,} matured outcomes"
+    if metric == "accuracy":
+        accuracy_c = None if comparison.challenger is None else 1 - comparison.challenger
+        accuracy_i = None if comparison.incumbent is None else 1 - comparison.incumbent
+        return (
+            f"on {samples} the challenger's accuracy is {_rate(accuracy_c)} against the incumbent's"
+            f" {_rate(accuracy_i)}, lower by {bound} {_points(value)}"
+        )
+    loss = {"logLoss": "log loss", "mae": "mean absolute error", "rmse": "mean squared error"}.get(metric, metric)
+    return (
+        f"on {samples} the challenger's {loss} is {_number(comparison.challenger)} against the incumbent's"
+        f" {_number(comparison.incumbent)}, higher by {bound} {_number(value)}"
+    )
 
 
 def _collecting(stage: LiveStage, elapsed: timedelta, window: Window) -> str | None:
@@ -343,6 +388,11 @@ def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
             f"a challenger request was slower than an incumbent's {_rate(comparison.challenger)} of the time over"
             f" {samples} timed requests (half when in the same latency bucket), at least"
             f" {_rate(0.5 + (comparison.lower or 0))}, above the {_rate(0.5 + guardrail.tolerance)} allowed {at}"
+        )
+    elif guardrail.name == "outcome":
+        what = (
+            f"{_outcome_words(first, window, 'at least', comparison.lower)}, above the tolerance of"
+            f" {_number(guardrail.tolerance)} {at}"
         )
     elif guardrail.name == "disagreement":
         what = (

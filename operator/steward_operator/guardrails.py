@@ -12,8 +12,8 @@ from itertools import pairwise
 
 from steward_operator import paired, specs
 from steward_operator.distributions import compare_distributions, compare_latencies
-from steward_operator.evidence.base import ArmCounts, PairCounts
-from steward_operator.sequential import Comparison, compare_rates
+from steward_operator.evidence.base import ArmCounts, Outcomes, PairCounts
+from steward_operator.sequential import Comparison, compare_means, compare_rates
 
 # Whole numbers a float64 holds exactly: a count beyond this is no exact count, and the tests compute in floats.
 _LARGEST_COUNT = 2**53
@@ -27,6 +27,8 @@ class Window:
     incumbent: ArmCounts
     challenger: ArmCounts
     pairs: PairCounts | None = None
+    outcomes: Outcomes | None = None
+    """Both versions' losses on matured outcomes, where a guardrail compares them."""
 
 
 Comparing = Callable[[Window, float, float], tuple[Comparison, str | None]]
@@ -36,12 +38,14 @@ when it has)."""
 
 @dataclass(frozen=True)
 class Guardrail:
-    """One guardrail: the reading it compares (what it waits for without data), its comparison, and whether it
-    compares paired answers, which only the shadow stage has (elsewhere it is not judged)."""
+    """One guardrail: the reading it compares (what it waits for without data), its comparison, whether it
+    compares paired answers, which only the shadow stage has (elsewhere it is not judged), and whether it is a
+    gate: one that can roll back at any stage, but is waited for, and must pass, only at the last."""
 
     needs: str
     compare: Comparing
     paired: bool = False
+    gate: bool = False
 
 
 def _arms(
@@ -181,6 +185,42 @@ def _paired_accuracy(window: Window, tolerance: float, alpha: float) -> tuple[Co
     return comparison, None
 
 
+def _outcome(window: Window, tolerance: float, alpha: float) -> tuple[Comparison, str | None]:
+    """The outcome comparison on both versions' matured outcomes, and why it has no data."""
+    outcomes = window.outcomes
+    if outcomes is None:
+        return Comparison("outcome", None, None, None, None, 0, 0, "noData"), "the monitor's outcomes could not be read"
+    incumbent, challenger = outcomes.incumbent, outcomes.challenger
+    counts = {"challenger": challenger.count if challenger else 0, "incumbent": incumbent.count if incumbent else 0}
+    if incumbent is None or challenger is None or min(counts.values()) < outcomes.least:
+        short = [
+            f"the {arm} has {count:,} of the {outcomes.least:,} it needs"
+            for arm, count in counts.items()
+            if count < outcomes.least
+        ]
+        waiting = (
+            f"{' and '.join(short)}, among the predictions made until {outcomes.until:%Y-%m-%d %H:%M} UTC (younger"
+            " ones' outcomes are not due yet)"
+        )
+        return Comparison(
+            "outcome", None, None, None, None, counts["incumbent"], counts["challenger"], "noData"
+        ), waiting
+    if outcomes.metric == "accuracy":  # Misclassifications: a rate, as errorRate compares them.
+        wrong_i, wrong_c = (round(losses.mean * losses.count) for losses in (incumbent, challenger))
+        comparison = compare_rates(
+            "outcome", wrong_i, incumbent.count, wrong_c, challenger.count, tolerance=tolerance, alpha=alpha
+        )
+        return comparison, None
+    comparison = compare_means(
+        "outcome",
+        (incumbent.count, incumbent.mean, incumbent.variance),
+        (challenger.count, challenger.mean, challenger.variance),
+        tolerance=tolerance,
+        alpha=alpha,
+    )
+    return comparison, None
+
+
 GUARDRAILS = {
     "errorRate": Guardrail("requests", _arms(_error_rate)),
     "slowRequests": Guardrail("latency", _arms(_slow_requests)),
@@ -188,6 +228,7 @@ GUARDRAILS = {
     "predictionShift": Guardrail("predictions", _arms(_prediction_shift)),
     "disagreement": Guardrail("paired answers", _disagreement, paired=True),
     "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, paired=True),
+    "outcome": Guardrail("matured outcomes", _outcome, gate=True),
 }
 """Every guardrail a rollout may name, by the name it is named with."""
 

@@ -12,7 +12,7 @@ import kopf
 import prometheus_client
 
 from steward_operator import modes, reconciling, specs, telemetry
-from steward_operator.evidence import MetricProvider, PairSource, metric_provider
+from steward_operator.evidence import MetricProvider, MonitorSource, metric_provider
 from steward_operator.evidence.monitor import Monitor
 from steward_operator.kinds import MODEL_COMMAND, MODEL_DEPLOYMENT
 from steward_operator.kubernetes import ApiError, Cluster
@@ -23,7 +23,7 @@ STATE_PREFIX = specs.GROUP
 _cluster: Cluster | None = None
 # Where release evidence is read; None: releases move only on commands.
 _evidence_source: MetricProvider | None = None
-_pair_source: PairSource | None = None
+_monitor_source: MonitorSource | None = None
 # One reconcile at a time per ModelDeployment, whichever handler asked for it.
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _tasks: set[asyncio.Task[None]] = set()
@@ -31,7 +31,7 @@ _tasks: set[asyncio.Task[None]] = set()
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-    global _cluster, _evidence_source, _pair_source  # noqa: PLW0603 -- one client of each for the operator's lifetime
+    global _cluster, _evidence_source, _monitor_source  # noqa: PLW0603 -- one client of each for the operator's lifetime
     # Keep kopf's own bookkeeping in annotations: status belongs to Steward and the CRD prunes unknown fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STATE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -50,7 +50,7 @@ async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf
         logger.warning("no Prometheus URL is set (STEWARD_PROMETHEUS_URL): releases move only on commands")
     if MONITOR_URL:
         # The shadow stage's paired guardrails read the monitor's pairs of both versions' answers.
-        _pair_source = Monitor(MONITOR_URL)
+        _monitor_source = Monitor(MONITOR_URL)
     _tasks.add(asyncio.create_task(_resync(_cluster, list(memo.get("namespaces", []))), name="resync"))
     prometheus_client.start_http_server(METRICS_PORT)
     logger.info("serving metrics on :%d/metrics", METRICS_PORT)
@@ -108,7 +108,9 @@ async def _reconcile(namespace: str | None, name: str | None, command: dict[str,
     if _cluster is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
-        await reconciling.reconcile(_cluster, namespace, name, _evidence_source, command, pair_source=_pair_source)
+        await reconciling.reconcile(
+            _cluster, namespace, name, _evidence_source, command, monitor_source=_monitor_source
+        )
 
 
 async def _resync(cluster: Cluster, namespaces: list[str]) -> None:

@@ -5,13 +5,12 @@ what was decided."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from steward_operator import (
-    guardrails,
+    gathering,
     modes,
     planners,
     releases,
@@ -22,7 +21,7 @@ from steward_operator import (
     traffic,
 )
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner
-from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError, PairSource
+from steward_operator.evidence import MetricProvider, MetricsUnavailableError, MonitorSource
 from steward_operator.kinds import (
     CRON_JOB,
     ENDPOINT_SLICE,
@@ -34,10 +33,8 @@ from steward_operator.kinds import (
     Kind,
 )
 from steward_operator.kubernetes import ApiError, Cluster, ConflictError, NotFoundError
-from steward_operator.stages import Stage
 from steward_operator.traffic import gateway_api
 from steward_operator.traffic.base import MirrorRefusal, parent
-from steward_operator.validation import HeldOut, Holdouts
 
 CONFLICT_RETRIES = 5
 CHILD_KINDS = tuple(
@@ -62,10 +59,10 @@ async def reconcile(
     evidence_source: MetricProvider | None = None,
     command: dict[str, Any] | None = None,
     *,
-    pair_source: PairSource | None = None,
+    monitor_source: MonitorSource | None = None,
 ) -> releases.Step | None:
     """Bring one ModelDeployment's children and status to where its spec and status say they should be; with an
-    `evidence_source` (and a `pair_source` for paired answers in shadow), releases move on the decision engine's
+    `evidence_source` (and a `monitor_source` for paired answers in shadow), releases move on the decision engine's
     verdicts as well as on commands. A `command` (a ModelCommand for it) is carried out in the same step and
     answered in its own status. A concurrent write to the ModelDeployment (a spec change) means starting over from
     a fresh read, a few times, waiting longer each time."""
@@ -77,7 +74,7 @@ async def reconcile(
                 await _answer(cluster, command, None, f"refused: there is no ModelDeployment {name} in {namespace}")
             return None
         try:
-            step = await _reconcile_once(cluster, body, evidence_source, command, pair_source)
+            step = await _reconcile_once(cluster, body, evidence_source, command, monitor_source)
         except ConflictError:
             telemetry.RECONCILES.labels("conflict").inc()
             await asyncio.sleep(0.05 * 2**attempt)
@@ -96,7 +93,7 @@ async def _reconcile_once(
     body: dict[str, Any],
     evidence_source: MetricProvider | None,
     command: dict[str, Any] | None,
-    pair_source: PairSource | None = None,
+    monitor_source: MonitorSource | None = None,
 ) -> releases.Step:
     deployment = specs.ModelDeployment.model_validate(body)
     metadata = body["metadata"]
@@ -109,8 +106,8 @@ async def _reconcile_once(
     now = datetime.now(UTC)
     evidence, digests = None, {}
     if evidence_source is not None:
-        evidence = await gather(evidence_source, deployment, namespace, now, pair_source)
-        digests = await reported_digests(evidence_source, deployment, namespace, now)
+        evidence = await gathering.gather(evidence_source, deployment, namespace, now, monitor_source)
+        digests = await gathering.reported_digests(evidence_source, deployment, namespace, now)
     observed = releases.Observed(
         metadata.get("generation", 0),
         now,
@@ -137,7 +134,7 @@ async def _reconcile_once(
         plan = modes.Plan()  # Half applied: prune nothing, so what served keeps serving.
     step = await _retrain(cluster, evidence_source, deployment, step, now=observed.now)
     if evidence_source is not None:
-        step = await read_lag(evidence_source, deployment, step, now=observed.now)
+        step = await gathering.read_lag(evidence_source, deployment, step, now=observed.now)
 
     status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if status != body.get("status"):
@@ -190,93 +187,6 @@ def _plan(deployment: specs.ModelDeployment, namespace: str, name: str, uid: str
     return planners.plan(name, namespace, uid, deployment.spec, planners.release_of(step.status))
 
 
-async def gather(
-    source: MetricProvider,
-    deployment: specs.ModelDeployment,
-    namespace: str,
-    now: datetime,
-    pair_source: PairSource | None = None,
-) -> releases.Evidence | None:
-    """The evidence the decision engine needs for the current stage of a release, read from `source`: both
-    versions' held-out results while Validating, and what each served since the stage began in Shadowing and
-    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a live stage of a
-    mode whose predictors are not scraped (batch: a person promotes it). A provider that cannot be read gives
-    evidence with neither part: the release pauses until it can."""
-    spec, status = deployment.spec, deployment.status
-    incumbent, challenger = status.incumbent, status.challenger
-    if incumbent is None or challenger is None or status.paused or status.phase not in releases.RELEASE_PHASES:
-        return None
-    if status.weights != releases.target_weights(spec, status):
-        return None
-    stage = Stage(status.phase or "Validating", status.canary_step)
-    serving = modes.mode(spec.serving.mode)
-    if serving is None or (stage.phase != "Validating" and not serving.scraped):
-        return None
-    name, since = deployment.metadata["name"], status.stage_started
-
-    try:
-        if stage.phase == "Validating":
-            held_i, held_c = await asyncio.gather(
-                source.held_out(name, incumbent.version, now, namespace=namespace),
-                source.held_out(name, challenger.version, now, namespace=namespace),
-            )
-            holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
-            return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
-        pairs = None
-        if pair_source is not None and stage.phase == "Shadowing" and _paired(spec):
-            with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
-                pairs = await pair_source.pairs(
-                    name, incumbent.version, challenger.version, since or now, namespace=namespace
-                )
-        counts_i, counts_c = await asyncio.gather(
-            *(
-                source.window(
-                    name,
-                    version,
-                    since or now,
-                    now,
-                    namespace=namespace,
-                    gateway=serving.gateway(name, namespace, version, spec),
-                )
-                for version in (incumbent.version, challenger.version)
-            )
-        )
-        window = guardrails.Window(counts_i, counts_c, pairs)
-        return releases.Evidence(challenger.version, stage, since, window=window)
-    except MetricsUnavailableError:
-        return releases.Evidence(challenger.version, stage, since)
-
-
-def _paired(spec: specs.ModelDeploymentSpec) -> bool:
-    """Whether a guardrail of the rollout compares paired answers."""
-    return any(guardrails.GUARDRAILS[guardrail.name].paired for guardrail in spec.rollout.guardrails)
-
-
-async def reported_digests(
-    source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
-) -> dict[str, frozenset[str]]:
-    """The bundle digests reported by the predictors of each version that is not pinned yet, where they are
-    scraped: what it will be pinned to. Nothing while the metrics cannot be read."""
-    serving = modes.mode(deployment.spec.serving.mode)
-    if serving is None or not serving.scraped:
-        return {}
-    status, name = deployment.status, deployment.metadata["name"]
-    unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
-    found = {}
-    try:
-        for version in unpinned:
-            results = await source.held_out(name, version, now, namespace=namespace)
-            if results is not None and results.digests:
-                found[version] = results.digests
-    except MetricsUnavailableError:
-        return {}
-    return found
-
-
-def _held_out(found: HeldOutResults | None) -> HeldOut | None:
-    return None if found is None else HeldOut(found.metrics, found.data)
-
-
 async def _retrain(
     cluster: Cluster,
     evidence_source: MetricProvider | None,
@@ -294,44 +204,6 @@ async def _retrain(
     if retrained.job is not None:
         await cluster.apply(JOB, retrained.job)
     return releases.Step(retrained.status, (*step.decisions, *retrained.decisions))
-
-
-async def read_lag(
-    source: MetricProvider, deployment: specs.ModelDeployment, step: releases.Step, now: datetime
-) -> releases.Step:
-    """A stream's lag per live version into status, as its workers report it now; the last reading stays while the
-    metrics cannot be read or no worker reports (between a rolling update's scrapes), and none is kept once the mode
-    reports none. More workers than the input topic has
-    partitions is warned of once, when first seen: the ones beyond stand idle."""
-    serving = modes.mode(deployment.spec.serving.mode)
-    if serving is None or not serving.lags:
-        lag = None
-    else:
-        try:
-            found = await source.lag(deployment.metadata["name"], namespace=deployment.metadata["namespace"])
-        except MetricsUnavailableError:
-            return step
-        if not found:
-            return step
-        lag = [
-            specs.Lag(version=version, records=behind.records, partitions=behind.partitions, observed_at=now)
-            for version, behind in sorted(found.items())
-        ]
-    if lag == step.status.lag:
-        return step
-    decisions = step.decisions
-    streaming = deployment.spec.serving.streaming
-    version = step.status.incumbent.version if step.status.incumbent else ""
-    partitions = {item.version: item.partitions for item in lag or []}.get(version)
-    before = {item.version: item.partitions for item in step.status.lag or []}.get(version)
-    if streaming is not None and partitions and streaming.replicas > partitions != before:
-        idle = (
-            f"{streaming.replicas} workers for the {partitions} partitions of {streaming.input_topic}: "
-            f"{streaming.replicas - partitions} stand idle (serving.streaming.replicas at most {partitions}, or more "
-            "partitions)"
-        )
-        decisions = (*decisions, releases.Decision("IdleWorkers", idle, warning=True))
-    return releases.Step(step.status.model_copy(update={"lag": lag}), decisions)
 
 
 async def retraining_signals(

@@ -79,9 +79,12 @@ def _split(x: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.D
     return x.iloc[train], x.iloc[test], y.iloc[train], y.iloc[test]
 
 
-def breast_cancer(directory: Path, version: str = "v1", c: float = 1.0) -> Trained:
-    """Binary classifier: 10 numeric features plus a categorical one, with missing values."""
+def breast_cancer(directory: Path, version: str = "v1", c: float = 1.0, *, shuffled: bool = False) -> Trained:
+    """Binary classifier: 10 numeric features plus a categorical one, with missing values; `shuffled` trains it on
+    the outcomes of other rows, so it is right about as often as a coin (its test outcomes are shuffled too)."""
     x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    if shuffled:
+        y = pd.Series(np.random.default_rng(1).permutation(y.to_numpy()), index=y.index, name=y.name)
     x = _with_category_and_gaps(x.iloc[:, :10], "mean radius", seed=1)
     pipeline = Pipeline(
         [("features", _preprocessor(list(x.columns[:10]))), ("model", LogisticRegression(C=c, max_iter=2000))]

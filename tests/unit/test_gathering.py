@@ -17,11 +17,13 @@ from steward_operator.evidence import (
     Behind,
     Gateway,
     HeldOutResults,
+    Losses,
     MetricsUnavailableError,
+    Outcomes,
     PairCounts,
     Quality,
 )
-from steward_operator.reconciling import gather, read_lag
+from steward_operator.gathering import gather, read_lag
 from steward_operator.stages import Stage
 from tests.conftest import REPOSITORY
 
@@ -200,7 +202,7 @@ def test_a_mode_that_reports_no_lag_keeps_none_in_status() -> None:
 
 @dataclass
 class Pairing:
-    """A pair source that answers fixed counts and remembers every question."""
+    """A monitor that answers fixed pairs and losses, and remembers every question."""
 
     down: bool = False
     asked: list[tuple[Any, ...]] = field(default_factory=list)
@@ -212,6 +214,14 @@ class Pairing:
         if self.down:
             raise MetricsUnavailableError("the monitor at http://steward-monitor:8080: no answer within 5 s")
         return PairCounts(pairs=400, disagreements=4)
+
+    async def losses(
+        self, model: str, metric: str, since: datetime, until: datetime, *, namespace: str
+    ) -> dict[str, Losses]:
+        self.asked.append((model, metric, since, until, namespace))
+        if self.down:
+            raise MetricsUnavailableError("the monitor at http://steward-monitor:8080: no answer within 5 s")
+        return {"v1": Losses(900, 0.1, 0.09), "v2": Losses(800, 0.12, 0.1)}
 
 
 def _paired_shadow(**guardrails: float) -> specs.ModelDeployment:
@@ -243,4 +253,41 @@ def test_no_pairs_are_read_without_a_paired_guardrail_nor_outside_shadow() -> No
     source = Pairing()
     _gather(_paired_shadow(errorRate=0.0), Recording(), source)
     _gather(_deployment(), Recording(), source)
+    assert source.asked == []
+
+
+def _gated(label_delay: str, since: datetime = STARTED) -> specs.ModelDeployment:
+    deployment = _deployment()
+    rollout = deployment.spec.rollout.model_copy(
+        update={"guardrails": [specs.Guardrail(name="outcome", tolerance=0.02)]}
+    )
+    monitoring = deployment.spec.monitoring.model_copy(
+        update={"outcome": specs.Outcome(metric="accuracy", label_delay=label_delay, min_labels=300)}
+    )
+    spec = deployment.spec.model_copy(update={"rollout": rollout, "monitoring": monitoring})
+    challenger = deployment.status.challenger.model_copy(update={"since": since})  # type: ignore[union-attr]
+    status = deployment.status.model_copy(update={"challenger": challenger})
+    return deployment.model_copy(update={"spec": spec, "status": status})
+
+
+def test_outcomes_are_read_for_the_predictions_old_enough_since_the_challenger_began() -> None:
+    source = Pairing()
+    began = NOW - timedelta(hours=5)
+    deployment = _gated("1h", since=began)
+    outcomes = _gather(deployment, Recording(), source).window.outcomes
+    assert outcomes == Outcomes(
+        "accuracy", Losses(900, 0.1, 0.09), Losses(800, 0.12, 0.1), NOW - timedelta(hours=1), 300
+    )
+    assert source.asked == [(deployment.metadata["name"], "accuracy", began, NOW - timedelta(hours=1), "ml")]
+
+
+def test_before_any_outcome_is_due_nothing_is_asked_and_the_guardrail_waits() -> None:
+    source = Pairing()
+    outcomes = _gather(_gated("48h"), Recording(), source).window.outcomes
+    assert (outcomes.incumbent, outcomes.challenger, outcomes.until) == (None, None, NOW - timedelta(days=2))
+    assert source.asked == []
+    assert (
+        _gather(_gated("1h", since=NOW - timedelta(hours=5)), Recording(), Pairing(down=True)).window.outcomes is None
+    )
+    _gather(_deployment(), Recording(), source)  # No outcome guardrail: nothing to read.
     assert source.asked == []

@@ -82,3 +82,23 @@ def test_calibration_error_by_hand() -> None:
     # Bin 0.0-0.1: scores 0.05, 0.05, one positive -> |0.05 - 0.5| x 2/4; bin 0.9-1.0: 0.95, 0.95, both positive.
     rows = [Scored(0.0, 0.05, 0.0), Scored(0.0, 0.05, 1.0), Scored(1.0, 0.95, 1.0), Scored(1.0, 0.95, 1.0)]
     assert assess(rows).metrics["calibrationError"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
+
+
+def test_each_mean_metric_comes_with_the_loss_it_averages() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.random(400) < 0.5
+    scores = np.clip(truth * 0.4 + rng.random(400) * 0.6, 0.01, 0.99)
+    rows = [Scored(bool(s >= 0.5), float(s), bool(t)) for s, t in zip(scores, truth, strict=True)]
+    quality = assess(rows)
+    wrong = quality.losses["accuracy"]
+    assert wrong.count == 400
+    assert wrong.mean == pytest.approx(1 - quality.metrics["accuracy"])
+    assert wrong.variance == pytest.approx(wrong.mean * (1 - wrong.mean))
+    assert quality.losses["logLoss"].mean == pytest.approx(quality.metrics["logLoss"])
+    actual = rng.normal(0, 1, 300)
+    errors = rng.normal(0, 0.5, 300)
+    regressor = assess([Scored(float(a + e), None, float(a)) for a, e in zip(actual, errors, strict=True)])
+    assert regressor.losses["mae"].mean == pytest.approx(regressor.metrics["mae"])
+    assert regressor.losses["mae"].variance == pytest.approx(np.var(np.abs(errors)))
+    assert regressor.losses["rmse"].mean == pytest.approx(regressor.metrics["rmse"] ** 2)
+    assert regressor.as_json()["losses"]["rmse"]["count"] == 300

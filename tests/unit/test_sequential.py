@@ -16,6 +16,7 @@ from steward_operator.sequential import (
     RELEVANT_RATE_INCREASE,
     Comparison,
     ThresholdRule,
+    compare_means,
     compare_rates,
     difference_bounds,
     first_alarm,
@@ -367,3 +368,43 @@ class TestLookingAfterEveryBatch:
         fired = first_alarm(lower > 0)
         assert np.mean(fired >= 0) > 0.8
         assert np.median(np.where(fired >= 0, fired + 1, looks + 1)) * BATCH < 1.5 * 2319
+
+
+class TestCompareMeans:
+    def test_a_credibly_higher_loss_fails(self) -> None:
+        result = compare_means("outcome", (2_000, 10.0, 25.0), (2_000, 11.5, 25.0))
+        assert result.verdict == "fail"
+        assert (result.lower or 0) > 0
+        assert result.difference == pytest.approx(1.5)
+
+    def test_a_loss_within_the_tolerance_passes(self) -> None:
+        result = compare_means("outcome", (20_000, 10.0, 25.0), (20_000, 10.05, 25.0), tolerance=0.5)
+        assert result.verdict == "pass"
+        assert (result.upper or 1) < 0.5
+
+    def test_few_predictions_are_inconclusive_and_none_no_data(self) -> None:
+        assert compare_means("outcome", (10, 10.0, 25.0), (10, 12.0, 25.0)).verdict == "inconclusive"
+        assert compare_means("outcome", (0, 0.0, 0.0), (10, 12.0, 25.0)).verdict == "noData"
+
+    def test_identical_losses_tell_nothing(self) -> None:
+        result = compare_means("outcome", (500, 1.0, 0.0), (500, 1.0, 0.0))
+        assert result.verdict == "inconclusive"
+
+    @pytest.mark.parametrize("spoilt", [math.nan, math.inf, -1.0])
+    def test_impossible_summaries_are_refused(self, spoilt: float) -> None:
+        with pytest.raises(ValueError, match="finite and not negative"):
+            compare_means("outcome", (100, 1.0, spoilt), (100, 1.0, 1.0))
+
+    def test_false_alarms_stay_within_alpha_looking_after_every_batch(self) -> None:
+        rng = np.random.default_rng(17)
+        streams, looks, batch = 300, 60, 50
+        alarms = 0
+        for _ in range(streams):
+            losses = rng.exponential(3.0, (2, looks * batch))
+            for look in range(1, looks + 1):
+                seen = losses[:, : look * batch]
+                summaries = [(seen.shape[1], float(row.mean()), float(row.var())) for row in seen]
+                if compare_means("outcome", summaries[0], summaries[1]).verdict == "fail":
+                    alarms += 1
+                    break
+        assert alarms / streams <= 0.05

@@ -123,13 +123,44 @@ class PairCounts:
     """Labelled pairs only the challenger answered correctly."""
 
 
-class PairSource(Protocol):
-    """Where paired answers are read: the monitor."""
+@dataclass(frozen=True)
+class Losses:
+    """One version's per-prediction loss on its matured outcomes, for one quality metric (a misclassification for
+    accuracy, the log loss, the absolute or the squared error): how many, their mean and their variance."""
+
+    count: int
+    mean: float
+    variance: float
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Both versions' losses on the predictions old enough for their outcomes to have arrived, over the same span
+    of time; None for a version the monitor has no labelled prediction of."""
+
+    metric: str
+    incumbent: Losses | None
+    challenger: Losses | None
+    until: datetime
+    """The youngest prediction counted: now less the outcome's label delay."""
+    least: int = 1
+    """Matured outcomes each version needs before it is judged (monitoring.outcome.minLabels)."""
+
+
+class MonitorSource(Protocol):
+    """Where what the monitor joined is read: paired answers, and quality on matured outcomes."""
 
     async def pairs(
         self, model: str, incumbent: str, challenger: str, since: datetime, *, namespace: str
     ) -> PairCounts:
         """The pairs of both versions' answers to requests since `since`. Raises MetricsUnavailableError."""
+        ...
+
+    async def losses(
+        self, model: str, metric: str, since: datetime, until: datetime, *, namespace: str
+    ) -> dict[str, Losses]:
+        """Each version's losses for `metric` on its labelled predictions made from `since` to `until`. Raises
+        MetricsUnavailableError."""
         ...
 
 

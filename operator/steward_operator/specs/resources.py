@@ -27,6 +27,14 @@ class ModelDeploymentSpec(Model):
                 ".retraining.onQualityDrop",
             ),
             cel(
+                "!has(self.rollout.guardrails) || !self.rollout.guardrails.exists(g, g.name == 'outcome')"
+                " || has(self.monitoring.outcome)"
+                " && self.monitoring.outcome.metric in ['accuracy', 'logLoss', 'mae', 'rmse']",
+                "the outcome guardrail needs monitoring.outcome, with a metric that is a mean over predictions"
+                " (accuracy, logLoss, mae or rmse), to compare the versions on matured outcomes",
+                ".rollout.guardrails",
+            ),
+            cel(
                 "self.serving.mode == 'online' || self.rollout.traffic.provider == 'gateway-api'"
                 " && !has(self.rollout.traffic.gateway)",
                 "rollout.traffic only applies to online serving",

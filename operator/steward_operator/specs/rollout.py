@@ -100,7 +100,25 @@ class Canary(Model):
 class Guardrail(Model):
     """A live check that rolls the challenger back as soon as it is credibly worse than the incumbent."""
 
-    name: Literal["errorRate", "latency", "slowRequests", "predictionShift", "disagreement", "pairedAccuracy"]
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.name == 'outcome' || !has(self.tolerance) || self.tolerance <= 1.0",
+                "tolerance is a share or a distance, at most 1 (only outcome's is in its metric's own units)",
+                ".tolerance",
+            ),
+            cel(
+                "self.name != 'outcome' || has(self.tolerance) && self.tolerance > 0.0",
+                "the outcome guardrail needs a tolerance above 0: the margin within which the challenger must be"
+                " credibly no worse than the incumbent to be promoted (at 0 only a better one ever would be)",
+                ".tolerance",
+            ),
+        )
+    )
+
+    name: Literal[
+        "errorRate", "latency", "slowRequests", "predictionShift", "disagreement", "pairedAccuracy", "outcome"
+    ]
     """errorRate: share of requests answered with 5xx, counted by the predictors and, where the traffic
     provider's gateway exports per-backend counts (traefik), by the gateway, whichever saw more. latency: over
     both versions' whole latency histograms, how much more often a challenger request is slower than an
@@ -109,12 +127,19 @@ class Guardrail(Model):
     95% of its requests in the same window). predictionShift: total variation distance between the two
     prediction distributions. disagreement (shadow only): share of the same requests the challenger answers
     differently from the incumbent, as the monitor pairs them. pairedAccuracy (shadow only): on the paired
-    requests whose outcome has arrived, the incumbent's accuracy less the challenger's. A guardrail without data
-    on both versions holds the release: no data is not a pass."""
-    tolerance: float = Field(0.0, ge=0, le=1)
+    requests whose outcome has arrived, the incumbent's accuracy less the challenger's. outcome: on the
+    predictions old enough for their outcomes to have arrived (monitoring.outcome.labelDelay), each version's
+    mean per-prediction loss for monitoring.outcome.metric (misclassifications for accuracy, the log loss, the
+    absolute error for mae, the squared error for rmse), once each has monitoring.outcome.minLabels of them; it
+    rolls back a challenger credibly worse by more than its tolerance at any stage, and holds the last stage until
+    the challenger is credibly no worse within it (champion/challenger: outcomes arriving days later are the
+    normal case, so give the release a rollout.maxDuration that long). A guardrail without data on both versions
+    holds the release: no data is not a pass."""
+    tolerance: float = Field(0.0, ge=0)
     """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
-    share of requests, a distance, or for latency a chance above one half: 0.05 lets a challenger be slower in 55%
-    of pairs). 0: any credible increase. For slowRequests, whose incumbent share is at
+    share of requests, a distance, for latency a chance above one half: 0.05 lets a challenger be slower in 55%
+    of pairs; for outcome the loss's own units: accuracy points, log loss, absolute or squared error). At most 1
+    but for outcome, which needs one above 0. 0: any credible increase. For slowRequests, whose incumbent share is at
     most 5% by construction, 0.05 misses a 30% slower challenger; 0 catches it, with false rollbacks still
     within 1 - confidence."""
 

@@ -1,0 +1,164 @@
+"""The evidence a ModelDeployment is judged on, read for it: what the decision engine needs for the current stage
+of a release, the digests its predictors report, and a stream's lag, from the metric provider and the monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+
+from steward_operator import guardrails, modes, releases, specs
+from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError, MonitorSource, Outcomes
+from steward_operator.stages import Stage
+from steward_operator.validation import HeldOut, Holdouts
+
+
+async def gather(
+    source: MetricProvider,
+    deployment: specs.ModelDeployment,
+    namespace: str,
+    now: datetime,
+    monitor_source: MonitorSource | None = None,
+) -> releases.Evidence | None:
+    """The evidence the decision engine needs for the current stage of a release, read from `source`: both
+    versions' held-out results while Validating, and what each served since the stage began in Shadowing and
+    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a live stage of a
+    mode whose predictors are not scraped (batch: a person promotes it). A provider that cannot be read gives
+    evidence with neither part: the release pauses until it can."""
+    spec, status = deployment.spec, deployment.status
+    incumbent, challenger = status.incumbent, status.challenger
+    if incumbent is None or challenger is None or status.paused or status.phase not in releases.RELEASE_PHASES:
+        return None
+    if status.weights != releases.target_weights(spec, status):
+        return None
+    stage = Stage(status.phase or "Validating", status.canary_step)
+    serving = modes.mode(spec.serving.mode)
+    if serving is None or (stage.phase != "Validating" and not serving.scraped):
+        return None
+    name, since = deployment.metadata["name"], status.stage_started
+
+    try:
+        if stage.phase == "Validating":
+            held_i, held_c = await asyncio.gather(
+                source.held_out(name, incumbent.version, now, namespace=namespace),
+                source.held_out(name, challenger.version, now, namespace=namespace),
+            )
+            holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
+            return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
+        pairs = None
+        if monitor_source is not None and stage.phase == "Shadowing" and _paired(spec):
+            with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
+                pairs = await monitor_source.pairs(
+                    name, incumbent.version, challenger.version, since or now, namespace=namespace
+                )
+        counts_i, counts_c = await asyncio.gather(
+            *(
+                source.window(
+                    name,
+                    version,
+                    since or now,
+                    now,
+                    namespace=namespace,
+                    gateway=serving.gateway(name, namespace, version, spec),
+                )
+                for version in (incumbent.version, challenger.version)
+            )
+        )
+        outcomes = await _outcomes(monitor_source, deployment, now) if monitor_source is not None else None
+        window = guardrails.Window(counts_i, counts_c, pairs, outcomes)
+        return releases.Evidence(challenger.version, stage, since, window=window)
+    except MetricsUnavailableError:
+        return releases.Evidence(challenger.version, stage, since)
+
+
+async def _outcomes(source: MonitorSource, deployment: specs.ModelDeployment, now: datetime) -> Outcomes | None:
+    """Both versions' losses on their matured outcomes since the challenger began serving, where the rollout has an
+    outcome guardrail: the predictions made until the label delay ago, whose outcomes are due. None when they
+    cannot be read (the guardrail waits, and says why)."""
+    spec, status = deployment.spec, deployment.status
+    watched = spec.monitoring.outcome
+    if watched is None or not any(guardrail.name == "outcome" for guardrail in spec.rollout.guardrails):
+        return None
+    incumbent, challenger = status.incumbent, status.challenger
+    if incumbent is None or challenger is None:
+        return None
+    since, until = challenger.since or now, now - specs.as_timedelta(watched.label_delay)
+    if until <= since:  # Nothing the challenger predicted is old enough yet.
+        return Outcomes(watched.metric, None, None, until, watched.min_labels)
+    try:
+        found = await source.losses(
+            deployment.metadata["name"], watched.metric, since, until, namespace=deployment.metadata["namespace"]
+        )
+    except MetricsUnavailableError:
+        return None
+    return Outcomes(
+        watched.metric, found.get(incumbent.version), found.get(challenger.version), until, watched.min_labels
+    )
+
+
+def _paired(spec: specs.ModelDeploymentSpec) -> bool:
+    """Whether a guardrail of the rollout compares paired answers."""
+    return any(guardrails.GUARDRAILS[guardrail.name].paired for guardrail in spec.rollout.guardrails)
+
+
+async def reported_digests(
+    source: MetricProvider, deployment: specs.ModelDeployment, namespace: str, now: datetime
+) -> dict[str, frozenset[str]]:
+    """The bundle digests reported by the predictors of each version that is not pinned yet, where they are
+    scraped: what it will be pinned to. Nothing while the metrics cannot be read."""
+    serving = modes.mode(deployment.spec.serving.mode)
+    if serving is None or not serving.scraped:
+        return {}
+    status, name = deployment.status, deployment.metadata["name"]
+    unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]
+    found = {}
+    try:
+        for version in unpinned:
+            results = await source.held_out(name, version, now, namespace=namespace)
+            if results is not None and results.digests:
+                found[version] = results.digests
+    except MetricsUnavailableError:
+        return {}
+    return found
+
+
+def _held_out(found: HeldOutResults | None) -> HeldOut | None:
+    return None if found is None else HeldOut(found.metrics, found.data)
+
+
+async def read_lag(
+    source: MetricProvider, deployment: specs.ModelDeployment, step: releases.Step, now: datetime
+) -> releases.Step:
+    """A stream's lag per live version into status, as its workers report it now; the last reading stays while the
+    metrics cannot be read or no worker reports (between a rolling update's scrapes), and none is kept once the mode
+    reports none. More workers than the input topic has
+    partitions is warned of once, when first seen: the ones beyond stand idle."""
+    serving = modes.mode(deployment.spec.serving.mode)
+    if serving is None or not serving.lags:
+        lag = None
+    else:
+        try:
+            found = await source.lag(deployment.metadata["name"], namespace=deployment.metadata["namespace"])
+        except MetricsUnavailableError:
+            return step
+        if not found:
+            return step
+        lag = [
+            specs.Lag(version=version, records=behind.records, partitions=behind.partitions, observed_at=now)
+            for version, behind in sorted(found.items())
+        ]
+    if lag == step.status.lag:
+        return step
+    decisions = step.decisions
+    streaming = deployment.spec.serving.streaming
+    version = step.status.incumbent.version if step.status.incumbent else ""
+    partitions = {item.version: item.partitions for item in lag or []}.get(version)
+    before = {item.version: item.partitions for item in step.status.lag or []}.get(version)
+    if streaming is not None and partitions and streaming.replicas > partitions != before:
+        idle = (
+            f"{streaming.replicas} workers for the {partitions} partitions of {streaming.input_topic}: "
+            f"{streaming.replicas - partitions} stand idle (serving.streaming.replicas at most {partitions}, or more "
+            "partitions)"
+        )
+        decisions = (*decisions, releases.Decision("IdleWorkers", idle, warning=True))
+    return releases.Step(step.status.model_copy(update={"lag": lag}), decisions)
