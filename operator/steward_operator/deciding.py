@@ -33,7 +33,16 @@ from typing import Literal
 
 from steward_operator import specs
 from steward_operator.evidence.base import ArmCounts
-from steward_operator.guardrails import GUARDRAILS, Window, answered, unusable_readings
+from steward_operator.guardrails import (
+    GUARDRAILS,
+    Window,
+    answered,
+    number,
+    outcome_words,
+    points,
+    rate,
+    unusable_readings,
+)
 from steward_operator.sequential import (
     Comparison,
     non_inferiority,
@@ -279,30 +288,11 @@ def _last(rollout: specs.Rollout, stage: LiveStage, met: str, checks: list[_Chec
 
 def _unproven(stage: LiveStage, met: str, check: _Check, window: Window) -> str:
     """Why the last stage keeps the challenger at its share: a gate not yet passed."""
+    found = outcome_words(check.comparison, window, "at most", check.comparison.upper)
     return (
-        f"{met} and no guardrail failed, but {_outcome_words(check, window, 'at most', check.comparison.upper)}, not"
-        f" yet below the tolerance of {_number(check.guardrail.tolerance)} at alpha {check.alpha:.3g}: the"
-        f" challenger stays at its share in {stage.name} until it is credibly no worse, or rollout.maxDuration"
-        " ends the release"
-    )
-
-
-def _outcome_words(check: _Check, window: Window, bound: str, value: float | None) -> str:
-    """Both versions' quality on matured outcomes, and how much worse the challenger is, bounded from one side."""
-    comparison = check.comparison
-    metric = window.outcomes.metric if window.outcomes else "outcome"
-    samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,} matured outcomes"
-    if metric == "accuracy":
-        accuracy_c = None if comparison.challenger is None else 1 - comparison.challenger
-        accuracy_i = None if comparison.incumbent is None else 1 - comparison.incumbent
-        return (
-            f"on {samples} the challenger's accuracy is {_rate(accuracy_c)} against the incumbent's"
-            f" {_rate(accuracy_i)}, lower by {bound} {_points(value)}"
-        )
-    loss = {"logLoss": "log loss", "mae": "mean absolute error", "rmse": "mean squared error"}.get(metric, metric)
-    return (
-        f"on {samples} the challenger's {loss} is {_number(comparison.challenger)} against the incumbent's"
-        f" {_number(comparison.incumbent)}, higher by {bound} {_number(value)}"
+        f"{met} and no guardrail failed, but {found}, not yet below the tolerance of"
+        f" {number(check.guardrail.tolerance)} at alpha {check.alpha:.3g}: the challenger stays at its share in"
+        f" {stage.name} until it is credibly no worse, or rollout.maxDuration ends the release"
     )
 
 
@@ -356,17 +346,17 @@ def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[spec
     alpha = _alpha(rollout)
     gate = non_inferiority(_GATE, *answered(incumbent), *answered(challenger), margin=margin, alpha=alpha)
     evidence = (*evidence, as_evidence(gate))
-    upper = "no bound" if gate.upper is None else f"at most {_points(gate.upper)}"
-    rates = f"{_rate(gate.challenger)} against {_rate(gate.incumbent)}"
+    upper = "no bound" if gate.upper is None else f"at most {points(gate.upper)}"
+    rates = f"{rate(gate.challenger)} against {rate(gate.incumbent)}"
     if gate.credibly_not_worse:
         rule = (
             f"{met}, no guardrail failed, and the challenger's error rate is credibly not worse: {rates}, an"
-            f" increase of {upper}, below the margin of {_points(margin)} ({source}) at alpha {alpha:.3g}: promote"
+            f" increase of {upper}, below the margin of {points(margin)} ({source}) at alpha {alpha:.3g}: promote"
         )
         return Verdict("promote", rule, evidence)
     rule = (
         f"{met} and no guardrail failed, but the challenger's error rate is not yet credibly not worse: {rates},"
-        f" an increase of {upper}, not below the margin of {_points(margin)} ({source}) at alpha {alpha:.3g};"
+        f" an increase of {upper}, not below the margin of {points(margin)} ({source}) at alpha {alpha:.3g};"
         " collecting more until rollout.maxDuration"
     )
     return Verdict("continue", rule, evidence)
@@ -374,51 +364,10 @@ def _gate(rollout: specs.Rollout, met: str, window: Window, evidence: tuple[spec
 
 def _breach(stage: LiveStage, failed: list[_Check], window: Window) -> str:
     first = failed[0]
-    guardrail, comparison = first.guardrail, first.comparison
-    samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,}"
-    at = f"at alpha {first.alpha:.3g}"
-    if guardrail.name == "predictionShift":
-        what = (
-            f"the challenger's predictions are {_number(comparison.challenger)} apart from the incumbent's in total"
-            f" variation over {samples} predictions, at least {_number(comparison.lower)}, above the tolerance of"
-            f" {_number(guardrail.tolerance)} {at}"
-        )
-    elif guardrail.name == "latency":
-        what = (
-            f"a challenger request was slower than an incumbent's {_rate(comparison.challenger)} of the time over"
-            f" {samples} timed requests (half when in the same latency bucket), at least"
-            f" {_rate(0.5 + (comparison.lower or 0))}, above the {_rate(0.5 + guardrail.tolerance)} allowed {at}"
-        )
-    elif guardrail.name == "outcome":
-        what = (
-            f"{_outcome_words(first, window, 'at least', comparison.lower)}, above the tolerance of"
-            f" {_number(guardrail.tolerance)} {at}"
-        )
-    elif guardrail.name == "disagreement":
-        what = (
-            f"the challenger answered {_rate(comparison.challenger)} of {comparison.challenger_samples:,} paired"
-            f" requests differently from the incumbent, at least {_rate(comparison.lower)}, above the tolerance of"
-            f" {_rate(guardrail.tolerance)} {at}"
-        )
-    elif guardrail.name == "pairedAccuracy":
-        what = (
-            f"on {comparison.challenger_samples:,} paired requests with outcomes, only the incumbent was right on"
-            f" {_rate(comparison.incumbent)} and only the challenger on {_rate(comparison.challenger)}: its"
-            f" accuracy is lower by at least {_points(comparison.lower)}, above the tolerance of"
-            f" {_points(guardrail.tolerance)} {at}"
-        )
-    else:
-        counted = "requests" if guardrail.name == "errorRate" else "timed requests"
-        what = (
-            f"challenger {_rate(comparison.challenger)} against incumbent {_rate(comparison.incumbent)} over"
-            f" {samples} {counted}, an increase of at least {_points(comparison.lower)}, above the tolerance of"
-            f" {_points(guardrail.tolerance)} {at}"
-        )
-        gateway, own = window.challenger.gateway_errors or 0, window.challenger.errors
-        if guardrail.name == "errorRate" and gateway > own:
-            what += f" (the gateway answered {gateway:,} of its requests with a 5xx, its predictors {own:,})"
+    guardrail = first.guardrail
+    what = GUARDRAILS[guardrail.name].breach(first.comparison, guardrail.tolerance, window)
     also = "".join(f"; {check.guardrail.name} failed too" for check in failed[1:])
-    return f"guardrail {guardrail.name} failed in {stage.name}: {what}{also}; roll back"
+    return f"guardrail {guardrail.name} failed in {stage.name}: {what} at alpha {first.alpha:.3g}{also}; roll back"
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------
@@ -469,15 +418,3 @@ def _span(duration: timedelta) -> str:
     minutes, seconds = divmod(rest, 60)
     parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if value]
     return "".join(parts) or "0s"
-
-
-def _number(value: float | None) -> str:
-    return "none" if value is None else f"{value:.6g}"
-
-
-def _rate(value: float | None) -> str:
-    return "none" if value is None else f"{value:.2%}"
-
-
-def _points(value: float | None) -> str:
-    return "none" if value is None else f"{value * 100:.2f} percentage points"

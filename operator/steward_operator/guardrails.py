@@ -35,6 +35,10 @@ Comparing = Callable[[Window, float, float], tuple[Comparison, str | None]]
 """A guardrail's comparison of the versions in a window at a tolerance and alpha, with why it has no data (None
 when it has)."""
 
+Describing = Callable[[Comparison, float, Window], str]
+"""A comparison that failed at a tolerance, in words: what the challenger did, how much worse at least, and the
+tolerance that broke."""
+
 
 @dataclass(frozen=True)
 class Guardrail:
@@ -44,6 +48,7 @@ class Guardrail:
 
     needs: str
     compare: Comparing
+    breach: Describing
     paired: bool = False
     gate: bool = False
 
@@ -221,14 +226,103 @@ def _outcome(window: Window, tolerance: float, alpha: float) -> tuple[Comparison
     return comparison, None
 
 
+# --- breaches in words -----------------------------------------------------------------------------------------
+
+
+def number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
+
+
+def rate(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2%}"
+
+
+def points(value: float | None) -> str:
+    return "none" if value is None else f"{value * 100:.2f} percentage points"
+
+
+def _more(counted: str) -> Describing:
+    """A rate's breach: both versions' rates over what was counted, and the least increase."""
+
+    def words(comparison: Comparison, tolerance: float, window: Window) -> str:
+        samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,}"
+        what = (
+            f"challenger {rate(comparison.challenger)} against incumbent {rate(comparison.incumbent)} over"
+            f" {samples} {counted}, an increase of at least {points(comparison.lower)}, above the tolerance of"
+            f" {points(tolerance)}"
+        )
+        gateway, own = window.challenger.gateway_errors or 0, window.challenger.errors
+        if counted == "requests" and gateway > own:
+            what += f" (the gateway answered {gateway:,} of its requests with a 5xx, its predictors {own:,})"
+        return what
+
+    return words
+
+
+def _shifted(comparison: Comparison, tolerance: float, _: Window) -> str:
+    return (
+        f"the challenger's predictions are {number(comparison.challenger)} apart from the incumbent's in total"
+        f" variation over {comparison.challenger_samples:,} and {comparison.incumbent_samples:,} predictions, at"
+        f" least {number(comparison.lower)}, above the tolerance of {number(tolerance)}"
+    )
+
+
+def _slower(comparison: Comparison, tolerance: float, _: Window) -> str:
+    return (
+        f"a challenger request was slower than an incumbent's {rate(comparison.challenger)} of the time over"
+        f" {comparison.challenger_samples:,} and {comparison.incumbent_samples:,} timed requests (half when in the"
+        f" same latency bucket), at least {rate(0.5 + (comparison.lower or 0))}, above the {rate(0.5 + tolerance)}"
+        " allowed"
+    )
+
+
+def _answered_differently(comparison: Comparison, tolerance: float, _: Window) -> str:
+    return (
+        f"the challenger answered {rate(comparison.challenger)} of {comparison.challenger_samples:,} paired requests"
+        f" differently from the incumbent, at least {rate(comparison.lower)}, above the tolerance of {rate(tolerance)}"
+    )
+
+
+def _less_accurate(comparison: Comparison, tolerance: float, _: Window) -> str:
+    return (
+        f"on {comparison.challenger_samples:,} paired requests with outcomes, only the incumbent was right on"
+        f" {rate(comparison.incumbent)} and only the challenger on {rate(comparison.challenger)}: its accuracy is"
+        f" lower by at least {points(comparison.lower)}, above the tolerance of {points(tolerance)}"
+    )
+
+
+def outcome_words(comparison: Comparison, window: Window, bound: str, value: float | None) -> str:
+    """Both versions' quality on matured outcomes, and how much worse the challenger is, bounded from one side."""
+    metric = window.outcomes.metric if window.outcomes else "outcome"
+    samples = f"{comparison.challenger_samples:,} and {comparison.incumbent_samples:,} matured outcomes"
+    if metric == "accuracy":
+        accuracy_c = None if comparison.challenger is None else 1 - comparison.challenger
+        accuracy_i = None if comparison.incumbent is None else 1 - comparison.incumbent
+        return (
+            f"on {samples} the challenger's accuracy is {rate(accuracy_c)} against the incumbent's"
+            f" {rate(accuracy_i)}, lower by {bound} {points(value)}"
+        )
+    loss = {"logLoss": "log loss", "mae": "mean absolute error", "rmse": "mean squared error"}.get(metric, metric)
+    return (
+        f"on {samples} the challenger's {loss} is {number(comparison.challenger)} against the incumbent's"
+        f" {number(comparison.incumbent)}, higher by {bound} {number(value)}"
+    )
+
+
+def _worse_outcomes(comparison: Comparison, tolerance: float, window: Window) -> str:
+    return (
+        f"{outcome_words(comparison, window, 'at least', comparison.lower)}, above the tolerance of {number(tolerance)}"
+    )
+
+
 GUARDRAILS = {
-    "errorRate": Guardrail("requests", _arms(_error_rate)),
-    "slowRequests": Guardrail("latency", _arms(_slow_requests)),
-    "latency": Guardrail("latency", _arms(_latency)),
-    "predictionShift": Guardrail("predictions", _arms(_prediction_shift)),
-    "disagreement": Guardrail("paired answers", _disagreement, paired=True),
-    "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, paired=True),
-    "outcome": Guardrail("matured outcomes", _outcome, gate=True),
+    "errorRate": Guardrail("requests", _arms(_error_rate), _more("requests")),
+    "slowRequests": Guardrail("latency", _arms(_slow_requests), _more("timed requests")),
+    "latency": Guardrail("latency", _arms(_latency), _slower),
+    "predictionShift": Guardrail("predictions", _arms(_prediction_shift), _shifted),
+    "disagreement": Guardrail("paired answers", _disagreement, _answered_differently, paired=True),
+    "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, _less_accurate, paired=True),
+    "outcome": Guardrail("matured outcomes", _outcome, _worse_outcomes, gate=True),
 }
 """Every guardrail a rollout may name, by the name it is named with."""
 
