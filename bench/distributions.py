@@ -1,14 +1,15 @@
-"""Whole-distribution guardrails against what they replace and against the best single look: how many requests per
-version predictionShift (one confidence ellipsoid over every bin) and latency (the whole histogram) need to roll
-back a shifted or slower challenger, beside today's per-bin union bound and one-bucket slowRequests, and how often
-each rolls back a challenger that is no different (A/A), looking after every batch of requests.
+"""The guardrails against the best single look: how many requests per version errorRate, predictionShift (one
+confidence ellipsoid over every bin) and latency (the whole histogram) need to roll back a worse challenger, beside
+the per-bin union bound and the one-bucket slowRequests they improve on, and how often each rolls back a challenger
+that is no different (A/A), looking after every batch of requests.
 
-The best single look: Pearson's chi-square test for the predictions (its power from the noncentral chi-square),
-and for latency a t-test on the log of every request's exact latency, which a histogram does not keep (so no
-guardrail can match it), and the same on the bucket each request fell in (what the histogram keeps).
+The best single look: a two-proportion z-test for errors, Pearson's chi-square test for the predictions (its power
+from the noncentral chi-square), and for latency a t-test on the log of every request's exact latency, which a
+histogram does not keep (so no guardrail can match it), and the same on the bucket each request fell in (what the
+histogram keeps).
 Run: .venv/bin/python bench/distributions.py   (exits non-zero when a goal is missed)
 
-Goals: every A/A false-rollback rate at most alpha; each new guardrail's median within 1.5x its best single look
+Goals: every A/A false-rollback rate at most alpha; each guardrail's median within 1.5x its best single look
 (for latency, the single look on what the histogram keeps)."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from steward_operator.distributions import compare_distributions, compare_latencies
-from steward_operator.sequential import difference_bounds
+from steward_operator.sequential import difference_bounds, first_alarm
 from steward_predictor.metrics import LATENCY_BUCKETS
 
 Z = NormalDist().inv_cdf
@@ -65,6 +66,47 @@ def requests_to_rollback(
 
 def median(found: NDArray[np.float64]) -> float:
     return float(np.sort(found)[math.ceil(0.5 * found.size) - 1])
+
+
+# --- errorRate -----------------------------------------------------------------------------------------------------
+
+
+def error_rate_study(args: argparse.Namespace, rng: np.random.Generator) -> list[tuple[str, bool]]:
+    """errorRate's confidence sequence (compare_rates' bounds, on every stream at once) at every look."""
+    budget = 30_000
+    looks = budget // args.every
+    every = f"a look every {args.every} requests per version, up to {budget:,}"
+    print(f"\nerrorRate, tolerance 0: {every}; alpha {args.alpha}")
+    print(f"{'scenario':52} {'false rollback %':>16} {'median n':>9} {'single look':>24}")
+    goals = []
+    for base, worse in ((0.01, 0.01), (0.001, 0.001), (0.01, 0.015), (0.001, 0.005)):
+        shape = (args.streams, looks)
+        errors_i = np.cumsum(rng.binomial(args.every, base, shape), axis=1)
+        errors_c = np.cumsum(rng.binomial(args.every, worse, shape), axis=1)
+        requests = np.broadcast_to(args.every * np.arange(1, looks + 1), shape)
+        lower, _ = difference_bounds(errors_i, requests, errors_c, requests, alpha=args.alpha)
+        fired = first_alarm(lower > 0)
+        found = np.where(fired >= 0, (fired + 1.0) * args.every, np.inf)
+        rolled = float(np.mean(fired >= 0))
+        if worse == base:
+            name = f"A/A errors {base:.1%}"
+            print(f"{name:52} {100 * rolled:>16.1f} {'-':>9} {'':>24}")
+            goals.append((f"errorRate, {name}: false rollbacks {rolled:.1%} <= {args.alpha:.0%}", rolled <= args.alpha))
+            continue
+        name, bound = f"errors {base:.1%} -> {worse:.1%}", two_proportions_single_look(base, worse, args.alpha, 0.8)
+        print(f"{name:52} {'-':>16} {median(found):>9,.0f} {f'z-test: {bound:,}':>24}")
+        goals.append(
+            (f"errorRate, {name}: median {median(found):,.0f} <= 1.5 x {bound:,}", median(found) <= 1.5 * bound)
+        )
+    return goals
+
+
+def two_proportions_single_look(base: float, worse: float, alpha: float, power: float) -> int:
+    """Requests per version for one two-sided look at two error rates (pooled variance under the null)."""
+    pooled = (base + worse) / 2
+    null = Z(1 - alpha / 2) * math.sqrt(2 * pooled * (1 - pooled))
+    alternative = Z(power) * math.sqrt(base * (1 - base) + worse * (1 - worse))
+    return math.ceil(((null + alternative) / (worse - base)) ** 2)
 
 
 # --- predictionShift ---------------------------------------------------------------------------------------------
@@ -254,7 +296,8 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     alpha = args.alpha
 
-    goals = study(
+    goals = error_rate_study(args, rng)
+    goals += study(
         "predictionShift, tolerance 0",
         scenarios=prediction_scenarios(args.every),
         methods={"whole": whole(alpha), "per bin": per_bin(alpha)},
