@@ -437,8 +437,9 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
     return EXIT_OK
 
 
-class _StoppedStartingError(Exception):
-    """SIGTERM or SIGINT before the worker ran: nothing was consumed, so nothing is left to finish."""
+class _StoppedStartingError(BaseException):
+    """SIGTERM or SIGINT before the worker ran: nothing was consumed, so nothing is left to finish. Not an
+    Exception, so that no handler in the loading it interrupts (a bundle's golden replay) takes it for a failure."""
 
 
 def _stop_starting(*_: object) -> None:

@@ -321,14 +321,17 @@ def test_lag_is_reported_for_each_version_by_the_worker_that_owns_each_partition
     assert not any(_lag(second).values())
 
 
-def test_a_worker_stopped_while_it_loads_its_bundles_exits_at_once(streams: Streams) -> None:
+@pytest.mark.parametrize("after", [0.0, 0.4, 1.0])
+def test_a_worker_stopped_while_it_loads_its_bundles_exits_at_once(streams: Streams, after: float) -> None:
     # As PID 1 in a pod a process ignores a SIGTERM it has no handler for: the pod would wait out its grace period.
+    # The signal lands `after` seconds into loading: reading the bundle, or replaying its golden examples.
     worker = StreamWorker(streams.worker_flags(0)).launch()
     streams.started.append(worker)
     deadline = time.monotonic() + 60
     while '"loading"' not in (worker.log.read_text() if worker.log.exists() else ""):
         assert time.monotonic() < deadline, worker.tail()
         time.sleep(0.05)
+    time.sleep(after)
     stopped = time.monotonic()
     worker.send(signal.SIGTERM)
     while worker.returncode is None:
