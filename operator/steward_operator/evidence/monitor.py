@@ -64,12 +64,10 @@ class Monitor:
         query = {"namespace": namespace, "model": model, "since": since.isoformat(), "until": until.isoformat()}
         body = await self._get("/v1/quality", query, "quality")
         try:
-            versions = body["versions"]
-            found = {
-                version: quality["losses"][metric]
-                for version, quality in versions.items()
-                if metric in quality.get("losses", {})
-            }
+            losses_by_version = {version: quality.get("losses", {}) for version, quality in body["versions"].items()}
+            if not all(isinstance(losses, dict) for losses in losses_by_version.values()):
+                raise TypeError("losses that are not a mapping")
+            found = {version: losses[metric] for version, losses in losses_by_version.items() if metric in losses}
         except (KeyError, TypeError, AttributeError) as error:
             raise MetricsUnavailableError(f"the monitor at {self.url} answered unreadable quality: {error!r}") from None
         losses = {version: _losses(loss) for version, loss in found.items()}
