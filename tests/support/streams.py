@@ -22,7 +22,7 @@ from tests.support.waiting import wait_until
 NAME = "tumours"
 ROLLOUT: dict[str, Any] = {
     "validation": {"tolerance": 0.01},
-    "shadow": {"percent": 100, "minRequests": 300, "minDuration": "10s"},
+    "shadow": {"percent": 100, "minRequests": 800, "minDuration": "10s"},
     "canary": {"steps": [50], "minRequestsPerStep": 300, "minStepDuration": "10s"},
     "guardrails": [
         {"name": "errorRate", "tolerance": 0.005},
@@ -31,7 +31,8 @@ ROLLOUT: dict[str, Any] = {
     "confidence": 0.95,
     "maxDuration": "8m",
 }
-"""A rollout sized for a test: a shadow and one canary step of 300 records and 10 s each."""
+"""A rollout sized for a test: a shadow of 800 records and a canary step of 300, 10 s each at least (a bad
+challenger is judged in shadow on enough records that it never reaches a reader)."""
 
 
 def create_topics(kafka: Kafka, topic: str, partitions: int = 3) -> None:
