@@ -11,8 +11,6 @@ import contextlib
 import json
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -34,13 +32,13 @@ from steward_harness.monitors import Monitor
 from steward_harness.operators import Operator
 from steward_harness.prometheus import Prometheus
 from tests.support import models
+from tests.support.deployments import steward_status
 from tests.support.monitoring import TOKEN
 from tests.support.waiting import wait_until
 
 PREFIX = "oc-"
 NAME = "triage"
 LABEL_DELAY = 3.0
-KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
 
 
 @dataclass
@@ -212,13 +210,7 @@ def test_a_challenger_wrong_more_often_on_matured_outcomes_is_rolled_back(world:
             lambda: (status := _status(world.kubectl, namespace)).get("phase") == "RolledBack" and status,
             timeout=180,
         )
-        shown = subprocess.run(
-            [str(KUBECTL_STEWARD), "status", NAME, "-n", namespace, f"--kubeconfig={world.kubectl.kubeconfig}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        shown = steward_status(world.kubectl, NAME, namespace)
     analysis = rolled["lastAnalysis"]
     assert analysis["rule"].startswith("guardrail outcome failed"), analysis
     assert "the challenger's accuracy is" in analysis["rule"]

@@ -8,8 +8,6 @@ Through every rolling update of the workers, each record is answered exactly onc
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,10 +23,10 @@ from steward_harness.kubectl import Kubectl
 from steward_harness.operators import Operator
 from steward_harness.prometheus import Prometheus
 from steward_harness.stream_plane import StreamPlane
+from tests.support.deployments import steward_status
 from tests.support.streams import NAME, Records, StreamingRelease, create_topics
 
 PREFIX = "st-"
-KUBECTL_STEWARD = Path(sys.executable).parent / "kubectl-steward"
 # While the workers roll back to v2 alone, a partition changing hands is reported by its new owner only once that
 # owner has read its committed offsets: the line settles within seconds.
 LAG_LINE = re.compile(r"^lag: +v2 [0-9,]+ records over 3 partitions", re.MULTILINE)
@@ -104,13 +102,7 @@ def _shown_until(line: re.Pattern[str], kubectl: Kubectl, namespace: str, timeou
     """What `kubectl steward status` shows once it has the line, or at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        shown = subprocess.run(
-            [str(KUBECTL_STEWARD), "status", NAME, "-n", namespace, f"--kubeconfig={kubectl.kubeconfig}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        shown = steward_status(kubectl, NAME, namespace)
         if line.search(shown) or time.monotonic() > deadline:
             return shown
         time.sleep(2)

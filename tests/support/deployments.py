@@ -148,3 +148,14 @@ class Deployment:
         assert result.returncode == 0, result.stdout + result.stderr
         self.apply()
         assert self.get()["metadata"]["generation"] == before
+
+
+def steward_status(kubectl: Kubectl, name: str, namespace: str) -> str:
+    """What `kubectl steward status` prints for a ModelDeployment, run as a user runs it."""
+    return subprocess.run(
+        [str(KUBECTL_STEWARD), "status", name, "-n", namespace, f"--kubeconfig={kubectl.kubeconfig}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
