@@ -1,5 +1,6 @@
 """Benchmark of batch scoring: peak memory and throughput of `steward-predict batch` on 100k and 1M rows of
-CSV and Parquet, against plain in-process runs. Run: .venv/bin/python bench/batch.py
+CSV and Parquet, against plain in-process runs; and a release's shadow run, which scores every chunk with two
+bundles and compares them, against the two versions' single runs. Run: .venv/bin/python bench/batch.py
 
 Two baselines, both reading the whole file at once in this process:
 - plain: pandas read, pipeline.predict, the predictions written with pandas (the goal: batch >= 0.8x this);
@@ -78,12 +79,13 @@ def write(frame: pd.DataFrame, path: Path) -> None:
         pq.write_table(table, path)
 
 
-def run_batch(bundle: Path, source: Path, output: Path) -> tuple[float, float, int]:
+def run_batch(bundle: Path, source: Path, output: Path, *extra: str) -> tuple[float, float, int]:
     """(scoring seconds from the summary, wall seconds, peak RSS in bytes) of one steward-predict run."""
     output.unlink(missing_ok=True)
     started = time.monotonic()
+    command = [str(STEWARD_PREDICT), "batch", "--bundle", str(bundle), "--input", str(source), "--output", str(output)]
     with subprocess.Popen(
-        [str(STEWARD_PREDICT), "batch", "--bundle", str(bundle), "--input", str(source), "--output", str(output)],
+        [*command, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     ) as process:
@@ -172,6 +174,27 @@ def report(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def _shadow_run(args: argparse.Namespace, scratch: Path, x: pd.DataFrame, incumbent: Path) -> str:
+    """A release's shadow run (the challenger's bundle, each chunk scored with the incumbent's too and compared)
+    against the two versions' single runs one after the other, on the largest Parquet input: the goal is no
+    slower than those two runs (ratio >= 1.0)."""
+    rows = max(args.sizes)
+    challenger = models.breast_cancer(scratch, version="bench-challenger", c=0.5).path
+    source = scratch / f"in-{rows}.parquet"
+    write(generate(x, rows, seed=rows), source)
+    output = scratch / "shadow.parquet"
+    shadows = [run_batch(challenger, source, output, "--compare-with", str(incumbent)) for _ in range(args.repeat)]
+    singles = [
+        run_batch(incumbent, source, output)[1] + run_batch(challenger, source, output)[1] for _ in range(args.repeat)
+    ]
+    shadow, two = min(run[1] for run in shadows), min(singles)
+    return (
+        f"\nparquet {rows:,} rows, whole processes: a shadow run comparing two bundles {shadow:.2f} s "
+        f"({max(run[2] for run in shadows) / 2**20:,.0f} MiB peak) against both versions' single runs one after the "
+        f"other {two:.2f} s: {two / shadow:.2f}x (goal >= 1.0)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="row counts (default: %(default)s)")
@@ -211,6 +234,7 @@ def main() -> int:
                     file=sys.stderr,
                 )
         print(report(measurements))
+        print(_shadow_run(args, scratch, x, bundle_path))
     finally:
         if args.keep:
             print(f"data kept in {scratch}", file=sys.stderr)

@@ -11,7 +11,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from steward_harness.prometheus import Prometheus
 from steward_harness.stream_workers import StreamWorker
@@ -35,22 +34,13 @@ class StreamPlane(Sweeper[StreamWorker]):
 
     def _sweep(self) -> None:
         seen = set()
-        for namespace in list(self.namespaces):
-            query = urlencode({"labelSelector": WORKERS})
-            for pod in self._request("GET", f"/api/v1/namespaces/{namespace}/pods?{query}").get("items", []):
-                metadata = pod["metadata"]
-                key = f"{namespace}/{metadata['name']}/{metadata['uid']}"
-                if metadata.get("deletionTimestamp"):
-                    if key in self._running:
-                        self._retire(key)
-                    self._confirm_deletion(pod)
-                    continue
-                seen.add(key)
-                worker = self._running.get(key) or self._run(key, pod)
-                if worker.returncode is not None:
-                    continue  # It stopped on its own: the pod stays not ready, as a crashed container leaves it.
-                if not _ready(pod) and worker.ready():
-                    self._mark_ready(pod)
+        for key, pod in self._pods(self.namespaces, WORKERS):
+            seen.add(key)
+            worker = self._running.get(key) or self._run(key, pod)
+            if worker.returncode is not None:
+                continue  # It stopped on its own: the pod stays not ready, as a crashed container leaves it.
+            if not _ready(pod) and worker.ready():
+                self._mark_ready(pod)
         for key in set(self._running) - seen:
             self._retire(key)
 
@@ -95,13 +85,6 @@ class StreamPlane(Sweeper[StreamWorker]):
         path = f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}/status"
         with contextlib.suppress(urllib.error.HTTPError):  # Deleted meanwhile: the next sweep sees it gone.
             self._request("PATCH", path, {"status": status}, "application/merge-patch+json")
-
-    def _confirm_deletion(self, pod: dict[str, Any]) -> None:
-        """What a kubelet does once the pod's processes are gone: delete it for good."""
-        metadata = pod["metadata"]
-        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": metadata["uid"]}}
-        with contextlib.suppress(urllib.error.HTTPError):
-            self._request("DELETE", f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}", body)
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -9,8 +9,10 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
+from urllib.parse import urlencode
 
 Process = TypeVar("Process")
 
@@ -62,3 +64,25 @@ class Sweeper(Generic[Process]):
         with urllib.request.urlopen(request, context=self.context, timeout=10) as response:  # noqa: S310
             result: dict[str, Any] = json.loads(response.read() or b"{}")
             return result
+
+    def _confirm_deletion(self, pod: dict[str, Any]) -> None:
+        """What a kubelet does once a pod's processes are gone: delete it for good."""
+        metadata = pod["metadata"]
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": metadata["uid"]}}
+        with contextlib.suppress(urllib.error.HTTPError):
+            self._request("DELETE", f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}", body)
+
+    def _pods(self, namespaces: set[str], selector: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each pod matching `selector` in `namespaces` that is not being deleted, by namespace/name/uid. A deleted
+        one's process is retired and its deletion confirmed, as a kubelet does."""
+        for namespace in list(namespaces):
+            query = urlencode({"labelSelector": selector})
+            for pod in self._request("GET", f"/api/v1/namespaces/{namespace}/pods?{query}").get("items", []):
+                metadata = pod["metadata"]
+                key = f"{namespace}/{metadata['name']}/{metadata['uid']}"
+                if metadata.get("deletionTimestamp"):
+                    if key in self._running:
+                        self._retire(key)
+                    self._confirm_deletion(pod)
+                    continue
+                yield key, pod

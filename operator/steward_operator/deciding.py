@@ -2,6 +2,7 @@
 
 | # | stage | when | decision |
 |---|---|---|---|
+| 0 | any | the challenger failed on its own (a batch run could not load its bundle) | rollback |
 | 1 | Canary | a step of 100 % (the API refuses one; an older resource may hold it) after a judged stage | promote |
 | 1 | Canary | a step of 100 % that no earlier stage judged the challenger on live traffic before | rollback |
 | 2 | any | the metric provider could not be read (the stage's evidence is None) | pause |
@@ -127,6 +128,7 @@ def decide(
     step: int | None = None,
     window: Window | None,
     holdouts: Holdouts | None,
+    failure: str | None = None,
 ) -> Verdict:
     """The decision for a release at stage `phase` (and canary `step`), from the evidence gathered so far.
 
@@ -134,6 +136,8 @@ def decide(
     its own. None means the metric provider could not be read (MetricsUnavailableError); a result not reported
     yet is a None inside Holdouts. The first rule that applies decides:
 
+    0. The challenger failed on its own (`failure`: a batch run of it could not load its bundle) -> rollback, at
+       once, whatever the stage: a version that cannot even start proves nothing by waiting.
     1. A canary step of 100 %: the incumbent answers nothing there, so nothing can be compared; the API refuses
        such a step, and one an older resource still holds is taken as the promotion. After a stage that judged
        the challenger on live traffic (an earlier step, or shadow) -> promote: that stage was the last one, with
@@ -190,6 +194,8 @@ def decide(
     Raises ValueError for a phase no release decides in, or a canary stage without a valid step; never for what
     the evidence holds.
     """
+    if failure is not None:
+        return Verdict("rollback", f"the challenger failed on its own: {failure}")
     if phase == "Validating":
         return _validate(policy, timing, holdouts)
     stage = live(policy.rollout, policy.layout, phase, step)
@@ -324,8 +330,14 @@ def _silent(window: Window, requests: Callable[[ArmCounts], int] = lambda counts
 
 
 def _guardrails(rollout: specs.Rollout, window: Window, stage: LiveStage) -> list[_Check]:
-    """The stage's guardrails, each at its share of alpha: those on paired answers only where there are pairs."""
-    judged = [guardrail for guardrail in rollout.guardrails if stage.paired or not GUARDRAILS[guardrail.name].paired]
+    """The stage's guardrails, each at its share of alpha: those on paired answers only where there are pairs, those
+    on latency only where answers are timed."""
+    judged = [
+        guardrail
+        for guardrail in rollout.guardrails
+        if (stage.paired or not GUARDRAILS[guardrail.name].paired)
+        and (stage.timed or not GUARDRAILS[guardrail.name].timed)
+    ]
     if not judged:
         return []
     alphas = split_alpha(_alpha(rollout), [guardrail.name for guardrail in judged])

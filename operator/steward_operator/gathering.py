@@ -8,23 +8,34 @@ import contextlib
 from datetime import datetime
 
 from steward_operator import guardrails, modes, releases, specs
-from steward_operator.evidence import HeldOutResults, MetricProvider, MetricsUnavailableError, MonitorSource, Outcomes
+from steward_operator.evidence import (
+    HeldOutResults,
+    MetricProvider,
+    MetricsUnavailableError,
+    MonitorSource,
+    Outcomes,
+    runs,
+)
+from steward_operator.evidence.runs import RunSource
 from steward_operator.stages import Stage
 from steward_operator.validation import HeldOut, Holdouts
 
 
 async def gather(
-    source: MetricProvider,
+    source: MetricProvider | None,
     deployment: specs.ModelDeployment,
     namespace: str,
     now: datetime,
+    *,
     monitor_source: MonitorSource | None = None,
+    run_source: RunSource | None = None,
 ) -> releases.Evidence | None:
-    """The evidence the decision engine needs for the current stage of a release, read from `source`: both
-    versions' held-out results while Validating, and what each served since the stage began in Shadowing and
-    Canary. None when no stage is being judged: no release, paused, traffic not yet moved, or a live stage of a
-    mode whose predictors are not scraped (batch: a person promotes it). A provider that cannot be read gives
-    evidence with neither part: the release pauses until it can."""
+    """The evidence the decision engine needs for the current stage of a release: both versions' held-out results
+    while Validating, and what each served since the stage began in Shadowing and Canary; read from `source` (and
+    `monitor_source` for paired answers and outcomes), or for a mode judged on its challenger's runs (batch) from
+    `run_source`. None when no stage is being judged: no release, paused, traffic not yet moved, or no run source
+    for such a mode. A source that cannot be read gives evidence with neither part: the release pauses until it
+    can."""
     spec, status = deployment.spec, deployment.status
     incumbent, challenger = status.incumbent, status.challenger
     if incumbent is None or challenger is None or status.paused or status.phase not in releases.RELEASE_PHASES:
@@ -33,42 +44,97 @@ async def gather(
         return None
     stage = Stage(status.phase or "Validating", status.canary_step)
     serving = modes.mode(spec.serving.mode)
-    if serving is None or (stage.phase != "Validating" and not serving.scraped):
+    judged_on_runs = serving is not None and serving.evidence == "runs"
+    if serving is None or (run_source if judged_on_runs else source) is None:
         return None
-    name, since = deployment.metadata["name"], status.stage_started
-
     try:
-        if stage.phase == "Validating":
-            held_i, held_c = await asyncio.gather(
-                source.held_out(name, incumbent.version, now, namespace=namespace),
-                source.held_out(name, challenger.version, now, namespace=namespace),
-            )
-            holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
-            return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
-        pairs = None
-        if monitor_source is not None and stage.phase == "Shadowing" and _paired(spec):
-            with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
-                pairs = await monitor_source.pairs(
-                    name, incumbent.version, challenger.version, since or now, namespace=namespace
-                )
-        counts_i, counts_c = await asyncio.gather(
-            *(
-                source.window(
-                    name,
-                    version,
-                    since or now,
-                    now,
-                    namespace=namespace,
-                    gateway=serving.gateway(name, namespace, version, spec),
-                )
-                for version in (incumbent.version, challenger.version)
-            )
-        )
-        outcomes = await _outcomes(monitor_source, deployment, now) if monitor_source is not None else None
-        window = guardrails.Window(counts_i, counts_c, pairs, outcomes)
-        return releases.Evidence(challenger.version, stage, since, window=window)
+        if run_source is not None and judged_on_runs:
+            return await _from_runs(run_source, deployment, namespace, stage, now, incumbent, challenger)
+        assert source is not None  # noqa: S101 -- checked above
+        return await _from_scrapes(source, deployment, namespace, stage, now, monitor_source, serving)
     except MetricsUnavailableError:
-        return releases.Evidence(challenger.version, stage, since)
+        return releases.Evidence(challenger.version, stage, status.stage_started)
+
+
+async def _from_scrapes(  # noqa: PLR0917 -- the sources and what gather found of the release
+    source: MetricProvider,
+    deployment: specs.ModelDeployment,
+    namespace: str,
+    stage: Stage,
+    now: datetime,
+    monitor_source: MonitorSource | None,
+    serving: modes.ServingMode,
+) -> releases.Evidence:
+    spec, status = deployment.spec, deployment.status
+    incumbent, challenger = status.incumbent, status.challenger
+    if incumbent is None or challenger is None:
+        raise ValueError("no release to gather evidence for")
+    name, since = deployment.metadata["name"], status.stage_started
+    if stage.phase == "Validating":
+        held_i, held_c = await asyncio.gather(
+            source.held_out(name, incumbent.version, now, namespace=namespace),
+            source.held_out(name, challenger.version, now, namespace=namespace),
+        )
+        holdouts = Holdouts(_held_out(held_i), _held_out(held_c))
+        return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
+    pairs = None
+    if monitor_source is not None and stage.phase == "Shadowing" and _paired(spec):
+        with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
+            pairs = await monitor_source.pairs(
+                name, incumbent.version, challenger.version, since or now, namespace=namespace
+            )
+    counts_i, counts_c = await asyncio.gather(
+        *(
+            source.window(
+                name,
+                version,
+                since or now,
+                now,
+                namespace=namespace,
+                gateway=serving.gateway(name, namespace, version, spec),
+            )
+            for version in (incumbent.version, challenger.version)
+        )
+    )
+    outcomes = await _outcomes(monitor_source, deployment, now) if monitor_source is not None else None
+    window = guardrails.Window(counts_i, counts_c, pairs, outcomes)
+    return releases.Evidence(challenger.version, stage, since, window=window)
+
+
+async def _from_runs(  # noqa: PLR0917 -- the source and what gather found of the release
+    source: RunSource,
+    deployment: specs.ModelDeployment,
+    namespace: str,
+    stage: Stage,
+    now: datetime,
+    incumbent: specs.ServedVersion,
+    challenger: specs.ServedVersion,
+) -> releases.Evidence:
+    """The evidence of the challenger's runs that compared it with this incumbent: in Validating, both bundles'
+    held-out results from the newest run since the challenger began; in Shadowing, the sum of the runs that
+    finished since the stage began. A run that could not load the challenger's bundle is its failure."""
+    started = deployment.status.stage_started
+    since = (challenger.since if stage.phase == "Validating" else started) or now
+    found = await source.runs(deployment.metadata["name"], challenger.version, since, namespace=namespace)
+    refused = next((run for run in found if run.failed == runs.REFUSED), None)
+    failure = None if refused is None else f"its run {refused.job} could not load its bundle: {refused.error}"
+    compared = [
+        run
+        for run in found
+        if run.incumbent is not None
+        and run.challenger is not None
+        and (run.incumbent.version, run.challenger.version) == (incumbent.version, challenger.version)
+    ]
+    if stage.phase == "Validating":
+        newest = compared[-1] if compared else None
+        holdouts = Holdouts(
+            _held_out(newest.incumbent.held_out if newest and newest.incumbent else None),
+            _held_out(newest.challenger.held_out if newest and newest.challenger else None),
+        )
+        return releases.Evidence(challenger.version, stage, started, holdouts=holdouts, failure=failure)
+    counts_i, counts_c, pairs = runs.window(compared)
+    window = guardrails.Window(counts_i, counts_c, pairs)
+    return releases.Evidence(challenger.version, stage, started, window=window, failure=failure)
 
 
 async def _outcomes(source: MonitorSource, deployment: specs.ModelDeployment, now: datetime) -> Outcomes | None:
@@ -107,7 +173,7 @@ async def reported_digests(
     """The bundle digests reported by the predictors of each version that is not pinned yet, where they are
     scraped: what it will be pinned to. Nothing while the metrics cannot be read."""
     serving = modes.mode(deployment.spec.serving.mode)
-    if serving is None or not serving.scraped:
+    if serving is None or serving.evidence != "scrapes":
         return {}
     status, name = deployment.status, deployment.metadata["name"]
     unpinned = [served.version for served in (status.incumbent, status.challenger) if served and not served.digest]

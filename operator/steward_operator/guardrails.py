@@ -43,13 +43,15 @@ tolerance that broke."""
 @dataclass(frozen=True)
 class Guardrail:
     """One guardrail: the reading it compares (what it waits for without data), its comparison, whether it
-    compares paired answers, which only the shadow stage has (elsewhere it is not judged), and whether it is a
-    gate: one that can roll back at any stage, but is waited for, and must pass, only at the last."""
+    compares paired answers, which only the shadow stage has (elsewhere it is not judged), whether it compares
+    latencies, which a batch run's rows have not (there it is not judged), and whether it is a gate: one that can
+    roll back at any stage, but is waited for, and must pass, only at the last."""
 
     needs: str
     compare: Comparing
     breach: Describing
     paired: bool = False
+    timed: bool = False
     gate: bool = False
 
 
@@ -317,8 +319,8 @@ def _worse_outcomes(comparison: Comparison, tolerance: float, window: Window) ->
 
 GUARDRAILS = {
     "errorRate": Guardrail("requests", _arms(_error_rate), _more("requests")),
-    "slowRequests": Guardrail("latency", _arms(_slow_requests), _more("timed requests")),
-    "latency": Guardrail("latency", _arms(_latency), _slower),
+    "slowRequests": Guardrail("latency", _arms(_slow_requests), _more("timed requests"), timed=True),
+    "latency": Guardrail("latency", _arms(_latency), _slower, timed=True),
     "predictionShift": Guardrail("predictions", _arms(_prediction_shift), _shifted),
     "disagreement": Guardrail("paired answers", _disagreement, _answered_differently, paired=True),
     "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, _less_accurate, paired=True),

@@ -38,5 +38,7 @@ JOB = Kind("batch/v1", "Job", "jobs")
 GATEWAY = Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways")
 """Read only, with GATEWAY_CLASS: what implements the Gateway an HTTPRoute attaches to."""
 GATEWAY_CLASS = Kind("gateway.networking.k8s.io/v1", "GatewayClass", "gatewayclasses")
+POD = Kind("v1", "Pod", "pods")
+"""Read only, listed: the termination message a batch challenger's run leaves its comparison in."""
 ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 """Read only: whether a predictor Service has a ready pod behind it (KServe's Standard mode does not say)."""

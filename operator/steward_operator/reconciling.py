@@ -22,6 +22,7 @@ from steward_operator import (
 )
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner
 from steward_operator.evidence import MetricProvider, MetricsUnavailableError, MonitorSource
+from steward_operator.evidence.runs import ClusterRuns
 from steward_operator.kinds import (
     CRON_JOB,
     ENDPOINT_SLICE,
@@ -104,9 +105,11 @@ async def _reconcile_once(
     children = await _observe(cluster, namespace, name, uid)
     endpoints = await serving_endpoints(cluster, namespace, children)
     now = datetime.now(UTC)
-    evidence, digests = None, {}
+    evidence = await gathering.gather(
+        evidence_source, deployment, namespace, now, monitor_source=monitor_source, run_source=ClusterRuns(cluster)
+    )
+    digests = {}
     if evidence_source is not None:
-        evidence = await gathering.gather(evidence_source, deployment, namespace, now, monitor_source)
         digests = await gathering.reported_digests(evidence_source, deployment, namespace, now)
     observed = releases.Observed(
         metadata.get("generation", 0),

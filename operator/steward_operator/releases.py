@@ -58,6 +58,8 @@ class Evidence:
     """Live counts since the stage began (Shadowing, Canary)."""
     holdouts: validation.Holdouts | None = None
     """Both versions' held-out results (Validating)."""
+    failure: str | None = None
+    """How the challenger failed on its own, at any stage (a batch run that could not load its bundle)."""
 
 
 @dataclass(frozen=True)

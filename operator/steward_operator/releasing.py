@@ -224,6 +224,7 @@ def _verdict(draft: Draft) -> deciding.Verdict | None:
         step=here.step,
         window=evidence.window,
         holdouts=evidence.holdouts,
+        failure=evidence.failure,
     )
 
 

@@ -21,6 +21,8 @@ class Layout:
     mode: str = "online"
     canary: bool = True
     always_shadows: bool = False
+    timed: bool = True
+    """Whether each answer's latency is measured: a batch run's rows are not, so no latency guardrail judges it."""
 
 
 ONLINE = Layout()
@@ -47,6 +49,8 @@ class LiveStage:
     full: bool = False
     paired: bool = False
     """Both versions answer the same requests (shadow): paired answers can be compared."""
+    timed: bool = True
+    """Answers are timed: latency guardrails can judge the stage."""
 
 
 def path(rollout: specs.Rollout, layout: Layout) -> list[Stage]:
@@ -68,7 +72,8 @@ def live(rollout: specs.Rollout, layout: Layout, phase: specs.Phase, step: int |
     if phase == "Shadowing":
         shadow = rollout.shadow or specs.Shadow()
         following = canary_name(rollout, 0) if layout.canary and judged_steps(rollout) else None
-        return LiveStage("shadow", following, shadow.min_requests, specs.as_timedelta(shadow.min_duration), paired=True)
+        duration = specs.as_timedelta(shadow.min_duration)
+        return LiveStage("shadow", following, shadow.min_requests, duration, paired=True, timed=layout.timed)
     if phase == "Canary":
         if not layout.canary:
             raise ValueError(f"{layout.mode} serving has no canary")

@@ -9,15 +9,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+import pandas as pd
 
 from steward_predictor import datasets, locations
 from steward_predictor.chunks import ChunkScorer, ScoredChunk
+from steward_predictor.comparing import Comparison
 from steward_predictor.defaults import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_REJECT_FRACTION, IfExists, UsageError
 from steward_predictor.progress import Progress
-from steward_predictor.schemas import FeatureSchema
+from steward_predictor.schemas import Checked, Feature, FeatureSchema
 from steward_predictor.scoring import Scorer
 
 
@@ -61,6 +64,8 @@ class Summary:
     counted: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     published: bool = False
+    comparison: Comparison | None = None
+    """With --compare-with: both versions' answers to the same rows."""
 
     def add(self, chunk: ScoredChunk) -> None:
         self.rows_read += chunk.rows
@@ -77,24 +82,28 @@ class Summary:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
     def as_json(self) -> str:
-        return json.dumps(
-            {
-                "runId": self.run_id,
-                "rowsRead": self.rows_read,
-                "rowsScored": self.rows_scored,
-                "rowsRejected": self.rows_rejected,
-                "rejectedFraction": round(self.rejected_fraction, 6),
-                "counted": dict(sorted(self.counted.items())),
-                "seconds": round(self.seconds, 3),
-                "rowsPerSecond": round(self.rows_per_second, 1),
-                "input": self.input,
-                "output": self.output,
-                "rejects": self.rejects,
-                "published": self.published,
-                "modelVersion": self.model_version,
-                "digest": self.digest,
-            }
-        )
+        return json.dumps(self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        found = {
+            "runId": self.run_id,
+            "rowsRead": self.rows_read,
+            "rowsScored": self.rows_scored,
+            "rowsRejected": self.rows_rejected,
+            "rejectedFraction": round(self.rejected_fraction, 6),
+            "counted": dict(sorted(self.counted.items())),
+            "seconds": round(self.seconds, 3),
+            "rowsPerSecond": round(self.rows_per_second, 1),
+            "input": self.input,
+            "output": self.output,
+            "rejects": self.rejects,
+            "published": self.published,
+            "modelVersion": self.model_version,
+            "digest": self.digest,
+        }
+        if self.comparison is not None:
+            found["comparison"] = self.comparison.as_dict()
+        return found
 
 
 def prepare(transaction: datasets.Transaction, settings: Run) -> list[str]:
@@ -126,19 +135,25 @@ def score_batch(
     progress: TextIO | None = None,
     *,
     stopping: threading.Event | None = None,
+    incumbent: Scorer | None = None,
 ) -> Summary:
     """Score every row of the input, write scores and rejects, and publish them: the scores only if no more
     than the allowed fraction of rows was rejected (else `RejectedError`), the rejects either way. Once
-    `stopping` is set, the run stops at the next chunk, or before publishing, with KeyboardInterrupt."""
+    `stopping` is set, the run stops at the next chunk, or before publishing, with KeyboardInterrupt. With an
+    `incumbent`, each chunk is scored with its bundle too (nothing of it written), and the summary compares the
+    two."""
     bundle = scorer.bundle
     chunk_scorer = ChunkScorer(scorer, run_id=settings.run_id, id_column=settings.id_column)
+    incumbent_scorer = None if incumbent is None else ChunkScorer(incumbent, run_id=settings.run_id)
     schema = bundle.schema
+    schemas = [schema] if incumbent is None else [schema, incumbent.bundle.schema]
+    features = list({feature.name: feature for each in reversed(schemas) for feature in each.features}.values())
     _refuse_missing_columns(settings.input, schema, columns)
     rejects_mode: IfExists = "append" if settings.if_exists == "append" else "replace"
     _check_appendable(transaction, settings.output, settings.if_exists, chunk_scorer.columns)
     _check_appendable(transaction, settings.rejects, rejects_mode, chunk_scorer.reject_columns)
     stream = progress or sys.stderr
-    ignored = [name for name in columns if name not in {*schema.names, settings.id_column}]
+    ignored = [name for name in columns if name not in {*(feature.name for feature in features), settings.id_column}]
     if ignored:
         print(f"steward-predict: ignoring {len(ignored)} input columns the model does not use", file=stream)
 
@@ -149,33 +164,19 @@ def score_batch(
         input=settings.input.display,
         output=settings.output.display,
         rejects=settings.rejects.display,
+        comparison=None if incumbent is None else Comparison(incumbent.bundle, bundle),
     )
     started = time.monotonic()
     output = transaction.writer(settings.output, settings.if_exists)
     rejects = transaction.writer(settings.rejects, rejects_mode)
-    wanted = list(dict.fromkeys(name for name in [settings.id_column, *schema.names] if name and name in columns))
-    chunks = transaction.read(
-        settings.input,
-        wanted,
-        chunk_rows=settings.chunk_rows,
-        # Validation needs no row numbers: files have it done where the chunk is read, a chunk ahead.
-        prepare=chunk_scorer.prepare,
-        numbers=[feature.name for feature in schema.features if feature.kind == "numeric"],
-        texts=[
-            *(feature.name for feature in schema.features if feature.kind == "categorical"),
-            *([settings.id_column] if settings.id_column else []),
-        ],
-        categories=[
-            feature.name
-            for feature in schema.features
-            if feature.categories is not None and feature.name != settings.id_column
-        ],
-    )
+    chunks = _chunks(transaction, settings, chunk_scorer, columns, features, whole=incumbent is not None)
     bar = Progress(stream, transaction.count(settings.input))
     try:
         for frame, checked in chunks:
             _stop_if_asked(stopping)
             chunk = chunk_scorer.score(frame, summary.rows_read, checked=checked)
+            if incumbent_scorer is not None and summary.comparison is not None:
+                summary.comparison.add(incumbent_scorer.score(frame, summary.rows_read), chunk)
             output.write(chunk.scores)
             rejects.write(chunk.rejects)
             summary.add(chunk)
@@ -205,6 +206,37 @@ def score_batch(
             summary,
         )
     return summary
+
+
+def _chunks(
+    transaction: datasets.Transaction,
+    settings: Run,
+    chunk_scorer: ChunkScorer,
+    columns: Sequence[str],
+    features: Sequence[Feature],
+    *,
+    whole: bool,
+) -> Iterator[tuple[pd.DataFrame, Checked]]:
+    """The input's chunks with the columns `features` need, read as their kinds say, each checked. Validation
+    needs no row numbers: files have it done where the chunk is read, a chunk ahead. With `whole`, each chunk
+    keeps every column read, for another bundle to score too."""
+    named = [settings.id_column, *(feature.name for feature in features)]
+    return transaction.read(
+        settings.input,
+        list(dict.fromkeys(name for name in named if name and name in columns)),
+        chunk_rows=settings.chunk_rows,
+        prepare=chunk_scorer.prepare_whole if whole else chunk_scorer.prepare,
+        numbers=[feature.name for feature in features if feature.kind == "numeric"],
+        texts=[
+            *(feature.name for feature in features if feature.kind == "categorical"),
+            *([settings.id_column] if settings.id_column else []),
+        ],
+        categories=[
+            feature.name
+            for feature in features
+            if feature.categories is not None and feature.name != settings.id_column
+        ],
+    )
 
 
 def _stop_if_asked(stopping: threading.Event | None) -> None:

@@ -89,6 +89,10 @@ class ChunkScorer:
             return frame, checked
         return frame[[self.id_column] if self.id_column else []], checked
 
+    def prepare_whole(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, Checked]:
+        """`frame` checked, and kept whole: another bundle scores it too."""
+        return frame, self.check(frame)
+
     def score(
         self,
         frame: pd.DataFrame,

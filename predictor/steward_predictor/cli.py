@@ -131,6 +131,15 @@ def predict_parser() -> argparse.ArgumentParser:
     model.add_argument("--bundle", default=DEFAULT_URI, metavar="URI", help="bundle path or URL (default: %(default)s)")
     model.add_argument("--digest", metavar="SHA256", help="refuse the bundle unless its digest is this (sha256:...)")
     _trust_flags(model)
+    model.add_argument(
+        "--compare-with",
+        metavar="URI",
+        help="the incumbent version's bundle: score every chunk with it too (nothing of it is written) and compare "
+        "the two versions' answers row by row; the comparison goes into the summary (a release's shadow run)",
+    )
+    model.add_argument(
+        "--compare-digest", metavar="SHA256", help="refuse the --compare-with bundle unless its digest is this"
+    )
     data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
     data.add_argument("--input", required=True, metavar="URI", help=LOCATION_HELP)
     data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
@@ -174,6 +183,12 @@ def predict_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ID",
         help="prefix of the request ids <run id>-<row> (default: a new random hex id per run)",
+    )
+    run.add_argument(
+        "--summary-file",
+        metavar="PATH",
+        help="also write the summary here, compact and at most 4 KiB, and on a failed run what failed: in a pod, "
+        "/dev/termination-log, where Kubernetes keeps it as the container's termination message",
     )
     _stream_parser(commands)
     return root

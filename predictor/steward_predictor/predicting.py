@@ -10,13 +10,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 from threadpoolctl import threadpool_limits
 
-from steward_predictor import allocators, batch, datasets, locations, scoring
+from steward_predictor import allocators, batch, comparing, datasets, locations, scoring
 from steward_predictor.bundles import BundleError
 from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_REJECTED, EXIT_USAGE, UsageError
+
+_ERROR_CHARACTERS = 600
+"""The most of an error's words a summary file carries: the termination message has room for little more."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,40 +35,64 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
+    refused = "challenger" if args.compare_with else "model"
     try:
         settings = _settings(args)
         with _stopped_by_signals() as stopping, datasets.Transaction(settings.run_id) as transaction:
             columns = batch.prepare(transaction, settings)
-            scorer = scoring.load(
-                args.bundle, digest=args.digest, allow_pickle=args.allow_pickle, trusted_types=args.trust_type
-            )
+            scorer = _load(args, args.bundle, args.digest)
+            incumbent = None
+            if args.compare_with:
+                refused = "incumbent"
+                incumbent = _load(args, args.compare_with, args.compare_digest)
+                refused = "challenger"
             bundle = scorer.bundle
+            compared = f", compared with {incumbent.bundle.metadata.model_version}" if incumbent else ""
             _say(
                 f"scoring {settings.input.display} with model {bundle.metadata.model_version} ({bundle.digest}) "
-                f"into {settings.output.display}, run {settings.run_id}"
+                f"into {settings.output.display}{compared}, run {settings.run_id}"
             )
-            summary = batch.score_batch(transaction, settings, scorer, columns, stopping=stopping)
+            summary = batch.score_batch(transaction, settings, scorer, columns, stopping=stopping, incumbent=incumbent)
     except (UsageError, locations.LocationError) as error:
-        _say(f"error: {error}")
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, "usage", f"error: {error}")
     except BundleError as error:
-        _say(f"bundle refused: {error}")
-        return EXIT_REFUSED
+        return _failed(args, EXIT_REFUSED, f"{refused} bundle refused", f"bundle refused: {error}")
     except batch.RejectedError as error:
         if error.summary is not None:
             print(error.summary.as_json(), flush=True)
-        _say(f"rejected: {error}")
-        return EXIT_REJECTED
+        return _failed(args, EXIT_REJECTED, "rejected", f"rejected: {error}", error.summary)
     except locations.DatasetError as error:
         # Publishing that failed past undoing says itself what the output holds.
         unpublished = "" if isinstance(error, locations.PublishingError) else "; nothing was published"
-        _say(f"failed: {error}{unpublished}")
-        return EXIT_FAILED
+        return _failed(args, EXIT_FAILED, "runtime", f"failed: {error}{unpublished}")
     except KeyboardInterrupt:
-        _say("interrupted; nothing was published")
-        return EXIT_FAILED
+        return _failed(args, EXIT_FAILED, "interrupted", "interrupted; nothing was published")
     print(summary.as_json(), flush=True)
+    _write_summary(args, summary.as_dict())
     return EXIT_OK
+
+
+def _load(args: argparse.Namespace, uri: str, digest: str | None) -> scoring.Scorer:
+    return scoring.load(uri, digest=digest, allow_pickle=args.allow_pickle, trusted_types=args.trust_type)
+
+
+def _failed(
+    args: argparse.Namespace, code: int, failure: str, message: str, summary: batch.Summary | None = None
+) -> int:
+    """Say what failed, on stderr and in the summary file, and return the exit code."""
+    _say(message)
+    found = summary.as_dict() if summary is not None else {}
+    _write_summary(args, {**found, "failed": failure, "exitCode": code, "error": message[:_ERROR_CHARACTERS]})
+    return code
+
+
+def _write_summary(args: argparse.Namespace, summary: dict[str, object]) -> None:
+    if not args.summary_file:
+        return
+    try:
+        Path(args.summary_file).write_text(comparing.message(summary), encoding="utf-8")
+    except OSError as error:
+        _say(f"could not write the summary to {args.summary_file}: {error}")
 
 
 def _settings(args: argparse.Namespace) -> batch.Run:

@@ -35,6 +35,8 @@ _ALLOWED = [
     ("get", "gateways.gateway.networking.k8s.io", ""),
     ("get", "gatewayclasses.gateway.networking.k8s.io", ""),
     *((verb, "jobs.batch", "") for verb in ("get", "list", "create", "patch")),
+    # A batch challenger's runs, read from their pods' termination messages.
+    ("list", "pods", ""),
     *((verb, resource, "") for resource in ("events", "events.events.k8s.io") for verb in ("create", "patch")),
 ]
 _DENIED = [
@@ -42,6 +44,9 @@ _DENIED = [
     ("list", "secrets", ""),
     ("get", "configmaps", ""),
     ("get", "pods", ""),
+    ("watch", "pods", ""),
+    ("create", "pods", ""),
+    ("get", "pods", "log"),
     ("create", "deployments.apps", ""),
     ("create", "modeldeployments.steward.dev", ""),
     ("update", "modeldeployments.steward.dev", ""),
@@ -86,6 +91,7 @@ def test_the_operator_may_do_exactly_what_it_needs(helm: Helm, cluster: Kubectl,
             ("gateway.networking.k8s.io", "gatewayclasses"): ["get"],
             ("batch", "jobs"): ["create", "get", "list", "patch"],
             ("discovery.k8s.io", "endpointslices"): ["list"],
+            ("", "pods"): ["list"],
             ("", "events"): ["create", "patch"],
             ("events.k8s.io", "events"): ["create", "patch"],
         }
@@ -166,6 +172,17 @@ def test_the_operator_runs_on_the_charts_rbac_alone(
         wait_until(lambda: phase("churn") == "Canary")
         answered = cluster.json("get", "modelcommand", "churn-promote", "-n", namespace)
         assert answered["status"]["outcome"] == "Done"
+        # A batch release reads its challenger's Jobs and their pods: with no run yet, it holds; it would pause,
+        # saying why, if it could not read them.
+        bundle = '{"spec":{"model":{"version":"v13","bundle":"s3://models/credit-limits/v13/"}}}'
+        cluster.run("patch", "md", "credit-limits", "-n", namespace, "--type=merge", "-p", bundle)
+
+        def analysed() -> str | None:
+            status = cluster.json("get", "md", "credit-limits", "-n", namespace).get("status", {})
+            decision: str | None = (status.get("lastAnalysis") or {}).get("decision")
+            return decision if status.get("phase") == "Validating" else None
+
+        assert wait_until(analysed) == "hold"
         assert answered["metadata"]["ownerReferences"][0]["name"] == "churn"
         assert "Forbidden" not in operator.log.read_text()
     finally:

@@ -152,7 +152,9 @@ def test_a_batch_challenger_scores_in_shadow_before_it_takes_over(deploy: Any) -
     credit.apply(version(credit.manifest, "v13"))
     credit.wait("Validating")
     jobs = {job["metadata"]["name"]: job for job in credit.of_kind("CronJob")}
-    assert jobs["credit-limits--v13"]["spec"]["suspend"] is True
+    # From Validating on, its runs compare it with the incumbent: what the release is judged on.
+    arguments = jobs["credit-limits--v13"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arguments[arguments.index("--compare-with") + 1] == "s3://models/credit-limits/v12/"
     credit.steward("promote")
     credit.wait("Shadowing", shadow=100)
     shadow = next(job for job in credit.of_kind("CronJob") if job["metadata"]["name"] == "credit-limits--v13")

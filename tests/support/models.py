@@ -92,6 +92,13 @@ def breast_cancer(directory: Path, version: str = "v1", c: float = 1.0, *, shuff
     return _train(pipeline, x, y, directory / "breast-cancer", version)
 
 
+def contenders(directory: Path, *shuffled: str) -> dict[str, Trained]:
+    """Breast cancer classifiers to release one after another: v1, v2 as good (less regularised), and under each
+    name in `shuffled` one trained on shuffled outcomes, as fast and as error-free but answering otherwise."""
+    found = {"v1": breast_cancer(directory, "v1"), "v2": breast_cancer(directory, "v2", c=0.5)}
+    return found | {name: breast_cancer(directory, name, shuffled=True) for name in shuffled}
+
+
 def wine(directory: Path, version: str = "v1") -> Trained:
     """Three-class classifier with string labels."""
     x, y = load_wine(return_X_y=True, as_frame=True)

@@ -18,6 +18,7 @@ from steward_operator.modes.batch import Batch, cron_job, shadow_location
 from steward_operator.planners import plan, release_of
 from steward_predictor import locations
 from steward_predictor.cli import predict_parser as parser
+from steward_predictor.defaults import EXIT_REFUSED, EXIT_REJECTED, EXIT_USAGE
 from tests.conftest import REPOSITORY
 
 DIGEST = "sha256:9f2c4b1e0d8a7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b"
@@ -230,18 +231,44 @@ def test_a_cron_job_needs_batch_settings() -> None:
     )
     owner = Owner(name="churn", namespace="ml", uid="uid-1", traffic=spec.rollout.traffic)
     with pytest.raises(ValueError, match=r"serving\.batch is required"):
-        cron_job(owner, spec, V12, "incumbent", suspended=False)
+        cron_job(owner, spec, V12, "incumbent")
 
 
 # --- the challenger's CronJob --------------------------------------------------------------------------------
 
 
-def test_the_challenger_is_suspended_until_the_shadow_stage_begins() -> None:
-    incumbent, challenger = _jobs(Release(V12, V13))
-    assert incumbent["spec"]["suspend"] is False
-    assert challenger["spec"]["suspend"] is True
-    _, challenger = _jobs(Release(V12, V13, shadow_percent=100))
-    assert challenger["spec"]["suspend"] is False
+def test_the_challenger_runs_from_validation_on_comparing_itself_with_the_incumbent() -> None:
+    for release in (Release(V12, V13), Release(V12, V13, shadow_percent=100)):
+        incumbent, challenger = _jobs(release)
+        assert (incumbent["spec"]["suspend"], challenger["spec"]["suspend"]) == (False, False)
+        ours, theirs = _parsed(incumbent), _parsed(challenger)
+        assert (theirs.compare_with, theirs.compare_digest) == (V12.bundle, V12.digest)
+        assert theirs.summary_file == "/dev/termination-log"
+        assert (ours.compare_with, ours.summary_file) == (None, None)
+
+
+def test_a_run_that_would_fail_the_same_way_again_is_not_retried() -> None:
+    (job,) = _jobs(Release(V12))
+    rules = job["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "predictor", "operator": "In", "values": [2, 3, 4]}}
+    ]
+    assert [EXIT_USAGE, EXIT_REJECTED, EXIT_REFUSED] == [2, 3, 4]
+    assert job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_a_pvc_bundle_compared_with_is_mounted_once_beside_the_challengers() -> None:
+    incumbent = Live("v12", "pvc://bundles/credit/v12")
+    _, challenger = _jobs(Release(incumbent, Live("v13", "pvc://bundles/credit/v13")))
+    arguments = _parsed(challenger)
+    assert (arguments.bundle, arguments.compare_with) == (
+        "/mnt/bundles/bundles/credit/v13",
+        "/mnt/bundles/bundles/credit/v12",
+    )
+    assert [
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in challenger["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+    ] == ["bundles"]
 
 
 def test_the_challenger_scores_the_same_input_into_a_shadow_location() -> None:
@@ -381,7 +408,7 @@ def test_a_batch_release_plans_the_challenger_from_validation_to_promotion() -> 
     jobs = _jobs(release_of(status), spec)
     assert [(job["metadata"]["name"], job["spec"]["suspend"]) for job in jobs] == [
         ("credit-limits--v12", False),
-        ("credit-limits--v13", True),
+        ("credit-limits--v13", False),
     ]
 
     status = _advance(spec, status, "promote")

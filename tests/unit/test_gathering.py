@@ -98,7 +98,7 @@ def _deployment(example: str = "full.yaml", **status: Any) -> specs.ModelDeploym
 
 
 def _gather(deployment: specs.ModelDeployment, provider: Recording, pairs: Pairing | None = None) -> Any:
-    return asyncio.run(gather(provider, deployment, "ml", NOW, pairs))
+    return asyncio.run(gather(provider, deployment, "ml", NOW, monitor_source=pairs))
 
 
 def test_a_canary_reads_both_versions_since_its_split_took_effect() -> None:
@@ -143,10 +143,10 @@ def test_an_unreadable_provider_is_evidence_with_nothing_in_it() -> None:
         # The challenger is not ready yet: the split the stage asks for has not taken effect.
         ("full.yaml", {"weights": {"incumbent": 100, "challenger": 0, "shadow": 0}}),
         ("full.yaml", {"phase": "RolledBack", "canaryStep": None}),
-        # A batch challenger's shadow runs are not scraped.
+        # A batch challenger is judged on its runs, which nothing reads without a run source.
         ("batch.yaml", {"phase": "Shadowing", "canaryStep": None, "weights": {"incumbent": 100, "shadow": 100}}),
     ],
-    ids=["no release", "paused", "traffic not moved", "switching back", "batch shadow"],
+    ids=["no release", "paused", "traffic not moved", "switching back", "batch without a run source"],
 )
 def test_nothing_is_read_when_no_stage_is_being_judged(example: str, status: dict[str, Any]) -> None:
     provider = Recording()

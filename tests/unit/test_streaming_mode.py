@@ -130,7 +130,7 @@ def test_both_versions_are_ready_once_every_worker_runs_the_current_template() -
 def test_streaming_releases_walk_the_online_stages_and_are_judged_on_the_workers_metrics() -> None:
     streaming = modes.mode("streaming")
     assert streaming is not None
-    assert streaming.scraped
+    assert streaming.evidence == "scrapes"
     assert streaming.layout.canary
     assert not streaming.layout.always_shadows
     assert streaming.gateway("payment-fraud", "tns", V2.version, _spec()) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from steward_operator import specs
 from steward_operator.children import Owner
@@ -51,9 +51,10 @@ class ServingMode(Protocol):
     layout: Layout
     """The release stages it supports: whether live traffic is split in canary steps, and whether a shadow stage
     is always taken."""
-    scraped: bool
-    """Whether its predictors' metrics are scraped while they serve: then live stages are judged on them and
-    versions are pinned to the bundle digest they report; otherwise a person promotes past Validating."""
+    evidence: Literal["scrapes", "runs"]
+    """What its live stages are judged on. scrapes: its predictors' metrics, scraped while they serve, and versions
+    are pinned to the bundle digest they report. runs: its challenger's runs, each scoring the same input with both
+    versions and leaving the comparison in its termination message (held-out results for Validating too)."""
     lags: bool
     """Whether its workers read a queue and report how far each version is behind it (status.lag)."""
     children: tuple[Kind, ...]

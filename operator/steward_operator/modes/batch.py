@@ -1,10 +1,10 @@
-"""Batch serving: one CronJob per live version running `steward-predict batch`; a challenger scores the same input
-into a shadow location, then takes over. Its runs are not scraped, so a release past Validating is promoted by a
-person."""
+"""Batch serving: one CronJob per live version running `steward-predict batch`. A challenger scores the same input
+into a shadow location with the incumbent's bundle beside its own, comparing the two row by row; its runs' summaries
+(in their pods' termination messages) are the evidence its release is judged on, and it then takes over."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from steward_contracts import environment as env
 from steward_operator import settings, specs
@@ -14,20 +14,26 @@ from steward_operator.modes import bundles
 from steward_operator.modes.base import Live, Plan, Release
 from steward_operator.stages import Layout
 
+DETERMINED = {"containerName": "predictor", "operator": "In", "values": [2, 3, 4]}
+"""steward-predict batch's exit codes that another try cannot change: usage, rejected, bundle refused."""
+TERMINATION_LOG = "/dev/termination-log"
+"""Where a container's termination message is written: a challenger's run leaves its comparison there."""
+
 
 class Batch:
     name: str = "batch"
-    layout: Layout = Layout("batch", canary=False, always_shadows=True)
-    scraped: bool = False
+    layout: Layout = Layout("batch", canary=False, always_shadows=True, timed=False)
+    evidence: Literal["scrapes", "runs"] = "runs"
     lags: bool = False
     children: tuple[Kind, ...] = (CRON_JOB,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
         """One CronJob per live version: the incumbent writes the output; the challenger scores the same input on
-        the same schedule into a shadow location, and stays suspended until the shadow stage begins."""
-        jobs = [cron_job(owner, spec, release.incumbent, "incumbent", suspended=False)]
+        the same schedule, with the incumbent's bundle too, into a shadow location, from Validating on (its runs
+        carry both versions' held-out results, then their comparison)."""
+        jobs = [cron_job(owner, spec, release.incumbent, "incumbent")]
         if release.challenger is not None:
-            jobs.append(cron_job(owner, spec, release.challenger, "shadow", suspended=not release.shadow_percent))
+            jobs.append(cron_job(owner, spec, release.challenger, "shadow", compared=release.incumbent))
         return Plan(serving=jobs)
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
@@ -45,17 +51,23 @@ class Batch:
 
 
 def cron_job(
-    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, suspended: bool
+    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, compared: Live | None = None
 ) -> dict[str, Any]:
-    """A CronJob running the predictor image's batch command (steward-predict batch) on `live`'s bundle."""
+    """A CronJob running the predictor image's batch command (steward-predict batch) on `live`'s bundle; with
+    `compared`, scoring each chunk with that version's bundle too and leaving the comparison in the termination
+    message."""
     batch = spec.serving.batch
     if batch is None:
         raise ValueError("serving.batch is required in batch mode")
     container: dict[str, Any] = {"name": "predictor", "image": settings.PREDICTOR_IMAGE, "command": ["steward-predict"]}
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    arguments = ["batch", "--bundle", *bundles.mount([live.bundle], pod, container)]
+    read = bundles.mount([live.bundle, *([compared.bundle] if compared else [])], pod, container)
+    arguments = ["batch", "--bundle", read[0]]
     if live.digest:
         arguments += ["--digest", live.digest]
+    if compared is not None:
+        arguments += ["--compare-with", read[1], *(["--compare-digest", compared.digest] if compared.digest else [])]
+        arguments += ["--summary-file", TERMINATION_LOG]
     for name in spec.model.trusted_types:
         arguments += ["--trust-type", name]
     output, rejects = batch.output, batch.rejects
@@ -74,7 +86,7 @@ def cron_job(
     labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
     job_spec: dict[str, Any] = {
         "schedule": batch.schedule,
-        "suspend": suspended,
+        "suspend": False,
         # A run still going when the next is due is left to finish; two never write the same output.
         "concurrencyPolicy": "Forbid",
         "successfulJobsHistoryLimit": 3,
@@ -83,6 +95,9 @@ def cron_job(
             "metadata": {"labels": labels},
             "spec": {
                 "backoffLimit": 2,
+                # A bad flag, too many rejected rows or a refused bundle fail the same way every time: only a
+                # runtime failure (exit 1: storage away, the pod evicted) is worth another try.
+                "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": DETERMINED}]},
                 "activeDeadlineSeconds": int(specs.seconds(batch.active_deadline)),
                 "template": {
                     "metadata": {"labels": labels},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, Literal
 
 from steward_contracts import environment as env
 from steward_contracts.metrics import DRIFT_THRESHOLDS
@@ -29,7 +29,7 @@ _DEPLOYMENT_MODES = frozenset({"Standard", "RawDeployment"})
 class Online:
     name: str = "online"
     layout: Layout = ONLINE
-    scraped: bool = True
+    evidence: Literal["scrapes", "runs"] = "scrapes"
     lags: bool = False
     children: tuple[Kind, ...] = (INFERENCE_SERVICE,)
 

@@ -7,7 +7,7 @@ ordinal) fences the one it replaces."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from steward_operator import settings, specs
 from steward_operator.children import CHALLENGER_LABEL, VERSION_LABEL, Owner, owned
@@ -27,7 +27,7 @@ STOP_SECONDS = 30
 class Streaming:
     name: str = "streaming"
     layout: Layout = Layout("streaming")
-    scraped: bool = True
+    evidence: Literal["scrapes", "runs"] = "scrapes"
     lags: bool = True
     children: tuple[Kind, ...] = (STATEFUL_SET,)
 

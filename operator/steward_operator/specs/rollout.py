@@ -134,7 +134,9 @@ class Guardrail(Model):
     rolls back a challenger credibly worse by more than its tolerance at any stage, and holds the last stage until
     the challenger is credibly no worse within it (champion/challenger: outcomes arriving days later are the
     normal case, so give the release a rollout.maxDuration that long). A guardrail without data on both versions
-    holds the release: no data is not a pass."""
+    holds the release: no data is not a pass. In batch, the challenger's runs score the same rows with both
+    versions: a row is a request, a rejected row an error, and disagreement counts the rows they answer
+    differently; latency and slowRequests are not judged there (no row is timed)."""
     tolerance: float = Field(0.0, ge=0)
     """How much worse the challenger may be before it counts as a breach, absolute, in the metric's units (a
     share of requests, a distance, for latency a chance above one half: 0.05 lets a challenger be slower in 55%

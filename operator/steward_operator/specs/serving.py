@@ -131,8 +131,9 @@ class BatchServing(Model):
                 ".output",
             ),
             cel(
-                "(self.input.format == 'sql') == has(self.input.table)"
-                " && (self.output.format == 'sql') == has(self.output.table)",
+                # Unset, format is inferred from the URI: only an explicit sql goes with a table.
+                "(has(self.input.format) && self.input.format == 'sql') == has(self.input.table)"
+                " && (has(self.output.format) && self.output.format == 'sql') == has(self.output.table)",
                 "table is required with format sql, and only with it",
             ),
         )
