@@ -22,6 +22,8 @@ ONLINE_NAMESPACE = "story"
 """Where the online release story plays."""
 STREAMING_NAMESPACE = "streaming-story"
 """Where the streaming release story plays."""
+BATCH_NAMESPACE = "batch-story"
+"""Where the batch release story plays."""
 SYSTEM = "steward-system"
 """Where the chart installs the operator and the monitor."""
 

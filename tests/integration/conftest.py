@@ -4,10 +4,6 @@ plane, one PostgreSQL server for the session, and an S3-compatible server for ea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +19,14 @@ from steward_harness.dataplane import DataPlane
 from steward_harness.kafka import Kafka
 from steward_harness.kubectl import Kubectl
 from steward_harness.monitors import Monitor
+from steward_harness.object_stores import ObjectStore
 from steward_harness.operators import Operator
 from steward_harness.postgres import Postgres
-from steward_harness.servers import free_ports
 from steward_monitor.stores import METADATA
 from tests.support.deployments import Deployment
 
 _STARTUP_KEY = pytest.StashKey[float]()
 OPERATED = "op-"
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "steward",
-    "AWS_SECRET_ACCESS_KEY": "steward-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="session")
@@ -56,31 +47,10 @@ def postgres(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def s3() -> Iterator[dict[str, str]]:
     """A real S3 API on loopback (moto in server mode); yields the environment a client needs to reach it."""
-    port = free_ports(1)[0]
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    moto = Path(sys.executable).parent / "moto_server"
-    with (
-        log.open("wb") as output,
-        subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=subprocess.STDOUT
-        ) as process,
-    ):
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - loopback
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        try:
-            yield {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-        finally:
-            process.terminate()
+    with ObjectStore() as store:
+        yield store.environment
 
 
 @pytest.fixture(scope="session")
