@@ -170,7 +170,9 @@ def decide(
     differently, and pairedAccuracy: on those whose outcome has arrived, the incumbent's accuracy less the
     challenger's; outcome: each version's mean loss on the predictions whose outcomes are due, a gate) is an
     anytime-valid test at its share of alpha = 1 - rollout.confidence (split equally among the
-    stage's guardrails, Bonferroni), against its own tolerance.
+    stage's guardrails, Bonferroni), against its own tolerance. In batch, the challenger's runs compare both
+    versions on the same rows: a row is a request, a rejected row an error, and no latency guardrail is judged
+    (no row is timed).
     After rules 1 to 4:
 
     6. Any guardrail credibly worse -> rollback, at once: a credibly worse challenger never waits for the stage's
