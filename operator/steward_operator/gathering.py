@@ -44,14 +44,16 @@ async def gather(
         return None
     stage = Stage(status.phase or "Validating", status.canary_step)
     serving = modes.mode(spec.serving.mode)
-    judged_on_runs = serving is not None and serving.evidence == "runs"
-    if serving is None or (run_source if judged_on_runs else source) is None:
+    if serving is None:
         return None
     try:
-        if run_source is not None and judged_on_runs:
-            return await _from_runs(run_source, deployment, namespace, stage, now, incumbent, challenger)
-        assert source is not None  # noqa: S101 -- checked above
-        return await _from_scrapes(source, deployment, namespace, stage, now, monitor_source, serving)
+        if serving.evidence == "runs":
+            return None if run_source is None else await _from_runs(run_source, deployment, namespace, stage, now)
+        return (
+            None
+            if source is None
+            else await _from_scrapes(source, deployment, namespace, stage, now, monitor_source, serving)
+        )
     except MetricsUnavailableError:
         return releases.Evidence(challenger.version, stage, status.stage_started)
 
@@ -101,30 +103,22 @@ async def _from_scrapes(  # noqa: PLR0917 -- the sources and what gather found o
     return releases.Evidence(challenger.version, stage, since, window=window)
 
 
-async def _from_runs(  # noqa: PLR0917 -- the source and what gather found of the release
-    source: RunSource,
-    deployment: specs.ModelDeployment,
-    namespace: str,
-    stage: Stage,
-    now: datetime,
-    incumbent: specs.ServedVersion,
-    challenger: specs.ServedVersion,
+async def _from_runs(
+    source: RunSource, deployment: specs.ModelDeployment, namespace: str, stage: Stage, now: datetime
 ) -> releases.Evidence:
     """The evidence of the challenger's runs that compared it with this incumbent: in Validating, both bundles'
     held-out results from the newest run since the challenger began; in Shadowing, the sum of the runs that
     finished since the stage began. A run that could not load the challenger's bundle is its failure."""
-    started = deployment.status.stage_started
+    status = deployment.status
+    incumbent, challenger = status.incumbent, status.challenger
+    if incumbent is None or challenger is None:
+        raise ValueError("no release to gather evidence for")
+    started = status.stage_started
     since = (challenger.since if stage.phase == "Validating" else started) or now
     found = await source.runs(deployment.metadata["name"], challenger.version, since, namespace=namespace)
     refused = next((run for run in found if run.failed == runs.REFUSED), None)
     failure = None if refused is None else f"its run {refused.job} could not load its bundle: {refused.error}"
-    compared = [
-        run
-        for run in found
-        if run.incumbent is not None
-        and run.challenger is not None
-        and (run.incumbent.version, run.challenger.version) == (incumbent.version, challenger.version)
-    ]
+    compared = [run for run in found if run.compares(incumbent.version, challenger.version)]
     if stage.phase == "Validating":
         newest = compared[-1] if compared else None
         holdouts = Holdouts(

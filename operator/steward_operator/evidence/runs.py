@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -56,6 +57,14 @@ class Run:
     challenger: Side | None = None
     pairs: int = 0
     disagreements: int = 0
+
+    def compares(self, incumbent: str, challenger: str) -> bool:
+        """Whether the run compared these two versions."""
+        return (
+            self.incumbent is not None
+            and self.challenger is not None
+            and (self.incumbent.version, self.challenger.version) == (incumbent, challenger)
+        )
 
 
 class RunSource(Protocol):
@@ -143,28 +152,23 @@ def _count(found: dict[str, Any], key: str, where: str = "") -> int:
 def window(runs: list[Run]) -> tuple[ArmCounts, ArmCounts, PairCounts]:
     """Both versions' counts over the runs that compared them, as the live guardrails read them: a row is a
     request, a rejected row an error."""
-    compared = [run for run in runs if run.incumbent is not None and run.challenger is not None]
-    newest = max((run.finished for run in compared), default=None)
-    arms = []
-    for sides in ([run.incumbent for run in compared], [run.challenger for run in compared]):
-        predictions: dict[str, int] = {}
+    compared = [(run, run.incumbent, run.challenger) for run in runs if run.incumbent and run.challenger]
+    newest = max((run.finished for run, _, _ in compared), default=None)
+
+    def arm(sides: list[Side]) -> ArmCounts:
+        predictions: Counter[str] = Counter()
         for side in sides:
-            if side is None:
-                continue
-            for label, count in side.predictions.items():
-                predictions[label] = predictions.get(label, 0) + count
-        present = [side for side in sides if side is not None]
-        arms.append(
-            ArmCounts(
-                requests=sum(side.rows for side in present),
-                errors=sum(side.rejected for side in present),
-                predictions=predictions,
-                targets=len(present),
-                newest=newest,
-            )
+            predictions.update(side.predictions)
+        return ArmCounts(
+            requests=sum(side.rows for side in sides),
+            errors=sum(side.rejected for side in sides),
+            predictions=dict(predictions),
+            targets=len(sides),
+            newest=newest,
         )
-    pairs = PairCounts(sum(run.pairs for run in compared), sum(run.disagreements for run in compared))
-    return arms[0], arms[1], pairs
+
+    pairs = PairCounts(sum(run.pairs for run, _, _ in compared), sum(run.disagreements for run, _, _ in compared))
+    return arm([side for _, side, _ in compared]), arm([side for _, _, side in compared]), pairs
 
 
 class ClusterRuns:
