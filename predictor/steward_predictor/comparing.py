@@ -58,21 +58,21 @@ class Comparison:
 
     def add(self, incumbent: ScoredChunk, challenger: ScoredChunk) -> None:
         """Both versions' scores of one chunk."""
+        answers = []
         for side, chunk in ((self.incumbent, incumbent), (self.challenger, challenger)):
+            found = _answers(chunk.scores.column(PREDICTION))
             side.rows += chunk.rows
             side.rejected += chunk.rejected
-            side.predictions.update(self._binned(chunk.scores.column(PREDICTION)))
+            side.predictions.update(self._binned(found))
+            answers.append(found)
         rows_i = incumbent.scores.column(ROW).to_numpy()
         rows_c = challenger.scores.column(ROW).to_numpy()
         both, at_i, at_c = np.intersect1d(rows_i, rows_c, assume_unique=True, return_indices=True)
-        answers_i = _answers(incumbent.scores.column(PREDICTION))[at_i]
-        answers_c = _answers(challenger.scores.column(PREDICTION))[at_c]
         self.pairs += len(both)
-        self.disagreements += int(np.count_nonzero(answers_i != answers_c))
+        self.disagreements += int(np.count_nonzero(answers[0][at_i] != answers[1][at_c]))
 
-    def _binned(self, predictions: pa.ChunkedArray) -> Counter[str]:
-        values = _answers(predictions)
-        index = self.bins.bin(values if self.bins.kind == "numeric" else values.astype(str))
+    def _binned(self, answers: np.ndarray) -> Counter[str]:
+        index = self.bins.bin(answers if self.bins.kind == "numeric" else answers.astype(str))
         found, counts = np.unique(index[index >= 0], return_counts=True)
         labels = self.bins.labels
         return Counter({labels[bin_]: int(count) for bin_, count in zip(found.tolist(), counts.tolist(), strict=True)})
