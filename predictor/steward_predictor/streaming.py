@@ -416,7 +416,10 @@ def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = Non
         signal.signal(signum, _stop_starting)
     try:
         started = _start(args)
-    except _StoppedStartingError:
+    except BaseException:
+        if not _StoppedStartingError.asked.is_set():
+            raise
+        # Raised inside the Kafka client's C code, the stop may come back as an error of the client's own.
         print(json.dumps({"stopped": True}), flush=True)
         return EXIT_OK
     if isinstance(started, int):
@@ -441,8 +444,11 @@ class _StoppedStartingError(BaseException):
     """SIGTERM or SIGINT before the worker ran: nothing was consumed, so nothing is left to finish. Not an
     Exception, so that no handler in the loading it interrupts (a bundle's golden replay) takes it for a failure."""
 
+    asked = threading.Event()
+
 
 def _stop_starting(*_: object) -> None:
+    _StoppedStartingError.asked.set()
     raise _StoppedStartingError
 
 
