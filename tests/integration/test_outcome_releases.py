@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from tests.support.waiting import wait_until
 PREFIX = "oc-"
 NAME = "triage"
 LABEL_DELAY = 3.0
+IN_FLIGHT = 16
 
 
 @dataclass
@@ -83,7 +85,9 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path_factory: pytes
 
 @dataclass
 class Labelled:
-    """Requests at a steady rate, each with its own request id; its true outcome posted to the monitor once due."""
+    """Requests at a steady rate, each with its own request id; its true outcome posted to the monitor once due.
+    The rate holds however slowly requests are answered (up to `IN_FLIGHT` at once), so a loaded machine delays the
+    verdict by its latency, not by a multiple of it."""
 
     url: str
     rows: list[dict[str, Any]]
@@ -97,11 +101,10 @@ class Labelled:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _senders: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(IN_FLIGHT, "labelled"))
 
     def start(self) -> Labelled:
-        self._threads = [threading.Thread(target=self._send, args=(index,), daemon=True) for index in range(3)] + [
-            threading.Thread(target=self._post_due, daemon=True)
-        ]
+        self._threads = [threading.Thread(target=target, daemon=True) for target in (self._pace, self._post_due)]
         for thread in self._threads:
             thread.start()
         return self
@@ -110,31 +113,36 @@ class Labelled:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=35)
+        self._senders.shutdown(cancel_futures=True)
 
-    def _send(self, worker: int) -> None:
-        chooser = random.Random(worker)  # noqa: S311 -- sampling rows, not secrets
-        interval, due = 3 / self.rate, time.monotonic()
+    def _pace(self) -> None:
+        chooser = random.Random(0)  # noqa: S311 -- sampling rows, not secrets
+        due = time.monotonic()
         while not self._stop.is_set():
-            index = chooser.randrange(len(self.rows))
-            request_id = f"{worker}-{uuid.uuid4().hex}"
-            body = json.dumps({"instances": [self.rows[index]]}).encode()
-            request = urllib.request.Request(  # noqa: S310 -- the local gateway
-                self.url,
-                data=body,
-                method="POST",
-                headers={"content-type": "application/json", "x-request-id": request_id},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                    version = response.headers.get("x-steward-model-version", "?")
-            except (urllib.error.URLError, OSError):
-                version = "unanswered"
-            with self._lock:
-                self.answered[version] = self.answered.get(version, 0) + 1
-                if version != "unanswered":
-                    self._due.append((time.monotonic() + LABEL_DELAY, request_id, self.truth[index]))
-            due += interval
+            self._senders.submit(self._send, chooser.randrange(len(self.rows)))
+            due += 1 / self.rate
             self._stop.wait(max(0.0, due - time.monotonic()))
+
+    def _send(self, index: int) -> None:
+        if self._stop.is_set():
+            return
+        request_id = uuid.uuid4().hex
+        body = json.dumps({"instances": [self.rows[index]]}).encode()
+        request = urllib.request.Request(  # noqa: S310 -- the local gateway
+            self.url,
+            data=body,
+            method="POST",
+            headers={"content-type": "application/json", "x-request-id": request_id},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                version = response.headers.get("x-steward-model-version", "?")
+        except (urllib.error.URLError, OSError):
+            version = "unanswered"
+        with self._lock:
+            self.answered[version] = self.answered.get(version, 0) + 1
+            if version != "unanswered":
+                self._due.append((time.monotonic() + LABEL_DELAY, request_id, self.truth[index]))
 
     def _post_due(self) -> None:
         while not self._stop.wait(0.5):
@@ -206,10 +214,7 @@ def test_a_challenger_wrong_more_often_on_matured_outcomes_is_rolled_back(world:
     # Trained on shuffled outcomes: as fast and as error-free as v1, and right about as often as a coin.
     wrong = models.breast_cancer(tmp_path / "wrong", "v2", shuffled=True)
     with _release(world, tmp_path, wrong, label=True) as (namespace, _):
-        rolled = wait_until(
-            lambda: (status := _status(world.kubectl, namespace)).get("phase") == "RolledBack" and status,
-            timeout=180,
-        )
+        rolled = _reaches(world.kubectl, namespace, "RolledBack", timeout=180)
         shown = steward_status(world.kubectl, NAME, namespace)
     analysis = rolled["lastAnalysis"]
     assert analysis["rule"].startswith("guardrail outcome failed"), analysis
@@ -226,10 +231,7 @@ def test_an_equal_challenger_is_promoted_once_credibly_no_worse_on_matured_outco
 ) -> None:
     equal = models.breast_cancer(tmp_path / "equal", "v2")
     with _release(world, tmp_path, equal, label=True) as (namespace, _):
-        promoted = wait_until(
-            lambda: (status := _status(world.kubectl, namespace)).get("phase") == "Promoted" and status,
-            timeout=240,
-        )
+        promoted = _reaches(world.kubectl, namespace, "Promoted", timeout=240)
     outcome = next(item for item in promoted["lastAnalysis"]["evidence"] if item["metric"] == "outcome")
     assert promoted["lastAnalysis"]["decision"] == "promote", promoted["lastAnalysis"]
     assert outcome["verdict"] == "pass"
@@ -246,6 +248,28 @@ def test_without_outcomes_the_last_step_holds_and_says_what_it_waits_for(world: 
     assert held["lastAnalysis"]["decision"] == "hold"
     assert "the challenger has 0 of the 100 it needs" in held["lastAnalysis"]["rule"]
     assert (still["phase"], still["challenger"]["version"]) == ("Canary", "v2")
+
+
+def _reaches(kubectl: Kubectl, namespace: str, phase: str, timeout: float) -> dict[str, Any]:
+    """The status once in `phase`; on a timeout, the error shows each phase and rule the release went through, when,
+    and its last status."""
+    started = time.monotonic()
+    seen: dict[str, Any] = {}
+    steps: list[tuple[float, str | None, str | None]] = []
+
+    def check() -> dict[str, Any] | None:
+        seen.clear()
+        seen.update(_status(kubectl, namespace))
+        step = (seen.get("phase"), (seen.get("lastAnalysis") or {}).get("rule"))
+        if not steps or steps[-1][1:] != step:
+            steps.append((round(time.monotonic() - started, 1), *step))
+        return dict(seen) if seen.get("phase") == phase else None
+
+    try:
+        return wait_until(check, timeout=timeout)
+    except TimeoutError as error:
+        went = "\n".join(f"  {at:6.1f} s  {reached}: {rule}" for at, reached, rule in steps)
+        raise TimeoutError(f"{error}; {phase} not reached. The way:\n{went}\nLast: {json.dumps(seen)}") from None
 
 
 def _waiting(status: dict[str, Any]) -> dict[str, Any] | None:
