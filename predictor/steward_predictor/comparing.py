@@ -19,6 +19,10 @@ from steward_predictor.chunks import PREDICTION, ROW, ScoredChunk
 
 MESSAGE_BYTES = 4096
 """The most a container's termination message holds: what Kubernetes keeps of a longer one is its tail."""
+LABEL_CHARS = 64
+"""The longest label of a bin in the comparison, so that the bins (at most the ten classes the incumbent predicted most
+in training and one for the rest) fit a termination message whatever the classes are called. Classes alike in their
+first LABEL_CHARS characters share a bin, for both versions alike."""
 
 
 @dataclass
@@ -74,8 +78,10 @@ class Comparison:
     def _binned(self, answers: np.ndarray) -> Counter[str]:
         index = self.bins.bin(answers if self.bins.kind == "numeric" else answers.astype(str))
         found, counts = np.unique(index[index >= 0], return_counts=True)
-        labels = self.bins.labels
-        return Counter({labels[bin_]: int(count) for bin_, count in zip(found.tolist(), counts.tolist(), strict=True)})
+        labels, binned = self.bins.labels, Counter[str]()
+        for bin_, count in zip(found.tolist(), counts.tolist(), strict=True):
+            binned[labels[bin_][:LABEL_CHARS]] += int(count)
+        return binned
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,8 +103,7 @@ def _answers(predictions: pa.ChunkedArray) -> np.ndarray:
 
 def message(summary: dict[str, Any]) -> str:
     """`summary` as a termination message: whole when it fits MESSAGE_BYTES; else without the locations and the
-    counted problems, then without the predictions per bin (a classifier of many classes), so the counts the
-    operator judges on always arrive."""
+    counted problems, then without the predictions per bin, so the counts the operator judges on always arrive."""
     text = json.dumps(summary, separators=(",", ":"))
     if len(text.encode()) <= MESSAGE_BYTES:
         return text
