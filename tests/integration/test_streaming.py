@@ -29,6 +29,8 @@ from tests.support import models
 from tests.support.waiting import wait_until
 
 TIMEOUT = 30.0
+SCALING_LIMIT = 60_000
+"""The most records the scaling test produces, 800 a second, while it waits for added workers to commit."""
 
 
 @dataclass(frozen=True)
@@ -206,15 +208,16 @@ def test_poison_records_are_dead_lettered_with_their_reasons_atomically_with_the
 
 
 def test_scaling_one_to_three_to_one_worker_keeps_every_record_exactly_once(streams: Streams, rows: list[Any]) -> None:
+    # Records keep coming until each added worker has committed, however slowly it starts, so there are always
+    # records for the partitions it takes over.
     kafka, topics = streams.kafka, streams.topics
-    count, stop = 8000, threading.Event()
+    produced, stop = [0], threading.Event()
 
     def steady() -> None:
-        for start in range(0, count, 200):
-            if stop.is_set():
-                return
-            _produce(kafka, topics.input, _payments(rows, start + 200, start))
-            time.sleep(0.05)
+        while not stop.is_set() and produced[0] < SCALING_LIMIT:
+            _produce(kafka, topics.input, _payments(rows, produced[0] + 200, produced[0]))
+            produced[0] += 200
+            time.sleep(0.25)
 
     producing = threading.Thread(target=steady)
     producing.start()
@@ -223,16 +226,16 @@ def test_scaling_one_to_three_to_one_worker_keeps_every_record_exactly_once(stre
         more = [streams.worker(ordinal) for ordinal in (1, 2)]
         for worker in more:
             _await_commits(worker, 2)
+        stop.set()
+        producing.join()
         for worker in more:
             worker.stop()
             assert worker.returncode is None or worker.returncode == 0
-    except BaseException:
-        stop.set()
-        raise
     finally:
+        stop.set()
         producing.join()
-    answers = _read(kafka, topics.output, count)
-    assert _keys(answers) == Counter({f"k{index}".encode(): 1 for index in range(count)})
+    answers = _read(kafka, topics.output, produced[0])
+    assert _keys(answers) == Counter({f"k{index}".encode(): 1 for index in range(produced[0])})
 
 
 def test_a_shadow_never_writes_and_its_answers_pair_with_the_incumbents_in_the_monitor(
