@@ -57,6 +57,7 @@ class Comparison:
         self.incumbent = Side(incumbent)
         self.challenger = Side(challenger)
         self.bins: Histogram = incumbent.baselines.predictions
+        self.labels = [label[:LABEL_CHARS] for label in self.bins.labels]
         self.pairs = 0
         self.disagreements = 0
 
@@ -78,9 +79,9 @@ class Comparison:
     def _binned(self, answers: np.ndarray) -> Counter[str]:
         index = self.bins.bin(answers if self.bins.kind == "numeric" else answers.astype(str))
         found, counts = np.unique(index[index >= 0], return_counts=True)
-        labels, binned = self.bins.labels, Counter[str]()
+        binned = Counter[str]()
         for bin_, count in zip(found.tolist(), counts.tolist(), strict=True):
-            binned[labels[bin_][:LABEL_CHARS]] += int(count)
+            binned[self.labels[bin_]] += int(count)
         return binned
 
     def as_dict(self) -> dict[str, Any]:

@@ -412,14 +412,14 @@ def version(
 def run(args: argparse.Namespace, install: Callable[[Worker], None] | None = None) -> int:
     """steward-predict stream, once its flags are parsed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _StoppedStartingError.asked.clear()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_starting)
     try:
         started = _start(args)
     except BaseException:
-        if not _StoppedStartingError.asked.is_set():
+        if not _StoppedStartingError.asked.is_set():  # Raised in the Kafka client's C code, a stop may change type.
             raise
-        # Raised inside the Kafka client's C code, the stop may come back as an error of the client's own.
         print(json.dumps({"stopped": True}), flush=True)
         return EXIT_OK
     if isinstance(started, int):

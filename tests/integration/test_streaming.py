@@ -208,8 +208,8 @@ def test_poison_records_are_dead_lettered_with_their_reasons_atomically_with_the
 
 
 def test_scaling_one_to_three_to_one_worker_keeps_every_record_exactly_once(streams: Streams, rows: list[Any]) -> None:
-    # Records keep coming until each added worker has committed, however slowly it starts, so there are always
-    # records for the partitions it takes over.
+    # Records keep coming while the added workers start, however slowly, and stop again, so there are always
+    # records for the partitions each takes over.
     kafka, topics = streams.kafka, streams.topics
     produced, stop = [0], threading.Event()
 
@@ -226,8 +226,6 @@ def test_scaling_one_to_three_to_one_worker_keeps_every_record_exactly_once(stre
         more = [streams.worker(ordinal) for ordinal in (1, 2)]
         for worker in more:
             _await_commits(worker, 2)
-        stop.set()
-        producing.join()
         for worker in more:
             worker.stop()
             assert worker.returncode is None or worker.returncode == 0
