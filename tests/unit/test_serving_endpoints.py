@@ -60,6 +60,27 @@ def test_a_standard_mode_service_without_a_ready_endpoint_is_not_ready() -> None
 
 
 @pytest.mark.parametrize(
+    ("mode", "ready", "readiness", "answers"),
+    [
+        ("Standard", "Unknown", (True,), True),
+        ("Standard", "Unknown", (False,), False),
+        (None, "Unknown", (True,), False),
+        ("Standard", "False", (True,), False),
+    ],
+    ids=["rolling-old-pod-answers", "rolling-no-pod-answers", "rolling-serverless", "not-ready"],
+)
+def test_a_rolling_deployment_answers_through_its_old_pods(
+    mode: str | None, ready: str, readiness: tuple[bool, ...], answers: bool
+) -> None:
+    """KServe reads a Standard-mode Deployment that rolls (a pinned digest, a changed spec) as Ready unknown until
+    its new pods are up; its old pods answer on, and a release keeps the version's traffic on them."""
+    children = [_service("v2", mode=mode, ready=ready)]
+    endpoints, _ = _endpoints(children, [_slice("churn--v2-predictor", *readiness)])
+    assert ready_versions(children, endpoints) == frozenset()
+    assert ready_versions(children, endpoints, current=False) == ({"v2"} if answers else set())
+
+
+@pytest.mark.parametrize(
     ("readiness", "answers"),
     [((None,), True), ((False, True), True), ((False, False), False), ((), False)],
     ids=["condition-unset-means-ready", "one-of-two", "none-of-two", "no-endpoints"],

@@ -52,9 +52,10 @@ class Online:
         return Plan(serving=services, routes=traffic.routes(owner, split))
 
     def ready(self, child: dict[str, Any], answering: frozenset[str], *, current: bool) -> bool | None:
-        """An InferenceService is ready when its Ready condition holds for its current generation (with `current`
-        False: for any generation, as while a change rolls out) and, in Standard mode, its predictor Service
-        answers."""
+        """An InferenceService is ready when its Ready condition holds for its current generation and, in Standard
+        mode, its predictor Service answers. With `current` False, as while a change rolls out: Ready for any
+        generation, or, in Standard mode, Ready unknown (KServe's reading of a Deployment whose new pods are still
+        starting) while the Service's old pods answer on."""
         if child["kind"] != INFERENCE_SERVICE.kind:
             return None
         status = child.get("status") or {}
@@ -62,6 +63,8 @@ class Online:
         conditions = {condition.get("type"): condition.get("status") for condition in status.get("conditions", [])}
         service = self.answering_service(child)
         answers = service is None or service in answering
+        if not current and conditions.get("Ready") == "Unknown":
+            return service is not None and answers
         return (latest or not current) and conditions.get("Ready") == "True" and answers
 
     def answering_service(self, child: dict[str, Any]) -> str | None:
