@@ -1,6 +1,7 @@
 """Benchmark of batch scoring: peak memory and throughput of `steward-predict batch` on 100k and 1M rows of
-CSV and Parquet, against plain in-process runs; and a release's shadow run, which scores every chunk with two
-bundles and compares them, against the two versions' single runs. Run: .venv/bin/python bench/batch.py
+CSV and Parquet, against plain in-process runs; a release's shadow run, which scores every chunk with two
+bundles and compares them, against the two versions' single runs; and runs reporting every row to a real monitor,
+against the same run reporting nothing. Run: .venv/bin/python bench/batch.py
 
 Two baselines, both reading the whole file at once in this process:
 - plain: pandas read, pipeline.predict, the predictions written with pandas (the goal: batch >= 0.8x this);
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from steward_harness.monitors import Monitor
 from steward_predictor.bundles import Bundle
 from steward_predictor.chunks import ChunkScorer
 from steward_predictor.scoring import Scorer
@@ -195,6 +197,25 @@ def _shadow_run(args: argparse.Namespace, scratch: Path, x: pd.DataFrame, incumb
     )
 
 
+def _reported_runs(scratch: Path, rows: int, incumbent: Path) -> str:
+    """A run that reports every row to a real monitor (SQLite), and one that also reports a shadow's answers to the
+    same rows, against the same run reporting nothing, on a Parquet input: whole processes, one run each (the
+    monitor's store grows with every run). Reporting costs what the monitor takes to store the rows."""
+    challenger = models.breast_cancer(scratch, version="bench-shadow", c=0.5).path
+    source, output = scratch / f"in-{rows}.parquet", scratch / "reported.parquet"
+    with Monitor(f"sqlite:///{scratch / 'monitor.db'}") as monitor:
+        token = monitor.predictor_token("bench", "bench")
+        flags = ("--monitor-url", monitor.url, "--monitor-token", token, "--model", "bench", "--namespace", "bench")
+        alone = run_batch(incumbent, source, output)[1]
+        reported = run_batch(incumbent, source, output, *flags)[1]
+        shadowed = run_batch(incumbent, source, output, *flags, "--shadow", str(challenger))[1]
+    return (
+        f"\nparquet {rows:,} rows, whole processes: {alone:.2f} s reporting nothing; {reported:.2f} s reporting every "
+        f"row to a monitor on SQLite ({rows / reported:,.0f} rows/s, {alone / reported:.2f}x); {shadowed:.2f} s with "
+        f"a shadow's answers too ({2 * rows / shadowed:,.0f} events/s, {alone / shadowed:.2f}x)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="row counts (default: %(default)s)")
@@ -235,6 +256,7 @@ def main() -> int:
                 )
         print(report(measurements))
         print(_shadow_run(args, scratch, x, bundle_path))
+        print(_reported_runs(scratch, min(args.sizes), bundle_path))
     finally:
         if args.keep:
             print(f"data kept in {scratch}", file=sys.stderr)

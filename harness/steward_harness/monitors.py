@@ -79,6 +79,14 @@ class Monitor(Server):
             self._process.wait()
             self._process = None
 
+    def reporting(self) -> dict[str, str]:
+        """The operator's environment that has predictors report here, with tokens it derives from this monitor's
+        ingest key, as the chart sets it; once started."""
+        return {
+            "STEWARD_MONITOR_URL": self.url,
+            "STEWARD_MONITOR_INGEST_KEY_FILE": str(self.directory / "ingest-key-file"),
+        }
+
     def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
         return http_post(f"{self.url}{path}", body, headers)
 

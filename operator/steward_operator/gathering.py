@@ -4,7 +4,6 @@ of a release, the digests its predictors report, and a stream's lag, from the me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime
 
 from steward_operator import guardrails, modes, releases, specs
@@ -14,6 +13,7 @@ from steward_operator.evidence import (
     MetricsUnavailableError,
     MonitorSource,
     Outcomes,
+    PairCounts,
     runs,
 )
 from steward_operator.evidence.runs import RunSource
@@ -40,15 +40,17 @@ async def gather(
     incumbent, challenger = status.incumbent, status.challenger
     if incumbent is None or challenger is None or status.paused or status.phase not in releases.RELEASE_PHASES:
         return None
-    if status.weights != releases.target_weights(spec, status):
+    serving = modes.mode(spec.serving.mode)
+    if serving is None or status.weights != releases.target_weights(spec, status):
         return None
     stage = Stage(status.phase or "Validating", status.canary_step)
-    serving = modes.mode(spec.serving.mode)
-    if serving is None:
-        return None
     try:
         if serving.evidence == "runs":
-            return None if run_source is None else await _from_runs(run_source, deployment, namespace, stage, now)
+            return (
+                None
+                if run_source is None
+                else await _from_runs(run_source, deployment, namespace, stage, now, monitor_source)
+            )
         return (
             None
             if source is None
@@ -81,10 +83,7 @@ async def _from_scrapes(  # noqa: PLR0917 -- the sources and what gather found o
         return releases.Evidence(challenger.version, stage, since, holdouts=holdouts)
     pairs = None
     if monitor_source is not None and stage.phase == "Shadowing" and _paired(spec):
-        with contextlib.suppress(MetricsUnavailableError):  # The paired guardrails wait, and say why.
-            pairs = await monitor_source.pairs(
-                name, incumbent.version, challenger.version, since or now, namespace=namespace
-            )
+        pairs = await _pairs(monitor_source, deployment, namespace, since or now)
     counts_i, counts_c = await asyncio.gather(
         *(
             source.window(
@@ -103,12 +102,19 @@ async def _from_scrapes(  # noqa: PLR0917 -- the sources and what gather found o
     return releases.Evidence(challenger.version, stage, since, window=window)
 
 
-async def _from_runs(
-    source: RunSource, deployment: specs.ModelDeployment, namespace: str, stage: Stage, now: datetime
+async def _from_runs(  # noqa: PLR0917 -- the sources and what gather found of the release
+    source: RunSource,
+    deployment: specs.ModelDeployment,
+    namespace: str,
+    stage: Stage,
+    now: datetime,
+    monitor_source: MonitorSource | None,
 ) -> releases.Evidence:
     """The evidence of the challenger's runs that compared it with this incumbent: in Validating, both bundles'
     held-out results from the newest run since the challenger began; in Shadowing, the sum of the runs that
-    finished since the stage began. A run that could not load the challenger's bundle is its failure."""
+    finished since the stage began, and where a guardrail reads outcomes, the monitor's pairs and outcomes of the
+    incumbent's runs, which scored each row with both bundles. A run that could not load the challenger's bundle
+    is its failure."""
     status = deployment.status
     incumbent, challenger = status.incumbent, status.challenger
     if incumbent is None or challenger is None:
@@ -126,9 +132,31 @@ async def _from_runs(
             _held_out(newest.challenger.held_out if newest and newest.challenger else None),
         )
         return releases.Evidence(challenger.version, stage, started, holdouts=holdouts, failure=failure)
-    counts_i, counts_c, pairs = runs.window(compared)
-    window = guardrails.Window(counts_i, counts_c, pairs)
+    counts_i, counts_c, compared_pairs = runs.window(compared)
+    pairs: PairCounts | None = compared_pairs
+    outcomes = None
+    if monitor_source is not None and guardrails.on_outcomes(deployment.spec):
+        # The pairs with their outcomes, where the incumbent's output is labelled; none, the paired guardrails wait.
+        pairs = await _pairs(monitor_source, deployment, namespace, started or now)
+        outcomes = await _outcomes(monitor_source, deployment, now)
+    window = guardrails.Window(counts_i, counts_c, pairs, outcomes)
     return releases.Evidence(challenger.version, stage, started, window=window, failure=failure)
+
+
+async def _pairs(
+    source: MonitorSource, deployment: specs.ModelDeployment, namespace: str, since: datetime
+) -> PairCounts | None:
+    """Both versions' answers to the same requests since `since`, as the monitor paired them; None when they cannot
+    be read (the paired guardrails wait, and say why)."""
+    incumbent, challenger = deployment.status.incumbent, deployment.status.challenger
+    if incumbent is None or challenger is None:
+        return None
+    try:
+        return await source.pairs(
+            deployment.metadata["name"], incumbent.version, challenger.version, since, namespace=namespace
+        )
+    except MetricsUnavailableError:
+        return None
 
 
 async def _outcomes(source: MonitorSource, deployment: specs.ModelDeployment, now: datetime) -> Outcomes | None:

@@ -44,14 +44,16 @@ tolerance that broke."""
 class Guardrail:
     """One guardrail: the reading it compares (what it waits for without data), its comparison, whether it
     compares paired answers, which only the shadow stage has (elsewhere it is not judged), whether it compares
-    latencies, which a batch run's rows have not (there it is not judged), and whether it is a gate: one that can
-    roll back at any stage, but is waited for, and must pass, only at the last."""
+    latencies, which a batch run's rows have not (there it is not judged), whether it reads outcomes, which the
+    monitor joins with the predictions reported to it, and whether it is a gate: one that can roll back at any
+    stage, but is waited for, and must pass, only at the last."""
 
     needs: str
     compare: Comparing
     breach: Describing
     paired: bool = False
     timed: bool = False
+    labelled: bool = False
     gate: bool = False
 
 
@@ -323,10 +325,15 @@ GUARDRAILS = {
     "latency": Guardrail("latency", _arms(_latency), _slower, timed=True),
     "predictionShift": Guardrail("predictions", _arms(_prediction_shift), _shifted),
     "disagreement": Guardrail("paired answers", _disagreement, _answered_differently, paired=True),
-    "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, _less_accurate, paired=True),
-    "outcome": Guardrail("matured outcomes", _outcome, _worse_outcomes, gate=True),
+    "pairedAccuracy": Guardrail("labelled pairs", _paired_accuracy, _less_accurate, paired=True, labelled=True),
+    "outcome": Guardrail("matured outcomes", _outcome, _worse_outcomes, labelled=True, gate=True),
 }
 """Every guardrail a rollout may name, by the name it is named with."""
+
+
+def on_outcomes(spec: specs.ModelDeploymentSpec) -> bool:
+    """Whether a guardrail of the rollout reads outcomes."""
+    return any(GUARDRAILS[guardrail.name].labelled for guardrail in spec.rollout.guardrails)
 
 
 def unusable_readings(rollout: specs.Rollout, incumbent: ArmCounts, challenger: ArmCounts) -> list[str]:

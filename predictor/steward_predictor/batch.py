@@ -16,12 +16,14 @@ from typing import Any, TextIO
 import pandas as pd
 
 from steward_predictor import datasets, locations
+from steward_predictor.batch_log import BatchLog
 from steward_predictor.chunks import ChunkScorer, ScoredChunk
 from steward_predictor.comparing import Comparison
 from steward_predictor.defaults import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_REJECT_FRACTION, IfExists, UsageError
 from steward_predictor.progress import Progress
 from steward_predictor.schemas import Checked, Feature, FeatureSchema
 from steward_predictor.scoring import Scorer
+from steward_predictor.writers import Writer
 
 
 class RejectedError(Exception):
@@ -66,6 +68,10 @@ class Summary:
     published: bool = False
     comparison: Comparison | None = None
     """With --compare-with: both versions' answers to the same rows."""
+    shadow: dict[str, Any] | None = None
+    """With --shadow: its version and the rows it answered, or why it was left out."""
+    reported: dict[str, int] | None = None
+    """With a monitor: what became of the rows reported to it."""
 
     def add(self, chunk: ScoredChunk) -> None:
         self.rows_read += chunk.rows
@@ -103,6 +109,9 @@ class Summary:
         }
         if self.comparison is not None:
             found["comparison"] = self.comparison.as_dict()
+        for key, value in (("shadow", self.shadow), ("reported", self.reported)):
+            if value is not None:
+                found[key] = value
         return found
 
 
@@ -136,17 +145,24 @@ def score_batch(
     *,
     stopping: threading.Event | None = None,
     incumbent: Scorer | None = None,
+    shadow: Scorer | None = None,
+    log: BatchLog | None = None,
 ) -> Summary:
     """Score every row of the input, write scores and rejects, and publish them: the scores only if no more
     than the allowed fraction of rows was rejected (else `RejectedError`), the rejects either way. Once
     `stopping` is set, the run stops at the next chunk, or before publishing, with KeyboardInterrupt. With an
     `incumbent`, each chunk is scored with its bundle too (nothing of it written), and the summary compares the
-    two."""
+    two. Each scored row goes to `log`, and with a `shadow`, that bundle's answer to it too (nothing else of it
+    kept); a shadow that fails is left out for the rest of the run."""
     bundle = scorer.bundle
     chunk_scorer = ChunkScorer(scorer, run_id=settings.run_id, id_column=settings.id_column)
-    incumbent_scorer = None if incumbent is None else ChunkScorer(incumbent, run_id=settings.run_id)
+    others = {
+        role: ChunkScorer(other, run_id=settings.run_id)
+        for role, other in (("incumbent", incumbent), ("shadow", shadow))
+        if other
+    }
     schema = bundle.schema
-    schemas = [schema] if incumbent is None else [schema, incumbent.bundle.schema]
+    schemas = [schema, *(other.bundle.schema for other in others.values())]
     features = list({feature.name: feature for each in reversed(schemas) for feature in each.features}.values())
     _refuse_missing_columns(settings.input, schema, columns)
     rejects_mode: IfExists = "append" if settings.if_exists == "append" else "replace"
@@ -165,18 +181,25 @@ def score_batch(
         output=settings.output.display,
         rejects=settings.rejects.display,
         comparison=None if incumbent is None else Comparison(incumbent.bundle, bundle),
+        shadow=None
+        if shadow is None
+        else {"version": shadow.bundle.version, "digest": shadow.bundle.digest, "rows": 0},
     )
     started = time.monotonic()
     output = transaction.writer(settings.output, settings.if_exists)
     rejects = transaction.writer(settings.rejects, rejects_mode)
-    chunks = _chunks(transaction, settings, chunk_scorer, columns, features, whole=incumbent is not None)
+    chunks = _chunks(transaction, settings, chunk_scorer, columns, features, whole=bool(others))
     bar = Progress(stream, transaction.count(settings.input))
     try:
         for frame, checked in chunks:
             _stop_if_asked(stopping)
             chunk = chunk_scorer.score(frame, summary.rows_read, checked=checked)
-            if incumbent_scorer is not None and summary.comparison is not None:
-                summary.comparison.add(incumbent_scorer.score(frame, summary.rows_read), chunk)
+            if "incumbent" in others and summary.comparison is not None:
+                summary.comparison.add(others["incumbent"].score(frame, summary.rows_read), chunk)
+            if log is not None:
+                log.add(chunk, scorer, "incumbent")
+                if "shadow" in others and not _shadowed(others["shadow"], frame, summary, log, stream):
+                    del others["shadow"]
             output.write(chunk.scores)
             rejects.write(chunk.rejects)
             summary.add(chunk)
@@ -184,6 +207,27 @@ def score_batch(
     finally:
         bar.close()
     _stop_if_asked(stopping)
+    _publish(transaction, settings, summary, (output, rejects), stream)
+    summary.seconds = time.monotonic() - started
+    if not summary.published:
+        raise RejectedError(
+            f"{summary.rows_rejected:,} of {summary.rows_read:,} rows rejected ({summary.rejected_fraction:.2%}), "
+            f"more than --max-reject-fraction {settings.max_reject_fraction:g}: the scores were not published; "
+            f"the reasons are in {settings.rejects.display}",
+            summary,
+        )
+    return summary
+
+
+def _publish(
+    transaction: datasets.Transaction,
+    settings: Run,
+    summary: Summary,
+    writers: tuple[Writer, Writer],
+    stream: TextIO,
+) -> None:
+    """Publish the rejects, and the scores unless too many rows were rejected, and commit."""
+    output, rejects = writers
     too_many = summary.rows_rejected > settings.max_reject_fraction * summary.rows_read
     published = [settings.rejects] if too_many else [settings.output, settings.rejects]
     remote = [location.display for location in published if location.remote]
@@ -197,15 +241,23 @@ def score_batch(
     rejects.publish()
     transaction.commit()
     summary.published = not too_many
-    summary.seconds = time.monotonic() - started
-    if too_many:
-        raise RejectedError(
-            f"{summary.rows_rejected:,} of {summary.rows_read:,} rows rejected ({summary.rejected_fraction:.2%}), "
-            f"more than --max-reject-fraction {settings.max_reject_fraction:g}: the scores were not published; "
-            f"the reasons are in {settings.rejects.display}",
-            summary,
-        )
-    return summary
+
+
+def _shadowed(shadow: ChunkScorer, frame: pd.DataFrame, summary: Summary, log: BatchLog, stream: TextIO) -> bool:
+    """Whether the shadow's bundle scored the chunk `frame`, whose rows `log` got, and its answers went to `log` too.
+    A shadow whose pipeline fails is a challenger's failing, never this run's: it is said once and left out."""
+    try:
+        chunk = shadow.score(frame, summary.rows_read)
+    except Exception as error:  # whatever a challenger's pipeline raises, the incumbent's run goes on
+        failure = f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+        print(f"steward-predict: the shadow failed and is left out: {failure}", file=stream, flush=True)
+        if summary.shadow is not None:
+            summary.shadow["failed"] = failure
+        return False
+    log.add(chunk, shadow.scorer, "shadow")
+    if summary.shadow is not None:
+        summary.shadow["rows"] += chunk.rows - chunk.rejected
+    return True
 
 
 def _chunks(

@@ -85,7 +85,7 @@ examples:
   steward-predict batch --bundle s3://models/churn/v3/ --digest sha256:9f2c... \\
       --input postgresql://reader@warehouse/analytics --input-table customers \\
       --output postgresql://writer@warehouse/analytics --output-table churn_scores --if-exists replace
-  AWS_ENDPOINT_URL=http://minio.data:9000 steward-predict batch --input s3://exports/customers/ \
+  AWS_ENDPOINT_URL=http://minio.data:9000 steward-predict batch --input s3://exports/customers/ \\
       --input-format parquet --output s3://scores/churn/ --output-format parquet --if-exists replace"""
 
 
@@ -140,6 +140,16 @@ def predict_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--compare-digest", metavar="SHA256", help="refuse the --compare-with bundle unless its digest is this"
     )
+    model.add_argument(
+        "--shadow",
+        metavar="URI",
+        help="a challenger's bundle: score every chunk with it too (nothing of it is written) and report its answers "
+        "to the monitor under this run's request ids, so outcomes posted for this run's output judge both versions "
+        "(an incumbent's run during a release); one that cannot be loaded or fails is left out, this run goes on",
+    )
+    model.add_argument(
+        "--shadow-digest", metavar="SHA256", help="leave the --shadow bundle out unless its digest is this"
+    )
     data = batch.add_argument_group("data (formats: csv, parquet, sql; inferred from the suffix or the URL scheme)")
     data.add_argument("--input", required=True, metavar="URI", help=LOCATION_HELP)
     data.add_argument("--input-table", metavar="NAME", help="table to read, with a database URL ([schema.]name)")
@@ -189,6 +199,26 @@ def predict_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write the summary here, compact and at most 4 KiB, and on a failed run what failed: in a pod, "
         "/dev/termination-log, where Kubernetes keeps it as the container's termination message",
+    )
+    monitor = batch.add_argument_group("monitor")
+    monitor.add_argument(
+        "--model",
+        metavar="NAME",
+        default=os.environ.get("STEWARD_MODEL"),
+        help="the ModelDeployment's name (STEWARD_MODEL)",
+    )
+    _monitor_flags(
+        monitor,
+        "report every scored row here under its request id, waiting for the monitor rather than "
+        "losing a row; not a --compare-with run's, which serve no one",
+    )
+    monitor.add_argument(
+        "--monitor-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for the monitor to take more rows, and at the end the last of them; what it has not "
+        "taken by then is counted in the summary, and the run succeeds all the same (default: %(default)s)",
     )
     _stream_parser(commands)
     return root
@@ -323,15 +353,22 @@ def _stream_parser(commands: Any) -> None:
     )
     run.add_argument("--port", type=int, default=8080, help="/metrics, /ready and /healthz (default: %(default)s)")
     run.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")  # noqa: S104
-    monitor = stream.add_argument_group("monitor")
+    _monitor_flags(stream.add_argument_group("monitor"), "report every prediction here")
+
+
+def _monitor_flags(monitor: argparse._ArgumentGroup, reporting: str) -> None:
+    """Where predictions are reported, and under which ModelDeployment's namespace."""
+    environ = os.environ.get
     monitor.add_argument(
         "--monitor-url",
+        metavar="URL",
         default=environ("STEWARD_MONITOR_URL"),
-        help="report every prediction here (STEWARD_MONITOR_URL)",
+        help=f"{reporting} (STEWARD_MONITOR_URL)",
     )
     monitor.add_argument("--monitor-token", default=environ("STEWARD_MONITOR_TOKEN"), help=argparse.SUPPRESS)
     monitor.add_argument(
         "--namespace",
+        metavar="NAME",
         default=environ("STEWARD_NAMESPACE", ""),
         help="the ModelDeployment's namespace (STEWARD_NAMESPACE)",
     )

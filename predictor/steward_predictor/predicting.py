@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import CollectorRegistry
 from threadpoolctl import threadpool_limits
 
 from steward_predictor import allocators, batch, comparing, datasets, locations, scoring
+from steward_predictor.batch_log import BatchLog
 from steward_predictor.bundles import BundleError
 from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_REJECTED, EXIT_USAGE, UsageError
+from steward_predictor.prediction_log import Reporter
 
 _ERROR_CHARACTERS = 600
 """The most of an error's words a summary file carries: the termination message has room for little more."""
@@ -36,23 +39,30 @@ def run(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     refused = "challenger" if args.compare_with else "model"
+    log, shadow_refused, interrupted = None, None, False
     try:
         settings = _settings(args)
         with _stopped_by_signals() as stopping, datasets.Transaction(settings.run_id) as transaction:
             columns = batch.prepare(transaction, settings)
             scorer = _load(args, args.bundle, args.digest)
-            incumbent = None
+            incumbent = shadow = None
             if args.compare_with:
                 refused = "incumbent"
                 incumbent = _load(args, args.compare_with, args.compare_digest)
                 refused = "challenger"
+            if args.shadow:
+                shadow, shadow_refused = _shadow(args)
             bundle = scorer.bundle
             compared = f", compared with {incumbent.bundle.metadata.model_version}" if incumbent else ""
+            shadowed = f", shadowed by {shadow.bundle.metadata.model_version}" if shadow else ""
             _say(
                 f"scoring {settings.input.display} with model {bundle.metadata.model_version} ({bundle.digest}) "
-                f"into {settings.output.display}{compared}, run {settings.run_id}"
+                f"into {settings.output.display}{compared}{shadowed}, run {settings.run_id}"
             )
-            summary = batch.score_batch(transaction, settings, scorer, columns, stopping=stopping, incumbent=incumbent)
+            log = _log(args)
+            summary = batch.score_batch(
+                transaction, settings, scorer, columns, stopping=stopping, incumbent=incumbent, shadow=shadow, log=log
+            )
     except (UsageError, locations.LocationError) as error:
         return _failed(args, EXIT_USAGE, "usage", f"error: {error}")
     except BundleError as error:
@@ -66,10 +76,57 @@ def _batch(args: argparse.Namespace) -> int:
         unpublished = "" if isinstance(error, locations.PublishingError) else "; nothing was published"
         return _failed(args, EXIT_FAILED, "runtime", f"failed: {error}{unpublished}")
     except KeyboardInterrupt:
+        interrupted = True
         return _failed(args, EXIT_FAILED, "interrupted", "interrupted; nothing was published")
+    finally:
+        reported = _closed(log, interrupted)
+    summary.reported = reported
+    if shadow_refused is not None:
+        summary.shadow = {"refused": shadow_refused}
     print(summary.as_json(), flush=True)
     _write_summary(args, summary.as_dict())
     return EXIT_OK
+
+
+def _shadow(args: argparse.Namespace) -> tuple[scoring.Scorer | None, str | None]:
+    """The --shadow bundle, or why it is left out: a challenger's bundle that cannot be loaded is the challenger's
+    failing, and the run goes on without it."""
+    try:
+        return _load(args, args.shadow, args.shadow_digest), None
+    except BundleError as error:
+        words = " ".join(str(error).split())[:_ERROR_CHARACTERS]
+        _say(f"the shadow bundle is left out: {words}")
+        return None, words
+
+
+def _log(args: argparse.Namespace) -> BatchLog | None:
+    """Where the run's rows are reported: the monitor, when one is named, unless this is a comparison run."""
+    if not args.monitor_url:
+        return None
+    if args.compare_with:
+        _say("a --compare-with run serves no one: its rows are not reported to the monitor")
+        return None
+    reporter = Reporter(
+        args.monitor_url,
+        model=args.model,
+        namespace=args.namespace,
+        token=args.monitor_token,
+        patience=args.monitor_wait,
+        registry=CollectorRegistry(),  # nothing scrapes a run: its summary says what became of its rows
+    )
+    return BatchLog(reporter, args.monitor_wait)
+
+
+def _closed(log: BatchLog | None, interrupted: bool) -> dict[str, int] | None:
+    """What became of the rows reported, once the last are sent (briefly, for a run told to stop), said when any
+    did not reach the monitor."""
+    if log is None:
+        return None
+    reported = log.close(hurried=interrupted)
+    lost = reported["refused"] + reported["dropped"] + reported["unsent"]
+    if lost:
+        _say(f"{lost:,} of the rows reported did not reach the monitor: {reported}")
+    return reported
 
 
 def _load(args: argparse.Namespace, uri: str, digest: str | None) -> scoring.Scorer:
@@ -96,6 +153,17 @@ def _write_summary(args: argparse.Namespace, summary: dict[str, object]) -> None
 
 
 def _settings(args: argparse.Namespace) -> batch.Run:
+    if args.shadow and args.compare_with:
+        raise UsageError(
+            "--shadow and --compare-with: a run either shadows a challenger (the incumbent's run) or compares with "
+            "an incumbent (a challenger's run), not both"
+        )
+    if args.monitor_wait < 0:
+        raise UsageError(f"--monitor-wait must be at least 0 seconds, not {args.monitor_wait:g}")
+    if args.shadow and not args.monitor_url:
+        raise UsageError("--shadow needs --monitor-url (STEWARD_MONITOR_URL): the shadow's answers go nowhere else")
+    if args.monitor_url and not args.compare_with and not args.model:
+        raise UsageError("--monitor-url needs --model (STEWARD_MODEL): the ModelDeployment the rows are filed under")
     source = locations.locate(args.input, args.input_format, args.input_table, role="input")
     output = locations.locate(args.output, args.output_format, args.output_table, role="output")
     if args.rejects is None and args.rejects_format is None and args.rejects_table is None:

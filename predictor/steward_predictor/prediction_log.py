@@ -1,7 +1,7 @@
 """Reporting every prediction to the monitor, in the background: batched, retried while the monitor is away, and
 never in the way of serving. The queue is bounded: a monitor away long enough to fill it costs the oldest
-events, which are counted. The monitor stores or refuses each event on its own; refused ones are logged with the
-reason and counted, and never cost the rest of their batch."""
+events, which are counted; a batch run, which can wait, waits for room first. The monitor stores or refuses each
+event on its own; refused ones are logged with the reason and counted, and never cost the rest of their batch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,8 @@ LOGGED = 5
 class Reporter:
     """Sends `{"model", "namespace", "version", "variant", "requestId", "prediction", "score"}` events to the
     monitor's POST /v1/predictions from a thread of its own, presenting `token`: the monitor's token for this
-    model (`namespace/model/digest`, which the operator derives from the monitor's ingest key)."""
+    model (`namespace/model/digest`, which the operator derives from the monitor's ingest key). With `patience`,
+    reporting waits up to that many seconds for room in a full queue before the oldest events go."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class Reporter:
         namespace: str,
         token: str | None = None,
         capacity: int = CAPACITY,
+        patience: float = 0.0,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/predictions"
@@ -56,6 +59,10 @@ class Reporter:
             logger.warning("no token for the monitor: one that holds an ingest key refuses these prediction events")
         self._pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._patience = patience
+        self.counted = Tally[str]()
+        """Events sent, refused and dropped so far, as the counter below has them."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.events = Counter(
@@ -95,16 +102,26 @@ class Reporter:
             }
             for row, prediction in enumerate(answers)
         ]
-        with self._lock:
-            dropped = max(0, len(self._pending) + len(events) - (self._pending.maxlen or 0))
+        capacity = self._pending.maxlen or 0
+        with self._room:
+            if self._patience and len(self._pending) + len(events) > capacity:
+                self._wake.set()
+                self._room.wait_for(
+                    lambda: not self._pending or len(self._pending) + len(events) <= capacity, self._patience
+                )
+            dropped = max(0, len(self._pending) + len(events) - capacity)
             self._pending.extend(events)
-        if dropped:
-            self.events.labels("dropped").inc(dropped)
+        self._count("dropped", dropped)
         if len(self._pending) >= BATCH:
             self._wake.set()
 
+    @property
+    def unsent(self) -> int:
+        """Events still queued: after `close`, those the monitor never took."""
+        return len(self._pending)
+
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (within `timeout`), then stop."""
+        """Send what is queued (within `timeout`, trying again meanwhile when patient), then stop."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -114,18 +131,19 @@ class Reporter:
         while True:
             self._wake.wait(INTERVAL)
             self._wake.clear()
-            with self._lock:
+            with self._room:
                 batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                self._room.notify_all()
             if not batch:
                 if self._stop.is_set():
                     return
                 continue
             refused = self._post(batch)
             if refused is not None:
-                self.events.labels("sent").inc(len(batch) - refused)
-                self.events.labels("refused").inc(refused)
+                self._count("sent", len(batch) - refused)
+                self._count("refused", refused)
                 backoff = INTERVAL
-                if len(self._pending) >= BATCH:
+                if len(self._pending) >= BATCH or self._stop.is_set():
                     self._wake.set()
                 continue
             with self._lock:
@@ -133,12 +151,16 @@ class Reporter:
                 room = (self._pending.maxlen or 0) - len(self._pending)
                 kept = batch[-room:] if room > 0 else []
                 self._pending.extendleft(reversed(kept))
-            if len(batch) > len(kept):
-                self.events.labels("dropped").inc(len(batch) - len(kept))
-            if self._stop.is_set():
+            self._count("dropped", len(batch) - len(kept))
+            if self._stop.is_set() and not self._patience:
                 return
             time.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _count(self, result: str, events: int) -> None:
+        if events:
+            self.events.labels(result).inc(events)
+            self.counted[result] += events
 
     def _post(self, batch: list[dict[str, Any]]) -> int | None:
         """How many events of the batch the monitor refused (sending them again would not help); None when it could

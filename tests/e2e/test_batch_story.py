@@ -22,8 +22,9 @@ from steward_harness import images, node
 from steward_harness.clusters import LocalCluster
 from steward_harness.node import NODE_IP
 from steward_harness.object_stores import ObjectStore
+from steward_harness.servers import http_get
 from tests.conftest import Helm
-from tests.e2e.conftest import BATCH_NAMESPACE
+from tests.e2e.conftest import BATCH_NAMESPACE, SYSTEM
 from tests.support import models
 from tests.support.batches import NAME, BatchRelease
 from tests.support.waiting import wait_until
@@ -106,10 +107,22 @@ def _finished_pod(cluster: LocalCluster, job: str) -> dict[str, Any]:
     return wait_until(terminated, timeout=CHAPTER, interval=1)
 
 
+def _stored_predictions(cluster: LocalCluster) -> float:
+    """The prediction events the chart's monitor has stored, by its own count."""
+    services = cluster.kubectl.json("get", "services", "-n", SYSTEM)["items"]
+    (monitor,) = [service for service in services if service["metadata"]["name"].endswith("-monitor")]
+    port = monitor["spec"]["ports"][0]["port"]
+    status, text = http_get(f"http://{monitor['spec']['clusterIP']}:{port}/metrics")
+    assert status == 200, text
+    stored = 'steward_monitor_events_total{kind="prediction",result="stored"} '
+    return sum(float(line.removeprefix(stored)) for line in text.splitlines() if line.startswith(stored))
+
+
 def test_v1_scores_rows_from_and_to_s3_in_a_pod_on_the_node(batches: Batches) -> None:
     release, cluster = batches.release, batches.cluster
     release.apply("v1")
     release.until("Stable", "v1", CHAPTER)
+    stored = _stored_predictions(cluster)
     job = release.run_now("v1")
     assert job is not None
     pod = _finished_pod(cluster, job)
@@ -131,6 +144,8 @@ def test_v1_scores_rows_from_and_to_s3_in_a_pod_on_the_node(batches: Batches) ->
     scores = _read(batches.bucket, "scores.parquet")
     assert len(scores) == batches.rows
     assert set(scores["model_version"]) == {"v1"}
+    # Every row went to the chart's monitor, under its request id, before the run ended.
+    assert _stored_predictions(cluster) - stored == batches.rows
 
 
 def test_v2_is_validated_and_shadowed_on_its_runs_and_promoted_with_no_command(batches: Batches) -> None:

@@ -57,8 +57,6 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path_factory: pytes
     prometheus = Prometheus()
     prometheus.start()
     monitor = Monitor(f"sqlite:///{directory / 'monitor.db'}").start()
-    key = directory / "ingest-key"
-    key.write_text(monitor.ingest_key or "")
     data_plane = DataPlane(control_plane.server, control_plane.ssl_context(), prefix=PREFIX, prometheus=prometheus)
     data_plane.start()
     operator = Operator(
@@ -67,8 +65,7 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path_factory: pytes
         prometheus=prometheus.url,
         env={
             "STEWARD_RESYNC_SECONDS": "2",
-            "STEWARD_MONITOR_URL": monitor.url,
-            "STEWARD_MONITOR_INGEST_KEY_FILE": str(key),
+            **monitor.reporting(),
         },
     ).start()
     gateway = Gateway(data_plane, seed=11).start()

@@ -84,11 +84,7 @@ def world(control_plane: ControlPlane, cluster: Kubectl, tmp_path: Path) -> Iter
         prometheus.add_target(monitor.url.removeprefix("http://"))
         data_plane.start()
         # As the chart runs it: predictors report to the monitor with a token the operator derives from its key.
-        operator.env.update(
-            STEWARD_RESYNC_SECONDS="2",
-            STEWARD_MONITOR_URL=monitor.url,
-            STEWARD_MONITOR_INGEST_KEY_FILE=str(monitor.directory / "ingest-key-file"),
-        )
+        operator.env.update(STEWARD_RESYNC_SECONDS="2", **monitor.reporting())
         operator.start()
         yield namespace, data_plane, monitor.url
     finally:

@@ -46,6 +46,8 @@ class BatchRelease:
                     ],
                     "maxDuration": "1h",
                 },
+                # The team labels its output: where there is a monitor, the incumbent's runs report every row.
+                "monitoring": {"outcome": {"metric": "accuracy", "labelDelay": "24h"}},
             },
         }
 

@@ -15,7 +15,7 @@ import yaml
 
 from steward_operator import specs
 from steward_operator.deciding import decide
-from steward_operator.evidence import ArmCounts, MetricsUnavailableError
+from steward_operator.evidence import ArmCounts, Losses, MetricsUnavailableError, Outcomes, PairCounts
 from steward_operator.evidence.runs import REFUSED, Run, UnreadableRunError, parse, window
 from steward_operator.gathering import gather
 from steward_operator.guardrails import Window
@@ -166,8 +166,36 @@ def _batch(phase: str) -> specs.ModelDeployment:
     return specs.ModelDeployment.model_validate(manifest)
 
 
-def _gather(phase: str, source: Runs) -> Any:
-    return asyncio.run(gather(None, _batch(phase), "risk", NOW, run_source=source))
+def _gather(phase: str, source: Runs, monitor: Monitor | None = None, deployment: Any = None) -> Any:
+    deployment = deployment or _batch(phase)
+    return asyncio.run(gather(None, deployment, "risk", NOW, run_source=source, monitor_source=monitor))
+
+
+@dataclass
+class Monitor:
+    """A monitor answering fixed pairs and losses: those of the incumbent's runs, which scored each row with both
+    bundles and reported both answers."""
+
+    asked: list[str] = field(default_factory=list)
+
+    async def pairs(
+        self, model: str, incumbent: str, challenger: str, since: datetime, *, namespace: str
+    ) -> PairCounts:
+        self.asked.append(f"pairs of {incumbent} and {challenger} since {since:%H:%M}")
+        return PairCounts(pairs=1_430, disagreements=9, labelled=1_000, only_incumbent=30, only_challenger=25)
+
+    async def losses(
+        self, model: str, metric: str, since: datetime, until: datetime, *, namespace: str
+    ) -> dict[str, Losses]:
+        self.asked.append(f"{metric} from {since:%d %H:%M} to {until:%d %H:%M}")
+        return {"v1": Losses(1_000, 0.06, 0.05), "v2": Losses(1_000, 0.07, 0.06)}
+
+
+def _labelled_within(delay: str) -> specs.ModelDeployment:
+    deployment = _batch("Shadowing")
+    outcome = deployment.spec.monitoring.outcome.model_copy(update={"label_delay": delay})  # type: ignore[union-attr]
+    monitoring = deployment.spec.monitoring.model_copy(update={"outcome": outcome})
+    return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"monitoring": monitoring})})
 
 
 def test_shadow_is_judged_on_the_runs_since_it_began_that_compared_these_two_versions() -> None:
@@ -191,6 +219,31 @@ def test_shadow_is_judged_on_the_runs_since_it_began_that_compared_these_two_ver
     assert evidence.window.incumbent.requests == 2_000
     assert evidence.window.challenger.errors == 20
     assert evidence.window.pairs.disagreements == 80
+
+
+def test_with_a_guardrail_on_outcomes_shadow_reads_the_monitors_pairs_and_matured_outcomes() -> None:
+    """The example's rollout judges outcomes: the pairs are the monitor's (the incumbent's runs reported both
+    versions' answers, and the team labelled the output), the counts the challenger's runs'."""
+    monitor = Monitor()
+    source = Runs([_run("a", STARTED + timedelta(minutes=30))])
+    evidence = _gather("Shadowing", source, monitor, _labelled_within("2h"))
+    assert evidence.window.incumbent.requests == 1_000
+    assert evidence.window.pairs == PairCounts(1_430, 9, 1_000, 30, 25)
+    assert evidence.window.outcomes == Outcomes(
+        "accuracy", Losses(1_000, 0.06, 0.05), Losses(1_000, 0.07, 0.06), NOW - timedelta(hours=2), 5_000
+    )
+    assert monitor.asked == ["pairs of v1 and v2 since 09:00", "accuracy from 03 12:00 to 04 10:00"]
+
+
+def test_without_a_guardrail_on_outcomes_the_monitor_is_not_asked() -> None:
+    deployment = _batch("Shadowing")
+    kept = [guardrail for guardrail in deployment.spec.rollout.guardrails if guardrail.name != "outcome"]
+    rollout = deployment.spec.rollout.model_copy(update={"guardrails": kept})
+    deployment = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"rollout": rollout})})
+    monitor = Monitor()
+    evidence = _gather("Shadowing", Runs([_run("a", STARTED + timedelta(minutes=30))]), monitor, deployment)
+    assert evidence.window.pairs.disagreements == 40
+    assert monitor.asked == []
 
 
 def test_validation_reads_both_bundles_held_out_results_from_the_newest_run_since_the_challenger_began() -> None:

@@ -432,3 +432,73 @@ def test_types_a_team_trusts_by_name_reach_the_batch_command() -> None:
     arguments = _container(job)["args"]
     assert arguments[arguments.index("--trust-type") + 1] == "features.clean_text"
     assert parser().parse_args(arguments).trust_type[-1] == "features.clean_text"
+
+
+# --- reporting to the monitor, and the incumbent's shadow of the challenger -------------------------------------
+
+
+def _without_outcomes() -> specs.ModelDeploymentSpec:
+    spec = _spec()
+    kept = [guardrail for guardrail in spec.rollout.guardrails if guardrail.name != "outcome"]
+    return spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"guardrails": kept})})
+
+
+@pytest.fixture
+def monitored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "MONITOR_URL", "http://steward-monitor.steward:8080")
+    monkeypatch.setattr(settings, "MONITOR_INGEST_KEY", "ingest-key")
+
+
+@pytest.mark.usefixtures("monitored")
+def test_only_the_incumbents_runs_report_to_the_monitor() -> None:
+    incumbent, challenger = _jobs(Release(V12, V13, shadow_percent=100), _without_outcomes())
+    environment = {item["name"]: item["value"] for item in _container(incumbent)["env"]}
+    assert environment["STEWARD_MONITOR_URL"] == "http://steward-monitor.steward:8080"
+    assert (environment["STEWARD_MODEL"], environment["STEWARD_NAMESPACE"]) == ("credit-limits", "risk")
+    assert environment["STEWARD_MONITOR_TOKEN"].startswith("risk/credit-limits/")
+    # A comparison run serves no one: nothing of it goes to the monitor, and without a guardrail on outcomes the
+    # incumbent scores no challenger beside itself.
+    named = {item["name"] for item in _container(challenger)["env"]}
+    assert not {"STEWARD_MONITOR_URL", "STEWARD_MONITOR_TOKEN"} & named
+    assert _parsed(incumbent).shadow is None
+
+
+@pytest.mark.usefixtures("monitored")
+def test_in_shadow_the_incumbent_scores_the_challenger_beside_itself_for_a_guardrail_on_outcomes() -> None:
+    pinned = Live("v13", "s3://models/credit-limits/v13/", "sha256:" + "1" * 64)
+    incumbent, challenger = _jobs(Release(V12, pinned, shadow_percent=100))
+    arguments = _parsed(incumbent)
+    assert (arguments.shadow, arguments.shadow_digest) == (pinned.bundle, pinned.digest)
+    assert arguments.monitor_url is None  # from the environment, as the container has it
+    assert arguments.output == "s3://scores/credit-limits/"
+    assert _parsed(challenger).shadow is None
+    # Validating: the challenger has proved nothing yet, and no incumbent's run loads its bundle.
+    incumbent, _ = _jobs(Release(V12, pinned))
+    assert _parsed(incumbent).shadow is None
+
+
+@pytest.mark.usefixtures("monitored")
+def test_a_model_nobody_labels_reports_nothing() -> None:
+    """Every row is an event for the monitor: a model whose outcomes nothing reads does not pay for them."""
+    spec = _without_outcomes()
+    spec = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"outcome": None})})
+    incumbent, _ = _jobs(Release(V12, V13, shadow_percent=100), spec)
+    assert "STEWARD_MONITOR_URL" not in {item["name"] for item in _container(incumbent)["env"]}
+    assert _parsed(incumbent).shadow is None
+
+
+def test_without_a_monitor_no_run_reports_and_none_shadows() -> None:
+    incumbent, _ = _jobs(Release(V12, V13, shadow_percent=100))
+    assert _parsed(incumbent).shadow is None
+    assert "STEWARD_MONITOR_URL" not in {item["name"] for item in _container(incumbent)["env"]}
+
+
+@pytest.mark.usefixtures("monitored")
+def test_a_pvc_bundle_shadowed_is_mounted_once_beside_the_incumbents() -> None:
+    release = Release(Live("v12", "pvc://bundles/credit/v12"), Live("v13", "pvc://bundles/credit/v13"), 0, 100)
+    incumbent, _ = _jobs(release)
+    arguments = _parsed(incumbent)
+    assert arguments.bundle == "/mnt/bundles/bundles/credit/v12"
+    assert arguments.shadow == "/mnt/bundles/bundles/credit/v13"
+    volumes = incumbent["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+    assert [volume["persistentVolumeClaim"]["claimName"] for volume in volumes] == ["bundles"]

@@ -1,17 +1,21 @@
 """Batch serving: one CronJob per live version running `steward-predict batch`. A challenger scores the same input
 into a shadow location with the incumbent's bundle beside its own, comparing the two row by row; its runs' summaries
-(in their pods' termination messages) are the evidence its release is judged on, and it then takes over."""
+(in their pods' termination messages) are the evidence its release is judged on, and it then takes over. Where
+outcomes judge the model, the incumbent's runs report every row to the monitor; in shadow, where a guardrail reads
+outcomes, they score each row with the challenger's bundle too and report its answers under the same request ids,
+so the outcomes the team posts for the output judge both versions."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from steward_contracts import environment as env
-from steward_operator import settings, specs
+from steward_operator import guardrails, settings, specs
 from steward_operator.children import Owner, child_name, owned
 from steward_operator.kinds import CRON_JOB, Kind
 from steward_operator.modes import bundles
 from steward_operator.modes.base import Live, Plan, Release
+from steward_operator.modes.online import monitor_environment
 from steward_operator.stages import Layout
 
 DETERMINED = {"containerName": "predictor", "operator": "In", "values": [2, 3, 4]}
@@ -28,10 +32,12 @@ class Batch:
     children: tuple[Kind, ...] = (CRON_JOB,)
 
     def plan(self, owner: Owner, spec: specs.ModelDeploymentSpec, release: Release) -> Plan:
-        """One CronJob per live version: the incumbent writes the output; the challenger scores the same input on
-        the same schedule, with the incumbent's bundle too, into a shadow location, from Validating on (its runs
-        carry both versions' held-out results, then their comparison)."""
-        jobs = [cron_job(owner, spec, release.incumbent, "incumbent")]
+        """One CronJob per live version: the incumbent writes the output (in shadow, where a guardrail reads
+        outcomes and a monitor takes them, with the challenger's answers reported beside its own); the challenger
+        scores the same input on the same schedule, with the incumbent's bundle too, into a shadow location, from
+        Validating on (its runs carry both versions' held-out results, then their comparison)."""
+        shadowed = release.challenger if release.shadow_percent and guardrails.on_outcomes(spec) else None
+        jobs = [cron_job(owner, spec, release.incumbent, "incumbent", shadowed=shadowed)]
         if release.challenger is not None:
             jobs.append(cron_job(owner, spec, release.challenger, "shadow", compared=release.incumbent))
         return Plan(serving=jobs)
@@ -51,23 +57,35 @@ class Batch:
 
 
 def cron_job(
-    owner: Owner, spec: specs.ModelDeploymentSpec, live: Live, variant: str, compared: Live | None = None
+    owner: Owner,
+    spec: specs.ModelDeploymentSpec,
+    live: Live,
+    variant: str,
+    *,
+    compared: Live | None = None,
+    shadowed: Live | None = None,
 ) -> dict[str, Any]:
     """A CronJob running the predictor image's batch command (steward-predict batch) on `live`'s bundle; with
     `compared`, scoring each chunk with that version's bundle too and leaving the comparison in the termination
-    message."""
+    message. The incumbent's runs report their rows to the monitor, if there is one, and with `shadowed`, that
+    version's answers to them too (see `reports`)."""
     batch = spec.serving.batch
     if batch is None:
         raise ValueError("serving.batch is required in batch mode")
     container: dict[str, Any] = {"name": "predictor", "image": settings.PREDICTOR_IMAGE, "command": ["steward-predict"]}
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    read = bundles.mount([live.bundle, *([compared.bundle] if compared else [])], pod, container)
+    reporting = monitor_environment(owner) if variant == "incumbent" and reports(spec) else []
+    shadowed = shadowed if reporting else None
+    other = compared or shadowed
+    read = bundles.mount([live.bundle, *([other.bundle] if other else [])], pod, container)
     arguments = ["batch", "--bundle", read[0]]
     if live.digest:
         arguments += ["--digest", live.digest]
     if compared is not None:
         arguments += ["--compare-with", read[1], *(["--compare-digest", compared.digest] if compared.digest else [])]
         arguments += ["--summary-file", TERMINATION_LOG]
+    if shadowed is not None:
+        arguments += ["--shadow", read[1], *(["--shadow-digest", shadowed.digest] if shadowed.digest else [])]
     for name in spec.model.trusted_types:
         arguments += ["--trust-type", name]
     output, rejects = batch.output, batch.rejects
@@ -81,6 +99,8 @@ def cron_job(
     secrets = {location.credentials_secret for location in (batch.input, output, rejects) if location} - {None}
     container["args"] = arguments
     container["env"] = [{"name": env.MODEL_VERSION, "value": live.version}, {"name": env.VARIANT, "value": variant}]
+    if reporting:
+        container["env"] += [{"name": env.MODEL, "value": owner.name}, *reporting]
     if secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in sorted(s for s in secrets if s)]
     labels = {"steward.dev/model": owner.name, "steward.dev/version": live.version, "steward.dev/variant": variant}
@@ -112,6 +132,13 @@ def cron_job(
     job["metadata"]["name"] = child_name(owner.name, live.version)
     job["metadata"]["labels"].update({"app.kubernetes.io/name": "steward-batch", **labels})
     return job
+
+
+def reports(spec: specs.ModelDeploymentSpec) -> bool:
+    """Whether the incumbent's runs report their rows to the monitor: where outcomes will judge them (the spec
+    watches an outcome metric, or a guardrail reads outcomes). Every row is an event, sent as fast as the monitor
+    takes them, so a model nobody labels does not pay for it."""
+    return spec.monitoring.outcome is not None or guardrails.on_outcomes(spec)
 
 
 def shadow_location(location: specs.DataLocation, version: str) -> specs.DataLocation:

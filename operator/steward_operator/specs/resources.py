@@ -35,13 +35,6 @@ class ModelDeploymentSpec(Model):
                 ".rollout.guardrails",
             ),
             cel(
-                "!has(self.rollout.guardrails) || self.serving.mode != 'batch'"
-                " || !self.rollout.guardrails.exists(g, g.name in ['outcome', 'pairedAccuracy'])",
-                "outcome and pairedAccuracy need outcomes the monitor joins with predictions, and a batch run reports"
-                " none to it yet: a batch release would wait for them until rollout.maxDuration",
-                ".rollout.guardrails",
-            ),
-            cel(
                 "self.serving.mode == 'online' || self.rollout.traffic.provider == 'gateway-api'"
                 " && !has(self.rollout.traffic.gateway)",
                 "rollout.traffic only applies to online serving",
