@@ -10,7 +10,7 @@ from steward_predictor.prediction_log import Reporter
 from steward_predictor.scoring import Scorer
 
 HURRIED = 5.0
-"""Seconds a run told to stop waits for the monitor to take its last rows."""
+"""Seconds a run told to stop, or whose monitor was found away, waits for the monitor to take its last rows."""
 
 
 class BatchLog:
@@ -35,8 +35,9 @@ class BatchLog:
         self.reporter.report(scorer.bundle.version, variant, "", predictions, probability, ids=ids)
 
     def close(self, *, hurried: bool = False) -> dict[str, int]:
-        """Send what is left, and say what became of every row reported."""
-        self.reporter.close(min(self.wait, HURRIED) if hurried else self.wait)
+        """Send what is left, and say what became of every row reported. A run told to stop, or whose monitor was
+        found away, waits briefly."""
+        self.reporter.close(self.wait if self.reporter.patient and not hurried else min(self.wait, HURRIED))
         counted = self.reporter.counted
         return {
             "sent": counted["sent"],

@@ -217,8 +217,9 @@ def predict_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="longest wait for the monitor to take more rows, and at the end the last of them; what it has not "
-        "taken by then is counted in the summary, and the run succeeds all the same (default: %(default)s)",
+        help="longest wait for the monitor to take more rows (once: a monitor that takes nothing that long is not "
+        "waited for again), and at the end for the last of them; what it has not taken is counted in the summary, "
+        "and the run succeeds all the same (default: %(default)s)",
     )
     _stream_parser(commands)
     return root

@@ -22,6 +22,8 @@ from steward_predictor.bundles import BundleError
 from steward_predictor.defaults import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_REJECTED, EXIT_USAGE, UsageError
 from steward_predictor.prediction_log import Reporter
 
+MAX_MONITOR_WAIT = 86_400
+"""The longest --monitor-wait: a day."""
 _ERROR_CHARACTERS = 600
 """The most of an error's words a summary file carries: the termination message has room for little more."""
 
@@ -158,8 +160,8 @@ def _settings(args: argparse.Namespace) -> batch.Run:
             "--shadow and --compare-with: a run either shadows a challenger (the incumbent's run) or compares with "
             "an incumbent (a challenger's run), not both"
         )
-    if args.monitor_wait < 0:
-        raise UsageError(f"--monitor-wait must be at least 0 seconds, not {args.monitor_wait:g}")
+    if not 0 <= args.monitor_wait <= MAX_MONITOR_WAIT:
+        raise UsageError(f"--monitor-wait must be 0 to {MAX_MONITOR_WAIT:,} seconds, not {args.monitor_wait:g}")
     if args.shadow and not args.monitor_url:
         raise UsageError("--shadow needs --monitor-url (STEWARD_MONITOR_URL): the shadow's answers go nowhere else")
     if args.monitor_url and not args.compare_with and not args.model:

@@ -37,7 +37,8 @@ class Reporter:
     """Sends `{"model", "namespace", "version", "variant", "requestId", "prediction", "score"}` events to the
     monitor's POST /v1/predictions from a thread of its own, presenting `token`: the monitor's token for this
     model (`namespace/model/digest`, which the operator derives from the monitor's ingest key). With `patience`,
-    reporting waits up to that many seconds for room in a full queue before the oldest events go."""
+    reporting waits up to that many seconds for room in a full queue before the oldest events go; once, should the
+    monitor take nothing in that time."""
 
     def __init__(
         self,
@@ -106,14 +107,26 @@ class Reporter:
         with self._room:
             if self._patience and len(self._pending) + len(events) > capacity:
                 self._wake.set()
-                self._room.wait_for(
+                room = self._room.wait_for(
                     lambda: not self._pending or len(self._pending) + len(events) <= capacity, self._patience
                 )
+                if not room:  # The monitor took nothing for that long: it is away, and waiting again would not help.
+                    logger.warning(
+                        "the monitor took no prediction event for %g s: from now on the oldest go when the queue is "
+                        "full",
+                        self._patience,
+                    )
+                    self._patience = 0.0
             dropped = max(0, len(self._pending) + len(events) - capacity)
             self._pending.extend(events)
         self._count("dropped", dropped)
         if len(self._pending) >= BATCH:
             self._wake.set()
+
+    @property
+    def patient(self) -> bool:
+        """Whether reporting still waits for room: until the monitor once took nothing for the whole patience."""
+        return self._patience > 0
 
     @property
     def unsent(self) -> int:

@@ -136,9 +136,11 @@ def test_a_forged_token_is_refused_and_counted(versions: dict[str, Trained], mon
     ("extra", "words"),
     [
         (("--shadow", "x", "--compare-with", "y"), "not both"),
-        (("--monitor-wait", "-1"), "--monitor-wait must be at least 0"),
+        (("--monitor-wait", "-1"), "--monitor-wait must be 0 to 86,400 seconds, not -1"),
+        (("--monitor-wait", "inf"), "--monitor-wait must be 0 to 86,400 seconds, not inf"),
+        (("--monitor-wait", "nan"), "--monitor-wait must be 0 to 86,400 seconds, not nan"),
     ],
-    ids=["shadow-and-compare", "negative-wait"],
+    ids=["shadow-and-compare", "negative-wait", "endless-wait", "no-number"],
 )
 def test_contradictory_flags_are_usage_errors(
     versions: dict[str, Trained], tmp_path: Path, extra: tuple[str, ...], words: str

@@ -71,6 +71,19 @@ def test_a_patient_reporter_waits_for_room_and_loses_nothing(monitor: str) -> No
     assert (len(SlowMonitor.taken), reporter.unsent) == (EVENTS, 0)
 
 
+def test_patience_is_spent_once_on_a_monitor_that_takes_nothing() -> None:
+    """A monitor that is away costs a run one wait, not one a chunk: then the oldest rows go, and are counted."""
+    away = Reporter(
+        "http://127.0.0.1:9", model="m", namespace="ns", capacity=BATCH, patience=0.2, registry=CollectorRegistry()
+    )
+    away._post = lambda batch: None  # type: ignore[method-assign]
+    _flood(away)
+    assert not away.patient
+    away.close(timeout=1)
+    assert away.counted["dropped"] + away.unsent == EVENTS
+    assert away.counted["dropped"] >= EVENTS - BATCH
+
+
 def test_an_impatient_reporter_drops_the_oldest_when_the_queue_is_full(monitor: str) -> None:
     reporter = Reporter(monitor, model="m", namespace="ns", capacity=BATCH, registry=CollectorRegistry())
     _flood(reporter)
