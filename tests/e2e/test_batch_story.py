@@ -144,7 +144,10 @@ def test_v1_scores_rows_from_and_to_s3_in_a_pod_on_the_node(batches: Batches) ->
     scores = _read(batches.bucket, "scores.parquet")
     assert len(scores) == batches.rows
     assert set(scores["model_version"]) == {"v1"}
-    # Every row went to the chart's monitor, under its request id, before the run ended.
+    # Every row went to the chart's monitor, under its request id, before the run ended: by the run's own summary,
+    # which the kubelet kept as its termination message, and by the monitor's count.
+    summary = json.loads(container["state"]["terminated"]["message"])
+    assert summary["reported"] == {"sent": batches.rows, "refused": 0, "dropped": 0, "unsent": 0}, summary
     assert _stored_predictions(cluster) - stored == batches.rows
 
 

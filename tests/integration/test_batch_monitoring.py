@@ -6,6 +6,7 @@ nothing but the rows it never took, which the summary counts."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.parse
 from collections.abc import Iterator
@@ -111,12 +112,14 @@ def test_a_shadow_that_cannot_be_loaded_is_left_out_and_the_run_goes_on(
 
 
 def test_a_monitor_that_is_away_costs_the_run_only_the_rows_it_never_took(
-    versions: dict[str, Trained], tmp_path: Path
+    versions: dict[str, Trained], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         away = f"http://127.0.0.1:{unused.getsockname()[1]}"
-    code, summary = _run(tmp_path, versions["v1"], away, "some-token", "--monitor-wait", "1")
+    with caplog.at_level(logging.WARNING, logger="steward.predictor"):
+        code, summary = _run(tmp_path, versions["v1"], away, "some-token", "--monitor-wait", "1")
+    assert f"the monitor at {away}/v1/predictions cannot be reached" in caplog.text
     rows = len(versions["v1"].x_test)
     assert code == defaults.EXIT_OK, summary
     assert summary["published"]

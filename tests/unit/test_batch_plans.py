@@ -107,6 +107,8 @@ def test_the_incumbent_runs_the_predictors_batch_command_on_its_bundle() -> None
         "batch",
         "--bundle",
         "s3://models/credit-limits/v12/",
+        "--summary-file",
+        "/dev/termination-log",
         "--digest",
         DIGEST,
         "--input",
@@ -243,8 +245,8 @@ def test_the_challenger_runs_from_validation_on_comparing_itself_with_the_incumb
         assert (incumbent["spec"]["suspend"], challenger["spec"]["suspend"]) == (False, False)
         ours, theirs = _parsed(incumbent), _parsed(challenger)
         assert (theirs.compare_with, theirs.compare_digest) == (V12.bundle, V12.digest)
-        assert theirs.summary_file == "/dev/termination-log"
-        assert (ours.compare_with, ours.summary_file) == (None, None)
+        assert theirs.summary_file == ours.summary_file == "/dev/termination-log"
+        assert ours.compare_with is None
 
 
 def test_a_run_that_would_fail_the_same_way_again_is_not_retried() -> None:

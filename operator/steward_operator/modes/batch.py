@@ -21,7 +21,8 @@ from steward_operator.stages import Layout
 DETERMINED = {"containerName": "predictor", "operator": "In", "values": [2, 3, 4]}
 """steward-predict batch's exit codes that another try cannot change: usage, rejected, bundle refused."""
 TERMINATION_LOG = "/dev/termination-log"
-"""Where a container's termination message is written: a challenger's run leaves its comparison there."""
+"""Where a container's termination message is written: every run leaves its summary there (`kubectl describe pod`
+shows it), a challenger's with its comparison."""
 
 
 class Batch:
@@ -78,12 +79,11 @@ def cron_job(
     shadowed = shadowed if reporting else None
     other = compared or shadowed
     read = bundles.mount([live.bundle, *([other.bundle] if other else [])], pod, container)
-    arguments = ["batch", "--bundle", read[0]]
+    arguments = ["batch", "--bundle", read[0], "--summary-file", TERMINATION_LOG]
     if live.digest:
         arguments += ["--digest", live.digest]
     if compared is not None:
         arguments += ["--compare-with", read[1], *(["--compare-digest", compared.digest] if compared.digest else [])]
-        arguments += ["--summary-file", TERMINATION_LOG]
     if shadowed is not None:
         arguments += ["--shadow", read[1], *(["--shadow-digest", shadowed.digest] if shadowed.digest else [])]
     for name in spec.model.trusted_types:
