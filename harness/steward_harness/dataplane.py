@@ -36,10 +36,16 @@ class DataPlane(Sweeper[Predictor]):
     """HTTPRoutes in `predictor_namespaces`, by (namespace, name), as last seen: what the gateway follows."""
     _leaving: dict[str, float] = field(default_factory=dict, init=False)
     """Predictors whose InferenceService is gone, and when their grace period ends (monotonic seconds)."""
+    _answering: set[str] = field(default_factory=set, init=False)
+    """Predictors whose model has answered ready."""
 
     def predictor(self, namespace: str, name: str) -> Predictor | None:
-        """The process serving an InferenceService in one of `predictor_namespaces`."""
-        return next((p for key, p in self._running.items() if key.startswith(f"{namespace}/{name}/")), None)
+        """The process serving an InferenceService in one of `predictor_namespaces`: the newest whose model is
+        ready, else the newest still starting, as a Service's endpoints would send traffic."""
+        # A copy of the keys: the sweep's thread changes them meanwhile.
+        keys = [key for key in list(self._running) if key.startswith(f"{namespace}/{name}/")]
+        ready = [key for key in keys if key in self._answering]
+        return self._running.get((ready or keys)[-1]) if keys else None
 
     def _sweep(self) -> None:
         # Routes first: traffic leaves a version before its predictor is retired below.
@@ -69,6 +75,8 @@ class DataPlane(Sweeper[Predictor]):
         for key in alive:
             self._leaving.pop(key, None)
         for key in set(self._running) - alive:
+            if _succeeded_by(key, alive - self._answering):
+                continue  # A rolling update: the old predictor serves until the new one's model is ready.
             if now >= self._leaving.setdefault(key, now + GRACE_SECONDS):
                 self._leaving.pop(key)
                 self._retire(key)
@@ -80,15 +88,19 @@ class DataPlane(Sweeper[Predictor]):
             environment = {item["name"]: item.get("value", "") for item in container.get("env", [])}
             name = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--model_name="))
             predictor = Predictor(bundle=environment.pop("STORAGE_URI"), name=name, env=environment)
-            self._running[key] = predictor.start()
+            # Not waited for: the sweep goes on marking the others, and this one is ready once it answers.
+            self._running[key] = predictor.launch()
             if self.prometheus is not None:
                 namespace, pod = key.split("/")[:2]
                 self.prometheus.add_target(_address(predictor), namespace=namespace, pod=f"{pod}-predictor")
         ready, _ = predictor.ready()
+        if ready:
+            self._answering.add(key)
         return ready
 
     def _retire(self, key: str) -> None:
         predictor = self._running.pop(key)
+        self._answering.discard(key)
         if self.prometheus is not None:
             self.prometheus.remove_target(_address(predictor))
         predictor.stop()
@@ -111,6 +123,12 @@ class DataPlane(Sweeper[Predictor]):
         except urllib.error.HTTPError as error:
             if error.code != 404:  # Deleted meanwhile.
                 raise
+
+
+def _succeeded_by(key: str, starting: set[str]) -> bool:
+    """Whether a newer generation of `key`'s InferenceService is among `starting`."""
+    service = key.rsplit("/", 1)[0] + "/"
+    return any(other.startswith(service) for other in starting)
 
 
 def _address(predictor: Predictor) -> str:

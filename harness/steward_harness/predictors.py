@@ -11,7 +11,8 @@ from pathlib import Path
 
 from steward_harness.servers import Server, await_health, free_ports, halt, http_get, http_post, launch
 
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0
+"""Seconds a predictor may take to answer: a few on an idle machine, far more on a loaded one."""
 
 
 class PredictorError(RuntimeError):
@@ -36,6 +37,22 @@ class Predictor(Server):
 
     def start(self) -> Predictor:
         """Start the process and wait until it answers; the model itself may be ready or not."""
+        await_health(
+            self._launch(),
+            f"{self.url}/v2/health/live",
+            what="the predictor",
+            timeout=STARTUP_TIMEOUT,
+            error=PredictorError,
+            tail=self.tail,
+        )
+        return self
+
+    def launch(self) -> Predictor:
+        """Start the process without waiting for it, as a kubelet starts a container: `ready` says when it is."""
+        self._launch()
+        return self
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         self.port = self.port or free_ports(1)[0]
         command = [
             sys.executable,
@@ -48,15 +65,7 @@ class Predictor(Server):
             *self.args,
         ]
         self._process = launch(command, self.log, {**os.environ, **self.env})
-        await_health(
-            self._process,
-            f"{self.url}/v2/health/live",
-            what="the predictor",
-            timeout=STARTUP_TIMEOUT,
-            error=PredictorError,
-            tail=self.tail,
-        )
-        return self
+        return self._process
 
     def stop(self, keep: bool = True) -> None:
         """Stop the process; its log is removed unless `keep` (by default it stays, for the test report)."""

@@ -115,7 +115,7 @@ def await_health(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise error(f"{what} exited with {process.returncode}:\n{tail()}")
-        if http_get(url, timeout=1)[0] == 200:
+        if http_get(url)[0] == 200:
             return
         time.sleep(0.1)
     raise error(f"{what} was not healthy within {timeout:.0f} s:\n{tail()}")

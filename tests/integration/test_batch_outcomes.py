@@ -84,7 +84,7 @@ class Judged(BatchRelease):
         spec["monitoring"] = {"outcome": {"metric": "accuracy", "labelDelay": f"{LABEL_DELAY:g}s", "minLabels": 100}}
         return manifest
 
-    def run(self, version: str, timeout: float = 120) -> None:
+    def run(self, version: str, timeout: float = 300) -> None:
         """Run `version`'s CronJob now, and wait for the Job to finish."""
         job = self.run_now(version)
         assert job is not None, f"{version} has no CronJob"
@@ -96,7 +96,7 @@ class Judged(BatchRelease):
 
         assert wait_until(finished, timeout=timeout) == "Complete", job
 
-    def shadowing(self, incumbent: str, timeout: float = 60) -> list[str]:
+    def shadowing(self, incumbent: str, timeout: float = 120) -> list[str]:
         """Wait until the incumbent's CronJob scores the challenger beside itself; its command line."""
 
         def arguments() -> list[str] | None:
@@ -153,7 +153,7 @@ def _released(
                 and (status.get(where) or {}).get("version") == challenger
                 and status
             ),
-            timeout=120,
+            timeout=300,
         )
         reached["shown"] = steward_status(kubectl, NAME, namespace)
         return dict(reached)

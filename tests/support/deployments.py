@@ -18,7 +18,7 @@ from steward_harness.controlplane import ControlPlane
 from steward_harness.kubectl import Kubectl
 from steward_operator import reconciling
 from tests.conftest import REPOSITORY
-from tests.support.waiting import wait_until
+from tests.support.waiting import PATIENCE, wait_until
 
 CHILD_KINDS = ",".join(f"{kind.plural}.{kind.resource[0]}" for kind in reconciling.CHILD_KINDS)
 """Every kind of child a ModelDeployment can own, as kubectl names them."""
@@ -110,7 +110,8 @@ class Deployment:
         return result
 
     def wait(self, phase: str, **expected: Any) -> dict[str, Any]:
-        """Wait until status is in `phase` with the given weights (incumbent=, challenger=, shadow=)."""
+        """Wait until status is in `phase` with the given weights (incumbent=, challenger=, shadow=); a phase may
+        wait on predictors starting."""
 
         def arrived() -> dict[str, Any] | None:
             status = self.status()
@@ -119,7 +120,7 @@ class Deployment:
                 return status
             return None
 
-        return wait_until(arrived, timeout=30)
+        return wait_until(arrived, timeout=2 * PATIENCE)
 
     def route_weights(self) -> list[int]:
         (route,) = self.of_kind("HTTPRoute")

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+PATIENCE = 60.0
+"""Seconds a wait allows by default: what takes seconds on an idle machine can take many times that on a loaded
+one, and a wait that succeeds costs only the time it needed."""
 
 
-def wait_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
+def wait_until(check: Callable[[], T | None], timeout: float = PATIENCE, interval: float = 0.1) -> T:
     """Poll `check()` until it returns something truthy; raise TimeoutError with its last value otherwise."""
     deadline = time.monotonic() + timeout
     last = check()
