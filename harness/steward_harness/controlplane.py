@@ -27,9 +27,8 @@ from typing import Any
 import yaml
 
 from steward_harness import binaries, certificates
-from steward_harness.servers import Server, free_ports, halt
+from steward_harness.servers import STARTUP_TIMEOUT, Server, free_ports, halt
 
-STARTUP_TIMEOUT = 90.0
 LOOPBACK = "127.0.0.1"
 # The controllers kube-controller-manager runs: every one a cluster runs by default.
 CONTROLLERS = ("*",)

@@ -27,11 +27,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from steward_harness import binaries
-from steward_harness.servers import STOP_TIMEOUT, Server, free_ports
+from steward_harness.servers import STARTUP_TIMEOUT, STOP_TIMEOUT, Server, free_ports
 
 # The Kafka release the tests run; any 4.x release (KRaft only, log4j 2) runs the same way.
 KAFKA_VERSION = os.environ.get("STEWARD_KAFKA_VERSION", "4.3.2")
-STARTUP_TIMEOUT = 60.0
 # Pinned so that what a fetch does never depends on the Maven release installed; 3.8.1 runs on Maven 3.6.3 and newer.
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
 # The broker logs through slf4j 1.x; Maven Central's kafka_2.13 ships no binding for it, and without one the broker

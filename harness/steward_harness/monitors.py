@@ -12,9 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, await_health, free_ports, halt, http_post, launch
-
-STARTUP_TIMEOUT = 30.0
+from steward_harness.servers import STARTUP_TIMEOUT, Server, await_health, free_ports, halt, http_post, launch
 
 
 class MonitorError(RuntimeError):

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from steward_harness.servers import Server, free_ports, halt
+from steward_harness.servers import STARTUP_TIMEOUT, Server, free_ports, halt
 
-STARTUP_TIMEOUT = 60.0
 # Where Debian and Ubuntu put the server binaries; they are not on PATH there.
 PACKAGED_BINARIES = Path("/usr/lib/postgresql")
 # PostgreSQL refuses to run as root, so as root the server runs as this account (the packages create it).

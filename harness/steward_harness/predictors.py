@@ -9,10 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steward_harness.servers import Server, await_health, free_ports, halt, http_get, http_post, launch
-
-STARTUP_TIMEOUT = 180.0
-"""Seconds a predictor may take to answer: a few on an idle machine, far more on a loaded one."""
+from steward_harness.servers import STARTUP_TIMEOUT, Server, await_health, free_ports, halt, http_get, http_post, launch
 
 
 class PredictorError(RuntimeError):

@@ -20,9 +20,8 @@ from pathlib import Path
 import yaml
 
 from steward_harness import upstream
-from steward_harness.servers import Server, free_ports, halt, http_get
+from steward_harness.servers import STARTUP_TIMEOUT, Server, free_ports, halt, http_get
 
-STARTUP_TIMEOUT = 60.0
 # Debian's package (`apt-get install prometheus`) puts it here; PATH is searched first.
 PACKAGED_BINARY = Path("/usr/bin/prometheus")
 JOB = "steward"

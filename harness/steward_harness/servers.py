@@ -17,6 +17,9 @@ from types import TracebackType
 from typing import Self
 
 STOP_TIMEOUT = 15.0
+STARTUP_TIMEOUT = 180.0
+"""Seconds a server may take to come up: a few on an idle machine, many times that on a loaded one. Waiting longer
+costs nothing when a server comes up sooner, and a server that exits is reported at once."""
 
 
 class Server(ABC):
