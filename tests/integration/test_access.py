@@ -75,7 +75,7 @@ def test_the_built_in_roles_read_and_apply_and_commands_are_a_grant_of_their_own
     _bind(cluster, namespace, "cam", f"{roles}-command")
     _bind(cluster, namespace, "ada", "admin")
     # Kubernetes' own controller folds the chart's roles into the built-in ones.
-    wait_until(lambda: _can(cluster, "ada", namespace, "create", MODEL_COMMANDS), timeout=60)
+    wait_until(lambda: _can(cluster, "ada", namespace, "create", MODEL_COMMANDS))
 
     wrong = [
         f"{user} {verb} {resource}{'/' + subresource if subresource else ''}: {'yes' if allowed else 'no'}"
@@ -105,7 +105,7 @@ def test_a_forged_history_cannot_make_the_operator_serve_a_bundle(
     cluster.run("apply", "-n", namespace, "-f", "-", stdin=json.dumps(example("online.yaml")))
     wait_until(lambda: cluster.json("get", "md", "churn", "-n", namespace).get("status", {}).get("phase") == "Stable")
     _bind(cluster, namespace, "mallory", "edit", f"{roles}-command")
-    wait_until(lambda: _can(cluster, "mallory", namespace, "create", MODEL_DEPLOYMENTS), timeout=60)
+    wait_until(lambda: _can(cluster, "mallory", namespace, "create", MODEL_DEPLOYMENTS))
 
     # The attack: write a history entry naming the attacker's bundle...
     earlier = datetime.now(UTC) - timedelta(hours=1)
@@ -160,7 +160,7 @@ def test_a_forged_history_cannot_make_the_operator_serve_a_bundle(
 
 def test_a_command_names_its_sender_as_the_api_server_knows_them(cluster: Kubectl, namespace: str, roles: str) -> None:
     _bind(cluster, namespace, "cam", f"{roles}-command")
-    wait_until(lambda: _can(cluster, "cam", namespace, "create", MODEL_COMMANDS), timeout=60)
+    wait_until(lambda: _can(cluster, "cam", namespace, "create", MODEL_COMMANDS))
 
     posing = cluster.run(
         "create", "-f", "-", "--as=cam", stdin=json.dumps(_command(namespace, "promote", "ada")), check=False

@@ -27,7 +27,7 @@ from steward_harness.operators import Operator
 from steward_harness.prometheus import Prometheus
 from tests.conftest import REPOSITORY
 from tests.support import models
-from tests.support.waiting import wait_until
+from tests.support.waiting import PATIENCE, wait_until
 
 PREFIX = "ev-"
 NAME = "triage"
@@ -113,11 +113,11 @@ def canary(evidenced: Evidenced, tmp_path: Path) -> Iterator[Release]:
     traffic = Traffic(url, models.records(first.x_test), rate=40)
     release = Release(namespace, traffic)
     try:
-        wait_until(lambda: release.status(kubectl).get("phase") == "Stable", timeout=60)
-        wait_until(lambda: (namespace, NAME) in evidenced.data_plane.routes, timeout=30)
+        wait_until(lambda: release.status(kubectl).get("phase") == "Stable", timeout=2 * PATIENCE)
+        wait_until(lambda: (namespace, NAME) in evidenced.data_plane.routes)
         traffic.start()
         kubectl.run("apply", "--server-side", "-f", "-", stdin=_manifest(namespace, "v2", second.path))
-        wait_until(lambda: _weights(release.status(kubectl)) == (50, 50, 0), timeout=60, interval=0.05)
+        wait_until(lambda: _weights(release.status(kubectl)) == (50, 50, 0), timeout=2 * PATIENCE, interval=0.05)
         yield release
     finally:
         traffic.stop()
@@ -159,7 +159,7 @@ def test_a_metrics_outage_pauses_the_canary_until_prometheus_returns(evidenced: 
             analysis = status.get("lastAnalysis") or {}
             return status if analysis.get("decision") == "pause" and analysis.get("phase") == "Canary" else None
 
-        status = wait_until(paused, timeout=30)
+        status = wait_until(paused)
         assert status["lastAnalysis"]["rule"].startswith("metrics are unavailable")
         reconciling = next(item for item in status["conditions"] if item["type"] == "Reconciling")
         assert reconciling["status"] == "True"
@@ -170,7 +170,7 @@ def test_a_metrics_outage_pauses_the_canary_until_prometheus_returns(evidenced: 
         _held(canary, kubectl, 25)
     finally:
         evidenced.prometheus.start()
-    status = wait_until(lambda: _promoted(canary, kubectl), timeout=120)
+    status = wait_until(lambda: _promoted(canary, kubectl), timeout=5 * PATIENCE)
     assert status["lastAnalysis"]["decision"] == "promote"
     assert "credibly not worse" in status["lastAnalysis"]["rule"]
 
@@ -182,7 +182,7 @@ def test_the_operator_killed_mid_canary_resumes_it(evidenced: Evidenced, canary:
         _held(canary, kubectl, 15)  # Without the operator nothing moves, though the evidence is there.
     finally:
         evidenced.operator.start()
-    status = wait_until(lambda: _promoted(canary, kubectl), timeout=120)
+    status = wait_until(lambda: _promoted(canary, kubectl), timeout=5 * PATIENCE)
     analysis = status["lastAnalysis"]
     assert analysis["decision"] == "promote"
     # The restarted operator judged the step on its evidence since the step began, not since it came back.

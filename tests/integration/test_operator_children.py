@@ -85,7 +85,7 @@ def test_deleting_a_model_deployment_lets_garbage_collection_remove_its_children
     # Nothing (no finalizer of Steward's) holds the deletion up.
     churn.cluster.run("delete", "modeldeployment", churn.name, "-n", churn.namespace, "--wait=true", "--timeout=10s")
     # Kubernetes' garbage collector removes every child that names the deleted owner...
-    wait_until(lambda: not churn.children(), timeout=30)
+    wait_until(lambda: not churn.children())
     # ...and the operator brings nothing back for a deleted ModelDeployment.
     time.sleep(2)
     assert not churn.children()

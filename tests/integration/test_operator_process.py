@@ -58,7 +58,7 @@ def _assert_consistent(deployment: Deployment) -> None:
         expected = sorted(f"{deployment.name}--{v}" for v in live)
         return names == expected and len(deployment.of_kind("HTTPRoute")) == 1
 
-    wait_until(settled, timeout=30)
+    wait_until(settled)
     status = deployment.status()
     weights = status["weights"]
     route = deployment.route_weights()

@@ -20,7 +20,7 @@ from steward_harness.predictors import Predictor
 from tests.support import models
 from tests.support.deployments import example, version
 from tests.support.models import Trained
-from tests.support.waiting import wait_until
+from tests.support.waiting import PATIENCE, wait_until
 
 
 def test_traffic_waits_until_the_challenger_is_ready(deploy: Any, data_plane: DataPlane) -> None:
@@ -88,8 +88,8 @@ def test_the_predictor_gates_readiness_on_its_bundle(
         tampered["spec"]["model"]["bundle"] = str(models.breast_cancer(tmp_path, "v2").path)
         churn.apply(tampered)
         churn.wait("Shadowing", shadow=0)
-        predictor = wait_until(lambda: data_plane.predictor(namespace, "churn--v2"), timeout=60)
-        reason = wait_until(lambda: predictor.ready()[1], timeout=60)
+        predictor = wait_until(lambda: data_plane.predictor(namespace, "churn--v2"))
+        reason = wait_until(lambda: predictor.ready()[1], timeout=2 * PATIENCE)
         assert not predictor.ready()[0]
         assert "digest" in reason
         assert churn.status()["weights"]["shadow"] == 0

@@ -195,7 +195,7 @@ def _release(world: World, tmp_path: Path, challenger: models.Trained, label: bo
     traffic = Labelled(url, rows, [int(value) for value in first.y_test], world.monitor, namespace, label=label)
     try:
         wait_until(lambda: _status(kubectl, namespace).get("phase") == "Stable", timeout=120)
-        wait_until(lambda: (namespace, NAME) in world.data_plane.routes, timeout=30)
+        wait_until(lambda: (namespace, NAME) in world.data_plane.routes)
         traffic.start()
         kubectl.run("apply", "--server-side", "-f", "-", stdin=_manifest(namespace, "v2", challenger.path))
         yield namespace, traffic

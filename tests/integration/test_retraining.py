@@ -115,7 +115,7 @@ def _expire(cluster: Kubectl, namespace: str, job: str) -> None:
         runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
         return bool(runs[-1]["outcome"] == "failed")
 
-    wait_until(finished, timeout=30)
+    wait_until(finished)
     runs = cluster.json("get", "modeldeployment", "drifted", "-n", namespace)["status"]["retrainings"]
     assert runs[-1]["finished"]
     events = cluster.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=drifted")["items"]
