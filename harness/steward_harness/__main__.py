@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cluster(directory: Path | None, install_crds: bool, node: bool) -> int:
-    server: ControlPlane | LocalCluster = LocalCluster() if node else ControlPlane()
-    if directory:
-        server.directory = directory.resolve()
+    # Given a directory, none is made: a made one would be left behind empty.
+    kind = LocalCluster if node else ControlPlane
+    server: ControlPlane | LocalCluster = kind(directory=directory.resolve()) if directory else kind()
     # SIGTERM stops the servers as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with server:
