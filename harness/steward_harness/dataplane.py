@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from steward_harness.predictors import Predictor
+from steward_harness.predictors import Predictor, PredictorError
 from steward_harness.prometheus import Prometheus
 from steward_harness.sweeping import Sweeper
 
 INFERENCE_SERVICES = "/apis/serving.kserve.io/v1beta1"
 GRACE_SECONDS = 2.0
+BACKOFF_SECONDS = 10.0
+"""How long a predictor that did not come up waits before it is started again, as a kubelet backs off."""
 
 
 @dataclass
@@ -36,16 +38,12 @@ class DataPlane(Sweeper[Predictor]):
     """HTTPRoutes in `predictor_namespaces`, by (namespace, name), as last seen: what the gateway follows."""
     _leaving: dict[str, float] = field(default_factory=dict, init=False)
     """Predictors whose InferenceService is gone, and when their grace period ends (monotonic seconds)."""
-    _answering: set[str] = field(default_factory=set, init=False)
-    """Predictors whose model has answered ready."""
+    _backoff: dict[str, float] = field(default_factory=dict, init=False)
+    """InferenceServices whose predictor did not come up, and when it may be started again (monotonic seconds)."""
 
     def predictor(self, namespace: str, name: str) -> Predictor | None:
-        """The process serving an InferenceService in one of `predictor_namespaces`: the newest whose model is
-        ready, else the newest still starting, as a Service's endpoints would send traffic."""
-        # A copy of the keys: the sweep's thread changes them meanwhile.
-        keys = [key for key in list(self._running) if key.startswith(f"{namespace}/{name}/")]
-        ready = [key for key in keys if key in self._answering]
-        return self._running.get((ready or keys)[-1]) if keys else None
+        """The process serving an InferenceService in one of `predictor_namespaces`."""
+        return next((p for key, p in self._running.items() if key.startswith(f"{namespace}/{name}/")), None)
 
     def _sweep(self) -> None:
         # Routes first: traffic leaves a version before its predictor is retired below.
@@ -75,8 +73,6 @@ class DataPlane(Sweeper[Predictor]):
         for key in alive:
             self._leaving.pop(key, None)
         for key in set(self._running) - alive:
-            if _succeeded_by(key, alive - self._answering):
-                continue  # A rolling update: the old predictor serves until the new one's model is ready.
             if now >= self._leaving.setdefault(key, now + GRACE_SECONDS):
                 self._leaving.pop(key)
                 self._retire(key)
@@ -84,23 +80,26 @@ class DataPlane(Sweeper[Predictor]):
     def _serving(self, key: str, service: dict[str, Any]) -> bool:
         predictor = self._running.get(key)
         if predictor is None:
+            if time.monotonic() < self._backoff.get(key, 0.0):
+                return False
             (container,) = service["spec"]["predictor"]["containers"]
             environment = {item["name"]: item.get("value", "") for item in container.get("env", [])}
             name = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--model_name="))
             predictor = Predictor(bundle=environment.pop("STORAGE_URI"), name=name, env=environment)
-            # Not waited for: the sweep goes on marking the others, and this one is ready once it answers.
-            self._running[key] = predictor.launch()
+            try:
+                self._running[key] = predictor.start()
+            except PredictorError:  # Never the sweep's end: not ready, and started again after a while.
+                predictor.stop()
+                self._backoff[key] = time.monotonic() + BACKOFF_SECONDS
+                return False
             if self.prometheus is not None:
                 namespace, pod = key.split("/")[:2]
                 self.prometheus.add_target(_address(predictor), namespace=namespace, pod=f"{pod}-predictor")
         ready, _ = predictor.ready()
-        if ready:
-            self._answering.add(key)
         return ready
 
     def _retire(self, key: str) -> None:
         predictor = self._running.pop(key)
-        self._answering.discard(key)
         if self.prometheus is not None:
             self.prometheus.remove_target(_address(predictor))
         predictor.stop()
@@ -123,12 +122,6 @@ class DataPlane(Sweeper[Predictor]):
         except urllib.error.HTTPError as error:
             if error.code != 404:  # Deleted meanwhile.
                 raise
-
-
-def _succeeded_by(key: str, starting: set[str]) -> bool:
-    """Whether a newer generation of `key`'s InferenceService is among `starting`."""
-    service = key.rsplit("/", 1)[0] + "/"
-    return any(other.startswith(service) for other in starting)
 
 
 def _address(predictor: Predictor) -> str:

@@ -34,22 +34,6 @@ class Predictor(Server):
 
     def start(self) -> Predictor:
         """Start the process and wait until it answers; the model itself may be ready or not."""
-        await_health(
-            self._launch(),
-            f"{self.url}/v2/health/live",
-            what="the predictor",
-            timeout=STARTUP_TIMEOUT,
-            error=PredictorError,
-            tail=self.tail,
-        )
-        return self
-
-    def launch(self) -> Predictor:
-        """Start the process without waiting for it, as a kubelet starts a container: `ready` says when it is."""
-        self._launch()
-        return self
-
-    def _launch(self) -> subprocess.Popen[bytes]:
         self.port = self.port or free_ports(1)[0]
         command = [
             sys.executable,
@@ -62,7 +46,15 @@ class Predictor(Server):
             *self.args,
         ]
         self._process = launch(command, self.log, {**os.environ, **self.env})
-        return self._process
+        await_health(
+            self._process,
+            f"{self.url}/v2/health/live",
+            what="the predictor",
+            timeout=STARTUP_TIMEOUT,
+            error=PredictorError,
+            tail=self.tail,
+        )
+        return self
 
     def stop(self, keep: bool = True) -> None:
         """Stop the process; its log is removed unless `keep` (by default it stays, for the test report)."""
